@@ -1,0 +1,330 @@
+//! Building a pipeline stage by stage, and running it.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::budget::{Admission, MemoryBudget};
+use crate::channel::{channel_with_gauge, Receiver, Sender};
+use crate::error::{BoxError, DownstreamClosed, FailureKind, PipelineError};
+use crate::stage::{send_counted, Emit, Sink, Source, Transform, Weighted};
+use crate::stats::{Report, StageKind, StageSnapshot, StageStats};
+
+/// The per-stage budget when none is given: 64 KiB.
+pub const DEFAULT_BUFFER: usize = 64 * 1024;
+
+type StageFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+struct StageTask {
+    index: usize,
+    stats: Arc<StageStats>,
+    future: StageFuture,
+}
+
+type Pending<T> = Box<dyn FnOnce(Sender<T>) -> StageTask + Send>;
+
+/// Settings shared by every stage of one pipeline.
+#[derive(Clone)]
+struct Settings {
+    buffer: usize,
+    budget: Option<(MemoryBudget, Admission)>,
+    cancel: CancellationToken,
+    reserved: usize,
+}
+
+/// A pipeline ready to run: every stage is wired, none has started.
+pub struct Pipeline {
+    stages: Vec<StageTask>,
+    settings: Settings,
+}
+
+/// Starts a pipeline: set options, then give it a source.
+pub struct PipelineStart {
+    settings: Settings,
+}
+
+/// A pipeline under construction whose last stage emits items of type `T`.
+pub struct PipelineBuilder<T> {
+    settings: Settings,
+    stages: Vec<StageTask>,
+    pending: Pending<T>,
+}
+
+impl Pipeline {
+    pub fn builder() -> PipelineStart {
+        PipelineStart {
+            settings: Settings {
+                buffer: DEFAULT_BUFFER,
+                budget: None,
+                cancel: CancellationToken::new(),
+                reserved: 0,
+            },
+        }
+    }
+
+    /// Live counters of every stage, in order from source to sink.
+    pub fn stats(&self) -> Vec<Arc<StageStats>> {
+        self.stages.iter().map(|s| Arc::clone(&s.stats)).collect()
+    }
+
+    /// The bytes this pipeline's channels may hold together.
+    pub fn buffer_bytes(&self) -> usize {
+        self.settings.reserved
+    }
+
+    /// Cancelling this token stops the pipeline (it is also cancelled by the first error).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.settings.cancel.clone()
+    }
+
+    /// Runs every stage to the end, or until the first failure.
+    ///
+    /// On failure every stage is cancelled and dropped before this returns. Dropping
+    /// this future cancels the stages as well.
+    pub async fn run(self) -> Result<Report, PipelineError> {
+        let Pipeline { stages, settings } = self;
+        let _reservation = match &settings.budget {
+            Some((budget, admission)) => Some(
+                budget
+                    .admit(settings.reserved, *admission)
+                    .await
+                    .map_err(|e| PipelineError {
+                        stage_index: None,
+                        stage: String::new(),
+                        kind: FailureKind::Refused(e),
+                    })?,
+            ),
+            None => None,
+        };
+        let cancel = settings.cancel;
+        let cancel_on_drop = cancel.clone().drop_guard();
+        let failure = Arc::new(Mutex::new(FirstFailure::default()));
+        let stats: Vec<Arc<StageStats>> = stages.iter().map(|s| Arc::clone(&s.stats)).collect();
+        let started = Instant::now();
+        let handles: Vec<_> = stages
+            .into_iter()
+            .map(|task| tokio::spawn(supervise(task, cancel.clone(), Arc::clone(&failure))))
+            .collect();
+        for (index, handle) in handles.into_iter().enumerate() {
+            if let Err(e) = handle.await {
+                lock(&failure).record(index, &stats[index], FailureKind::Panicked(e.to_string()));
+                cancel.cancel();
+            }
+        }
+        let elapsed = started.elapsed();
+        let externally_cancelled = cancel.is_cancelled();
+        cancel_on_drop.disarm();
+        let snapshots: Vec<StageSnapshot> = stats.iter().map(|s| s.snapshot()).collect();
+        let first = std::mem::take(&mut *lock(&failure));
+        match first.error.or(first.fallback) {
+            Some(e) => Err(e),
+            None if externally_cancelled => Err(PipelineError {
+                stage_index: None,
+                stage: String::new(),
+                kind: FailureKind::Cancelled,
+            }),
+            None => Ok(Report::new(elapsed, snapshots)),
+        }
+    }
+}
+
+#[derive(Default)]
+struct FirstFailure {
+    error: Option<PipelineError>,
+    /// A stage that only saw its downstream stop: reported when nothing better is known.
+    fallback: Option<PipelineError>,
+}
+
+impl FirstFailure {
+    fn record(&mut self, index: usize, stats: &StageStats, kind: FailureKind) {
+        let secondary = matches!(&kind, FailureKind::Failed(e) if e.is::<DownstreamClosed>());
+        let slot = if secondary {
+            &mut self.fallback
+        } else {
+            &mut self.error
+        };
+        if slot.is_none() {
+            *slot = Some(PipelineError {
+                stage_index: Some(index),
+                stage: stats.name().to_string(),
+                kind,
+            });
+        }
+    }
+}
+
+fn lock(m: &Mutex<FirstFailure>) -> std::sync::MutexGuard<'_, FirstFailure> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn supervise(task: StageTask, cancel: CancellationToken, failure: Arc<Mutex<FirstFailure>>) {
+    let StageTask {
+        index,
+        stats,
+        future,
+    } = task;
+    stats.mark_started();
+    let outcome = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        r = AssertUnwindSafe(future).catch_unwind() => Some(r),
+    };
+    stats.mark_ended();
+    let kind = match outcome {
+        None | Some(Ok(Ok(()))) => return,
+        Some(Ok(Err(e))) => FailureKind::Failed(e),
+        Some(Err(panic)) => FailureKind::Panicked(panic_message(panic.as_ref())),
+    };
+    lock(&failure).record(index, &stats, kind);
+    cancel.cancel();
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic without a message".to_string()
+    }
+}
+
+impl PipelineStart {
+    /// The byte budget of each channel created from here on (default 64 KiB).
+    pub fn buffer(mut self, bytes: usize) -> Self {
+        self.settings.buffer = bytes;
+        self
+    }
+
+    /// Admits the pipeline only if `budget` can hold all its channels; see [`MemoryBudget`].
+    pub fn memory_budget(mut self, budget: MemoryBudget, admission: Admission) -> Self {
+        self.settings.budget = Some((budget, admission));
+        self
+    }
+
+    /// Lets `token` stop the pipeline from outside. A failure inside the pipeline does
+    /// not cancel `token` itself.
+    pub fn cancel_token(mut self, token: &CancellationToken) -> Self {
+        self.settings.cancel = token.child_token();
+        self
+    }
+
+    pub fn source<S: Source>(
+        self,
+        name: impl Into<String>,
+        mut source: S,
+    ) -> PipelineBuilder<S::Item> {
+        let stats = Arc::new(StageStats::new(name.into(), StageKind::Source, None));
+        let pending: Pending<S::Item> = Box::new(move |mut tx: Sender<S::Item>| {
+            let s = Arc::clone(&stats);
+            StageTask {
+                index: 0,
+                stats,
+                future: Box::pin(async move {
+                    while let Some(item) = source.next().await? {
+                        send_counted(&mut tx, &s, item).await?;
+                    }
+                    Ok(())
+                }),
+            }
+        });
+        PipelineBuilder {
+            settings: self.settings,
+            stages: Vec::new(),
+            pending,
+        }
+    }
+}
+
+impl<T: Weighted + Send + 'static> PipelineBuilder<T> {
+    /// The byte budget of each channel created from here on.
+    pub fn buffer(mut self, bytes: usize) -> Self {
+        self.settings.buffer = bytes;
+        self
+    }
+
+    /// Gives the pending stage its output channel; returns the channel's other end.
+    fn connect(self) -> (Settings, Vec<StageTask>, Receiver<T>) {
+        let PipelineBuilder {
+            mut settings,
+            mut stages,
+            pending,
+        } = self;
+        let gauge = settings.budget.as_ref().map(|(b, _)| b.buffered_gauge());
+        let (tx, rx) = channel_with_gauge(settings.buffer, gauge);
+        settings.reserved += settings.buffer;
+        stages.push(pending(tx));
+        (settings, stages, rx)
+    }
+
+    pub fn transform<X>(self, name: impl Into<String>, mut transform: X) -> PipelineBuilder<X::Out>
+    where
+        X: Transform<In = T>,
+    {
+        let (settings, stages, mut rx) = self.connect();
+        let index = stages.len();
+        let stats = Arc::new(StageStats::new(
+            name.into(),
+            StageKind::Transform,
+            Some(rx.gauge()),
+        ));
+        let pending: Pending<X::Out> = Box::new(move |mut tx: Sender<X::Out>| {
+            let s = Arc::clone(&stats);
+            StageTask {
+                index,
+                stats,
+                future: Box::pin(async move {
+                    while let Some(item) = recv_counted(&mut rx, &s).await {
+                        transform.apply(item, &mut Emit::new(&mut tx, &s)).await?;
+                    }
+                    transform.finish(&mut Emit::new(&mut tx, &s)).await
+                }),
+            }
+        });
+        PipelineBuilder {
+            settings,
+            stages,
+            pending,
+        }
+    }
+
+    pub fn sink<K>(self, name: impl Into<String>, mut sink: K) -> Pipeline
+    where
+        K: Sink<Item = T>,
+    {
+        let (settings, mut stages, mut rx) = self.connect();
+        let index = stages.len();
+        let stats = Arc::new(StageStats::new(
+            name.into(),
+            StageKind::Sink,
+            Some(rx.gauge()),
+        ));
+        let s = Arc::clone(&stats);
+        stages.push(StageTask {
+            index,
+            stats,
+            future: Box::pin(async move {
+                while let Some(item) = recv_counted(&mut rx, &s).await {
+                    sink.write(item).await?;
+                }
+                sink.finish().await
+            }),
+        });
+        Pipeline { stages, settings }
+    }
+}
+
+async fn recv_counted<T: Weighted>(rx: &mut Receiver<T>, stats: &StageStats) -> Option<T> {
+    let waited_from = Instant::now();
+    let item = rx.recv().await;
+    stats.add_starved(waited_from.elapsed());
+    if let Some(i) = &item {
+        stats.add_in(i.weight());
+    }
+    item
+}

@@ -1,0 +1,123 @@
+//! The three roles a stage can play, and the weight every item reports.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::channel::Sender;
+use crate::error::{BoxError, DownstreamClosed};
+use crate::stats::StageStats;
+
+/// How many bytes an item holds: the unit in which channel budgets are counted.
+pub trait Weighted {
+    fn weight(&self) -> usize;
+}
+
+impl Weighted for Bytes {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Weighted for BytesMut {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Weighted for Vec<u8> {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Weighted for String {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Where items come from. The runtime asks for the next item only once the previous
+/// one has been accepted downstream, so a source never reads ahead of its consumers.
+pub trait Source: Send + 'static {
+    type Item: Weighted + Send + 'static;
+
+    /// The next item, or `None` at the end of the input.
+    fn next(&mut self) -> impl Future<Output = Result<Option<Self::Item>, BoxError>> + Send;
+}
+
+/// A stage in the middle: takes one item at a time and emits zero or more.
+///
+/// `apply` is not called again until the previous call has returned, and each
+/// [`Emit::send`] waits while the downstream channel is full.
+pub trait Transform: Send + 'static {
+    type In: Weighted + Send + 'static;
+    type Out: Weighted + Send + 'static;
+
+    fn apply(
+        &mut self,
+        item: Self::In,
+        out: &mut Emit<'_, Self::Out>,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Called once after the last input item, to emit whatever the transform still holds.
+    fn finish(
+        &mut self,
+        out: &mut Emit<'_, Self::Out>,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = out;
+        async { Ok(()) }
+    }
+}
+
+/// Where items end up.
+pub trait Sink: Send + 'static {
+    type Item: Weighted + Send + 'static;
+
+    fn write(&mut self, item: Self::Item) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Called once after the last item: flush and close.
+    fn finish(&mut self) -> impl Future<Output = Result<(), BoxError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// A transform's handle on its downstream channel.
+pub struct Emit<'a, T> {
+    tx: &'a mut Sender<T>,
+    stats: &'a Arc<StageStats>,
+}
+
+impl<'a, T: Weighted + Send> Emit<'a, T> {
+    pub(crate) fn new(tx: &'a mut Sender<T>, stats: &'a Arc<StageStats>) -> Self {
+        Emit { tx, stats }
+    }
+
+    /// Sends an item downstream, waiting while the channel is full.
+    ///
+    /// Fails with [`DownstreamClosed`] once the downstream stage has stopped; return
+    /// that error (with `?`) so the stage stops too.
+    pub async fn send(&mut self, item: T) -> Result<(), BoxError> {
+        send_counted(self.tx, self.stats, item).await
+    }
+}
+
+pub(crate) async fn send_counted<T: Weighted>(
+    tx: &mut Sender<T>,
+    stats: &StageStats,
+    item: T,
+) -> Result<(), BoxError> {
+    let weight = item.weight();
+    let waited_from = Instant::now();
+    let sent = tx.send(item).await;
+    stats.add_blocked(waited_from.elapsed());
+    match sent {
+        Ok(()) => {
+            stats.add_out(weight);
+            Ok(())
+        }
+        Err(_) => Err(Box::new(DownstreamClosed)),
+    }
+}
