@@ -1,1 +1,8 @@
+//! weir's stages, grouped by role: where bytes come from (`sources`), what happens to
+//! them on the way (`transforms`), where they go (`sinks`); `codec` holds the
+//! runtime-free format logic the transforms are built on.
 
+pub mod codec;
+pub mod sinks;
+pub mod sources;
+pub mod transforms;

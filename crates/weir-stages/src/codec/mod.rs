@@ -1,0 +1,1 @@
+//! Format logic with no runtime in it: incremental encoders, decoders and splitters.

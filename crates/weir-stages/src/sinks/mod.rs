@@ -1,0 +1,1 @@
+//! Stages that items end up in: files and standard output.

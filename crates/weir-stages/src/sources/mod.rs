@@ -1,0 +1,1 @@
+//! Stages that emit items: files and standard input.

@@ -1,0 +1,1 @@
+//! Stages that take items in and emit items out.
