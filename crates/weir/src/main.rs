@@ -1,1 +1,63 @@
-fn main(){}
+//! `weir`: bounded-memory streaming pipelines from the shell.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use cli::Failure;
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "Streaming pipelines whose memory stays bounded when the consumer is slower than the producer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Run(cli::run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    let mut command = Cli::command();
+    command = command.mut_subcommand("run", |c| c.after_long_help(cli::run::long_help()));
+    let matches = command.get_matches();
+    let parsed = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weir: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match parsed.command {
+            Command::Run(args) => cli::run::run(args).await,
+        }
+    });
+    // Standard input may still be read by a blocking-pool thread; do not wait for it.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(m)) => {
+            eprintln!("weir: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Pipeline(m)) => {
+            eprintln!("weir: {m}");
+            ExitCode::from(1)
+        }
+    }
+}

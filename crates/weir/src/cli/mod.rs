@@ -1,0 +1,13 @@
+//! The `weir` command line: one module per subcommand.
+
+pub mod run;
+pub mod size;
+pub mod stages;
+
+/// Why a command did not succeed, and so which exit code it gets.
+pub enum Failure {
+    /// The command line was wrong (exit 2).
+    Usage(String),
+    /// The work itself failed (exit 1).
+    Pipeline(String),
+}

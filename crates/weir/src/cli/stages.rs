@@ -1,0 +1,194 @@
+//! The stages `weir run` knows, written `name[:argument]`, and how each is built.
+
+use bytes::Bytes;
+use weir_runtime::{BoxError, Emit, Transform};
+use weir_stages::sinks::FileSink;
+use weir_stages::sources::FileSource;
+use weir_stages::transforms::{lines::Lines, pass::Pass, throttle::Throttle};
+
+use super::size::{parse_buffer, parse_size};
+
+/// The catalogue shown by `weir run --help`.
+pub const CATALOGUE: &str = "\
+STAGES (written name[:argument]; the first is the source, the last the sink):
+  -                    as source: standard input; as sink: standard output
+  file:PATH            as source: read PATH; as sink: create or truncate PATH
+  pass                 identity: passes every chunk on (measures the runtime itself)
+  lines[:MAX]          regroup into whole lines; a line longer than MAX (default 1MiB)
+                       is an error naming the line
+  throttle:RATE        at most RATE bytes per second (e.g. 100KiB, 2MB); for demos and
+                       for testing slow consumers
+
+SIZES: a number with an optional unit: B, KB/MB/GB (powers of 1000),
+KiB/MiB/GiB or k/m/g (powers of 1024). Example: 64KiB, 2MB, 1m.";
+
+/// Where a pipeline reads from.
+pub enum SourceSpec {
+    Stdin,
+    File(String),
+}
+
+/// Where a pipeline writes to.
+pub enum SinkSpec {
+    Stdout,
+    File(String),
+}
+
+/// A transform as written on the command line.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TransformSpec {
+    Pass,
+    Lines { max_line: usize },
+    Throttle { rate: u64 },
+}
+
+fn split(spec: &str) -> (&str, Option<&str>) {
+    match spec.split_once(':') {
+        Some((name, arg)) => (name, Some(arg)),
+        None => (spec, None),
+    }
+}
+
+pub fn parse_source(spec: &str) -> Result<SourceSpec, String> {
+    match split(spec) {
+        ("-", None) => Ok(SourceSpec::Stdin),
+        ("file", Some(path)) if !path.is_empty() => Ok(SourceSpec::File(path.to_string())),
+        ("file", _) => Err("source `file` needs a path: file:PATH".to_string()),
+        _ => Err(format!(
+            "`{spec}` is not a source: the first stage must be `-` (stdin) or file:PATH"
+        )),
+    }
+}
+
+pub fn parse_sink(spec: &str) -> Result<SinkSpec, String> {
+    match split(spec) {
+        ("-", None) => Ok(SinkSpec::Stdout),
+        ("file", Some(path)) if !path.is_empty() => Ok(SinkSpec::File(path.to_string())),
+        ("file", _) => Err("sink `file` needs a path: file:PATH".to_string()),
+        _ => Err(format!(
+            "`{spec}` is not a sink: the last stage must be `-` (stdout) or file:PATH"
+        )),
+    }
+}
+
+pub fn parse_transform(spec: &str) -> Result<TransformSpec, String> {
+    let (name, arg) = split(spec);
+    let no_arg = |t: TransformSpec| match arg {
+        None => Ok(t),
+        Some(a) => Err(format!("stage `{name}` takes no argument (got `{a}`)")),
+    };
+    match name {
+        "pass" => no_arg(TransformSpec::Pass),
+        "lines" => Ok(TransformSpec::Lines {
+            max_line: match arg {
+                Some(a) => parse_buffer(a).map_err(|e| format!("lines: {e}"))?,
+                None => weir_stages::transforms::lines::DEFAULT_MAX_LINE,
+            },
+        }),
+        "throttle" => {
+            let a = arg.ok_or("stage `throttle` needs a rate: throttle:RATE, e.g. throttle:1MB")?;
+            let rate = parse_size(a).map_err(|e| format!("throttle: {e}"))?;
+            if rate == 0 {
+                return Err("throttle: the rate must be at least 1 byte/s".to_string());
+            }
+            Ok(TransformSpec::Throttle { rate })
+        }
+        "file" | "-" => Err(format!(
+            "`{spec}` can only be the first stage (source) or the last (sink)"
+        )),
+        _ => Err(format!(
+            "unknown stage `{name}`; `weir run --help` lists the stages"
+        )),
+    }
+}
+
+impl SourceSpec {
+    pub fn open(&self, chunk: usize) -> Result<FileSource, String> {
+        Ok(match self {
+            SourceSpec::Stdin => FileSource::stdin(),
+            SourceSpec::File(p) => FileSource::open(p).map_err(|e| e.to_string())?,
+        }
+        .with_chunk(chunk))
+    }
+}
+
+impl SinkSpec {
+    pub fn open(&self) -> Result<FileSink, String> {
+        match self {
+            SinkSpec::Stdout => Ok(FileSink::stdout()),
+            SinkSpec::File(p) => FileSink::create(p).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Any transform of the catalogue, so a list of them can form one typed pipeline.
+pub enum AnyTransform {
+    Pass(Pass),
+    Lines(Lines),
+    Throttle(Throttle),
+}
+
+impl TransformSpec {
+    pub fn build(&self) -> Result<AnyTransform, String> {
+        Ok(match self {
+            TransformSpec::Pass => AnyTransform::Pass(Pass),
+            TransformSpec::Lines { max_line } => AnyTransform::Lines(Lines::new(*max_line)),
+            TransformSpec::Throttle { rate } => AnyTransform::Throttle(Throttle::new(*rate)),
+        })
+    }
+}
+
+impl Transform for AnyTransform {
+    type In = Bytes;
+    type Out = Bytes;
+
+    async fn apply(&mut self, item: Bytes, out: &mut Emit<'_, Bytes>) -> Result<(), BoxError> {
+        match self {
+            AnyTransform::Pass(t) => t.apply(item, out).await,
+            AnyTransform::Lines(t) => t.apply(item, out).await,
+            AnyTransform::Throttle(t) => t.apply(item, out).await,
+        }
+    }
+
+    async fn finish(&mut self, out: &mut Emit<'_, Bytes>) -> Result<(), BoxError> {
+        match self {
+            AnyTransform::Pass(t) => t.finish(out).await,
+            AnyTransform::Lines(t) => t.finish(out).await,
+            AnyTransform::Throttle(t) => t.finish(out).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transforms_parse_with_their_arguments() {
+        assert_eq!(parse_transform("pass"), Ok(TransformSpec::Pass));
+        assert_eq!(
+            parse_transform("lines:4KiB"),
+            Ok(TransformSpec::Lines { max_line: 4096 })
+        );
+        assert_eq!(
+            parse_transform("throttle:2MB"),
+            Ok(TransformSpec::Throttle { rate: 2_000_000 })
+        );
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        assert!(parse_transform("gzipp")
+            .unwrap_err()
+            .contains("unknown stage `gzipp`"));
+        assert!(parse_transform("pass:1")
+            .unwrap_err()
+            .contains("takes no argument"));
+        assert!(parse_transform("throttle")
+            .unwrap_err()
+            .contains("needs a rate"));
+        assert!(parse_transform("file:x").unwrap_err().contains("source"));
+        assert!(parse_source("pass").is_err());
+        assert!(parse_sink("file:").is_err());
+    }
+}
