@@ -1,1 +1,2 @@
 //! Format logic with no runtime in it: incremental encoders, decoders and splitters.
+pub mod lines;

@@ -1,1 +1,4 @@
 //! Stages that take items in and emit items out.
+pub mod lines;
+pub mod pass;
+pub mod throttle;
