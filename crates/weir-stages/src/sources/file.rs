@@ -16,7 +16,6 @@ pub struct FileSource {
     reader: Reader,
     label: String,
     chunk: usize,
-    buf: BytesMut,
 }
 
 enum Reader {
@@ -57,7 +56,6 @@ impl FileSource {
             reader,
             label: path.display().to_string(),
             chunk: DEFAULT_CHUNK,
-            buf: BytesMut::new(),
         })
     }
 
@@ -67,7 +65,6 @@ impl FileSource {
             reader: Reader::Async(Box::new(tokio::io::stdin())),
             label: "stdin".to_string(),
             chunk: DEFAULT_CHUNK,
-            buf: BytesMut::new(),
         }
     }
 
@@ -78,7 +75,7 @@ impl FileSource {
     }
 
     /// The size of the input, when it is a regular file.
-    pub fn len(&self) -> Option<u64> {
+    pub fn size(&self) -> Option<u64> {
         match &self.reader {
             Reader::Regular(f) => f.metadata().ok().map(|m| m.len()),
             Reader::Async(_) => None,
@@ -90,32 +87,24 @@ impl Source for FileSource {
     type Item = Bytes;
 
     async fn next(&mut self) -> Result<Option<Bytes>, BoxError> {
-        self.buf.reserve(self.chunk);
-        let n = match &mut self.reader {
+        let chunk = match &mut self.reader {
             Reader::Regular(file) => {
-                self.buf.resize(self.chunk, 0);
-                let read = read_retrying(file, &mut self.buf[..]);
-                self.buf.truncate(read.as_ref().map_or(0, |n| *n));
-                read
+                // read_to_end fills the spare capacity without zeroing it first.
+                let mut buf = Vec::with_capacity(self.chunk);
+                std::io::Read::take(file, self.chunk as u64)
+                    .read_to_end(&mut buf)
+                    .map(|_| Bytes::from(buf))
             }
             Reader::Async(reader) => {
-                let mut limited = (&mut **reader).take(self.chunk as u64);
-                limited.read_buf(&mut self.buf).await
+                let mut buf = BytesMut::with_capacity(self.chunk);
+                (&mut **reader)
+                    .take(self.chunk as u64)
+                    .read_buf(&mut buf)
+                    .await
+                    .map(|_| buf.freeze())
             }
         }
         .map_err(|e| format!("reading {}: {e}", self.label))?;
-        if n == 0 {
-            return Ok(None);
-        }
-        Ok(Some(self.buf.split().freeze()))
-    }
-}
-
-fn read_retrying(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    loop {
-        match file.read(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
+        Ok((!chunk.is_empty()).then_some(chunk))
     }
 }

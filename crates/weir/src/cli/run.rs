@@ -74,7 +74,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         .map_err(usage)?;
 
     let source = source_spec.open(args.buffer).map_err(Failure::Pipeline)?;
-    let input_len = source.len();
+    let input_len = source.size();
     let mut builder = Pipeline::builder()
         .buffer(args.buffer)
         .source(first.as_str(), source);
