@@ -22,6 +22,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(cli::run::RunArgs),
+    Demo(cli::demo::DemoArgs),
+    Sample(cli::sample::SampleArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +47,8 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         match parsed.command {
             Command::Run(args) => cli::run::run(args).await,
+            Command::Demo(args) => cli::demo::run(args).await,
+            Command::Sample(args) => cli::sample::run(args),
         }
     });
     // Standard input may still be read by a blocking-pool thread; do not wait for it.

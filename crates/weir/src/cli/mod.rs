@@ -1,6 +1,8 @@
 //! The `weir` command line: one module per subcommand.
 
+pub mod demo;
 pub mod run;
+pub mod sample;
 pub mod size;
 pub mod stages;
 

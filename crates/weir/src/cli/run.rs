@@ -57,33 +57,46 @@ pub fn long_help() -> String {
     )
 }
 
-pub async fn run(args: RunArgs) -> Result<(), Failure> {
-    let (first, rest) = args
-        .stages
-        .split_first()
-        .ok_or_else(|| usage("no stages"))?;
+/// A pipeline built from stage specs, with the input's size when it is known.
+pub struct Built {
+    pub pipeline: Pipeline,
+    pub input_len: Option<u64>,
+}
+
+/// Builds `SOURCE [TRANSFORM...] SINK` as written on the command line.
+pub fn build(stages: &[String], buffer: usize) -> Result<Built, Failure> {
+    let (first, rest) = stages.split_first().ok_or_else(|| usage("no stages"))?;
     let (last, middle) = rest
         .split_last()
         .ok_or_else(|| usage("a sink is missing"))?;
     let source_spec = stages::parse_source(first).map_err(usage)?;
     let sink_spec = stages::parse_sink(last).map_err(usage)?;
-    let transform_specs = middle
+    let transforms = middle
         .iter()
-        .map(|s| stages::parse_transform(s))
+        .map(|s| stages::parse_transform(s).and_then(|spec| spec.build()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(usage)?;
 
-    let source = source_spec.open(args.buffer).map_err(Failure::Pipeline)?;
+    let source = source_spec.open(buffer).map_err(Failure::Pipeline)?;
     let input_len = source.size();
     let mut builder = Pipeline::builder()
-        .buffer(args.buffer)
+        .buffer(buffer)
         .source(first.as_str(), source);
-    for (spec, text) in transform_specs.iter().zip(middle) {
-        builder = builder.transform(text.as_str(), spec.build().map_err(usage)?);
+    for (transform, text) in transforms.into_iter().zip(middle) {
+        builder = builder.transform(text.as_str(), transform);
     }
     let sink = sink_spec.open().map_err(Failure::Pipeline)?;
-    let pipeline = builder.sink(last.as_str(), sink);
+    Ok(Built {
+        pipeline: builder.sink(last.as_str(), sink),
+        input_len,
+    })
+}
 
+pub async fn run(args: RunArgs) -> Result<(), Failure> {
+    let Built {
+        pipeline,
+        input_len,
+    } = build(&args.stages, args.buffer)?;
     let progress = match input_len {
         Some(len) if !args.no_progress && std::io::stderr().is_terminal() => {
             Some(show_progress(len, pipeline.stats()))
