@@ -1,2 +1,3 @@
 //! Format logic with no runtime in it: incremental encoders, decoders and splitters.
 pub mod lines;
+pub mod sse;
