@@ -2,3 +2,5 @@
 pub mod lines;
 pub mod pass;
 pub mod throttle;
+pub mod sse_decode;
+pub mod sse_encode;
