@@ -136,7 +136,79 @@ fn pipeline_errors_exit_1_and_name_the_stage() {
 fn help_lists_every_stage() {
     let o = run(&["run", "--help"]);
     let help = String::from_utf8_lossy(&o.stdout);
-    for stage in ["file:PATH", "pass", "lines", "throttle:RATE"] {
+    for stage in [
+        "file:PATH",
+        "pass",
+        "lines",
+        "throttle:RATE",
+        "sse-decode",
+        "sse-encode",
+    ] {
         assert!(help.contains(stage), "--help lacks {stage}");
     }
+}
+
+#[test]
+fn sse_decode_then_encode_round_trips_through_pipes() {
+    let mut child = weir()
+        .args(["run", "-", "sse-decode", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"\xEF\xBB\xBFevent: hi\r\ndata: a\r\ndata: b\r\nid: 7\r\n\r\n: note\ndata: x\n\ndata: unfinished")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text,
+        "{\"event\":\"hi\",\"data\":\"a\\nb\",\"id\":\"7\"}\n{\"event\":null,\"data\":\"x\",\"id\":\"7\"}\n"
+    );
+
+    let mut child = weir()
+        .args(["run", "-", "sse-encode", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "event: hi\nid: 7\ndata: a\ndata: b\n\nid: 7\ndata: x\n\n"
+    );
+}
+
+#[test]
+fn sse_limits_are_enforced_with_a_clear_error() {
+    let mut child = weir()
+        .args(["run", "-", "sse-decode:max-line=100", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = format!("data: {}\n\n", "y".repeat(500));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(line.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("stage `sse-decode:max-line=100`"), "{err}");
+    assert!(err.contains("100"), "{err}");
 }

@@ -2,15 +2,17 @@
 
 use bytes::Bytes;
 use weir_runtime::{BoxError, Emit, Transform};
+use weir_stages::codec::sse::SseLimits;
 use weir_stages::sinks::FileSink;
 use weir_stages::sources::FileSource;
+use weir_stages::transforms::sse_decode::SseDecode;
+use weir_stages::transforms::sse_encode::{SseEncode, SseEncodeLimits};
 use weir_stages::transforms::{lines::Lines, pass::Pass, throttle::Throttle};
 
 use super::size::{parse_buffer, parse_size};
 
 /// The catalogue shown by `weir run --help`.
-pub const CATALOGUE: &str = "\
-STAGES (written name[:argument]; the first is the source, the last the sink):
+pub const CATALOGUE: &str = r#"STAGES (written name[:argument]; the first is the source, the last the sink):
   -                    as source: standard input; as sink: standard output
   file:PATH            as source: read PATH; as sink: create or truncate PATH
   pass                 identity: passes every chunk on (measures the runtime itself)
@@ -18,9 +20,21 @@ STAGES (written name[:argument]; the first is the source, the last the sink):
                        is an error naming the line
   throttle:RATE        at most RATE bytes per second (e.g. 100KiB, 2MB); for demos and
                        for testing slow consumers
+  sse-decode[:max-line=SIZE,max-event=SIZE]
+                       Server-Sent Events in, one JSON object per event per line out:
+                       {"event": .., "data": .., "id": ..} (event/id null when unset,
+                       id being the last event id in effect; "retry" when given).
+                       Follows the WHATWG event-stream rules (CR, LF, CRLF, BOM,
+                       comments, multi-line data). A line over max-line (default 64KiB)
+                       or an event over max-event (default 1MiB) is an error.
+  sse-encode[:max-line=SIZE]
+                       the reverse: NDJSON lines {"data": "..", "event": .., "id": ..,
+                       "retry": N} in, Server-Sent Events out; a line over max-line
+                       (default 1MiB) or one that is not such an object is an error
+                       naming the line
 
 SIZES: a number with an optional unit: B, KB/MB/GB (powers of 1000),
-KiB/MiB/GiB or k/m/g (powers of 1024). Example: 64KiB, 2MB, 1m.";
+KiB/MiB/GiB or k/m/g (powers of 1024). Example: 64KiB, 2MB, 1m."#;
 
 /// Where a pipeline reads from.
 pub enum SourceSpec {
@@ -40,6 +54,41 @@ pub enum TransformSpec {
     Pass,
     Lines { max_line: usize },
     Throttle { rate: u64 },
+    SseDecode(SseLimits),
+    SseEncode(SseEncodeLimits),
+}
+
+/// Parses `key=value,key=value` for stage `stage`, accepting only `keys`.
+fn options<'a>(
+    stage: &str,
+    arg: Option<&'a str>,
+    keys: &[&str],
+) -> Result<Vec<(&'a str, &'a str)>, String> {
+    let Some(arg) = arg else {
+        return Ok(Vec::new());
+    };
+    arg.split(',')
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                format!(
+                    "{stage}: `{pair}` is not key=value (options: {})",
+                    keys.join(", ")
+                )
+            })?;
+            if keys.contains(&k) {
+                Ok((k, v))
+            } else {
+                Err(format!(
+                    "{stage}: unknown option `{k}` (options: {})",
+                    keys.join(", ")
+                ))
+            }
+        })
+        .collect()
+}
+
+fn size_option(stage: &str, key: &str, value: &str) -> Result<usize, String> {
+    parse_buffer(value).map_err(|e| format!("{stage}: {key}: {e}"))
 }
 
 fn split(spec: &str) -> (&str, Option<&str>) {
@@ -93,6 +142,24 @@ pub fn parse_transform(spec: &str) -> Result<TransformSpec, String> {
             }
             Ok(TransformSpec::Throttle { rate })
         }
+        "sse-decode" => {
+            let mut limits = SseLimits::default();
+            for (k, v) in options(name, arg, &["max-line", "max-event"])? {
+                let n = size_option(name, k, v)?;
+                match k {
+                    "max-line" => limits.max_line = n,
+                    _ => limits.max_event = n,
+                }
+            }
+            Ok(TransformSpec::SseDecode(limits))
+        }
+        "sse-encode" => {
+            let mut limits = SseEncodeLimits::default();
+            for (k, v) in options(name, arg, &["max-line"])? {
+                limits.max_line = size_option(name, k, v)?;
+            }
+            Ok(TransformSpec::SseEncode(limits))
+        }
         "file" | "-" => Err(format!(
             "`{spec}` can only be the first stage (source) or the last (sink)"
         )),
@@ -126,6 +193,8 @@ pub enum AnyTransform {
     Pass(Pass),
     Lines(Lines),
     Throttle(Throttle),
+    SseDecode(SseDecode),
+    SseEncode(SseEncode),
 }
 
 impl TransformSpec {
@@ -134,6 +203,8 @@ impl TransformSpec {
             TransformSpec::Pass => AnyTransform::Pass(Pass),
             TransformSpec::Lines { max_line } => AnyTransform::Lines(Lines::new(*max_line)),
             TransformSpec::Throttle { rate } => AnyTransform::Throttle(Throttle::new(*rate)),
+            TransformSpec::SseDecode(limits) => AnyTransform::SseDecode(SseDecode::new(*limits)),
+            TransformSpec::SseEncode(limits) => AnyTransform::SseEncode(SseEncode::new(*limits)),
         })
     }
 }
@@ -147,6 +218,8 @@ impl Transform for AnyTransform {
             AnyTransform::Pass(t) => t.apply(item, out).await,
             AnyTransform::Lines(t) => t.apply(item, out).await,
             AnyTransform::Throttle(t) => t.apply(item, out).await,
+            AnyTransform::SseDecode(t) => t.apply(item, out).await,
+            AnyTransform::SseEncode(t) => t.apply(item, out).await,
         }
     }
 
@@ -155,6 +228,8 @@ impl Transform for AnyTransform {
             AnyTransform::Pass(t) => t.finish(out).await,
             AnyTransform::Lines(t) => t.finish(out).await,
             AnyTransform::Throttle(t) => t.finish(out).await,
+            AnyTransform::SseDecode(t) => t.finish(out).await,
+            AnyTransform::SseEncode(t) => t.finish(out).await,
         }
     }
 }
@@ -174,6 +249,13 @@ mod tests {
             parse_transform("throttle:2MB"),
             Ok(TransformSpec::Throttle { rate: 2_000_000 })
         );
+        assert_eq!(
+            parse_transform("sse-decode:max-line=1KiB,max-event=2KiB"),
+            Ok(TransformSpec::SseDecode(SseLimits {
+                max_line: 1024,
+                max_event: 2048
+            }))
+        );
     }
 
     #[test]
@@ -188,6 +270,12 @@ mod tests {
             .unwrap_err()
             .contains("needs a rate"));
         assert!(parse_transform("file:x").unwrap_err().contains("source"));
+        assert!(parse_transform("sse-decode:max-line")
+            .unwrap_err()
+            .contains("not key=value"));
+        assert!(parse_transform("sse-decode:maxline=1")
+            .unwrap_err()
+            .contains("unknown option `maxline`"));
         assert!(parse_source("pass").is_err());
         assert!(parse_sink("file:").is_err());
     }
