@@ -1,3 +1,4 @@
 //! Format logic with no runtime in it: incremental encoders, decoders and splitters.
+pub mod gzip;
 pub mod lines;
 pub mod sse;
