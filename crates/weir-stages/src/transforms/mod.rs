@@ -1,4 +1,5 @@
 //! Stages that take items in and emit items out.
+pub mod gunzip;
 pub mod gzip;
 pub mod lines;
 pub mod pass;
