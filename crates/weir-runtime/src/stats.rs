@@ -158,9 +158,10 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = self.stages.iter().map(|s| s.name.len()).max().unwrap_or(0).max(5);
         writeln!(
             f,
-            "{:<18} {:>10} {:>14} {:>10} {:>14} {:>8} {:>8} {:>8} {:>12}",
+            "{:<w$} {:>10} {:>14} {:>10} {:>14} {:>8} {:>8} {:>8} {:>12}",
             "stage",
             "items in",
             "bytes in",
@@ -179,7 +180,7 @@ impl fmt::Display for Report {
             };
             writeln!(
                 f,
-                "{:<18} {:>10} {:>14} {:>10} {:>14} {:>8.3} {:>8.3} {:>8.3} {:>12}{mark}",
+                "{:<w$} {:>10} {:>14} {:>10} {:>14} {:>8.3} {:>8.3} {:>8.3} {:>12}{mark}",
                 s.name,
                 s.items_in,
                 s.bytes_in,

@@ -2,9 +2,12 @@
 
 use bytes::Bytes;
 use weir_runtime::{BoxError, Emit, Transform};
+use weir_stages::codec::gunzip::GunzipLimits;
 use weir_stages::codec::sse::SseLimits;
 use weir_stages::sinks::FileSink;
 use weir_stages::sources::FileSource;
+use weir_stages::transforms::gunzip::{Gunzip, GunzipConfig};
+use weir_stages::transforms::gzip::{Gzip, GzipConfig};
 use weir_stages::transforms::sse_decode::SseDecode;
 use weir_stages::transforms::sse_encode::{SseEncode, SseEncodeLimits};
 use weir_stages::transforms::{lines::Lines, pass::Pass, throttle::Throttle};
@@ -20,6 +23,14 @@ pub const CATALOGUE: &str = r#"STAGES (written name[:argument]; the first is the
                        is an error naming the line
   throttle:RATE        at most RATE bytes per second (e.g. 100KiB, 2MB); for demos and
                        for testing slow consumers
+  gzip[:LEVEL]         gzip, LEVEL 0-9 (default 6). Blocks of 128KiB are compressed on
+                       all cores at once, pigz-style; the output is one standard gzip
+                       member that plain gunzip reads
+  gunzip[:ratio=N,max=SIZE]
+                       gunzip (concatenated members too). Output is produced 64KiB at a
+                       time, so a small input that expands hugely cannot flood memory;
+                       past N times the input (default 1000, checked after the first
+                       1MiB) or past SIZE in all (default none) it stops with an error
   sse-decode[:max-line=SIZE,max-event=SIZE]
                        Server-Sent Events in, one JSON object per event per line out:
                        {"event": .., "data": .., "id": ..} (event/id null when unset,
@@ -56,6 +67,8 @@ pub enum TransformSpec {
     Throttle { rate: u64 },
     SseDecode(SseLimits),
     SseEncode(SseEncodeLimits),
+    Gzip { level: u32 },
+    Gunzip(GunzipLimits),
 }
 
 /// Parses `key=value,key=value` for stage `stage`, accepting only `keys`.
@@ -142,6 +155,30 @@ pub fn parse_transform(spec: &str) -> Result<TransformSpec, String> {
             }
             Ok(TransformSpec::Throttle { rate })
         }
+        "gzip" => Ok(TransformSpec::Gzip {
+            level: match arg {
+                None => GzipConfig::default().level,
+                Some(a) => a
+                    .parse()
+                    .ok()
+                    .filter(|l| *l <= 9)
+                    .ok_or_else(|| format!("gzip: level `{a}` is not 0-9"))?,
+            },
+        }),
+        "gunzip" => {
+            let mut limits = GunzipLimits::default();
+            for (k, v) in options(name, arg, &["ratio", "max"])? {
+                match k {
+                    "ratio" => {
+                        limits.max_ratio = v.parse().ok().filter(|r| *r > 0).ok_or_else(|| {
+                            format!("gunzip: ratio `{v}` is not a positive integer")
+                        })?
+                    }
+                    _ => limits.max_output = Some(size_option(name, k, v)? as u64),
+                }
+            }
+            Ok(TransformSpec::Gunzip(limits))
+        }
         "sse-decode" => {
             let mut limits = SseLimits::default();
             for (k, v) in options(name, arg, &["max-line", "max-event"])? {
@@ -195,6 +232,8 @@ pub enum AnyTransform {
     Throttle(Throttle),
     SseDecode(SseDecode),
     SseEncode(SseEncode),
+    Gzip(Gzip),
+    Gunzip(Gunzip),
 }
 
 impl TransformSpec {
@@ -205,6 +244,20 @@ impl TransformSpec {
             TransformSpec::Throttle { rate } => AnyTransform::Throttle(Throttle::new(*rate)),
             TransformSpec::SseDecode(limits) => AnyTransform::SseDecode(SseDecode::new(*limits)),
             TransformSpec::SseEncode(limits) => AnyTransform::SseEncode(SseEncode::new(*limits)),
+            TransformSpec::Gzip { level } => AnyTransform::Gzip(
+                Gzip::new(GzipConfig {
+                    level: *level,
+                    ..GzipConfig::default()
+                })
+                .map_err(|e| e.to_string())?,
+            ),
+            TransformSpec::Gunzip(limits) => AnyTransform::Gunzip(
+                Gunzip::new(GunzipConfig {
+                    limits: *limits,
+                    ..GunzipConfig::default()
+                })
+                .map_err(|e| e.to_string())?,
+            ),
         })
     }
 }
@@ -220,6 +273,8 @@ impl Transform for AnyTransform {
             AnyTransform::Throttle(t) => t.apply(item, out).await,
             AnyTransform::SseDecode(t) => t.apply(item, out).await,
             AnyTransform::SseEncode(t) => t.apply(item, out).await,
+            AnyTransform::Gzip(t) => t.apply(item, out).await,
+            AnyTransform::Gunzip(t) => t.apply(item, out).await,
         }
     }
 
@@ -230,6 +285,8 @@ impl Transform for AnyTransform {
             AnyTransform::Throttle(t) => t.finish(out).await,
             AnyTransform::SseDecode(t) => t.finish(out).await,
             AnyTransform::SseEncode(t) => t.finish(out).await,
+            AnyTransform::Gzip(t) => t.finish(out).await,
+            AnyTransform::Gunzip(t) => t.finish(out).await,
         }
     }
 }
@@ -248,6 +305,17 @@ mod tests {
         assert_eq!(
             parse_transform("throttle:2MB"),
             Ok(TransformSpec::Throttle { rate: 2_000_000 })
+        );
+        assert_eq!(
+            parse_transform("gunzip:ratio=50,max=1MiB"),
+            Ok(TransformSpec::Gunzip(GunzipLimits {
+                max_ratio: 50,
+                max_output: Some(1 << 20)
+            }))
+        );
+        assert_eq!(
+            parse_transform("gzip:1"),
+            Ok(TransformSpec::Gzip { level: 1 })
         );
         assert_eq!(
             parse_transform("sse-decode:max-line=1KiB,max-event=2KiB"),
@@ -276,6 +344,10 @@ mod tests {
         assert!(parse_transform("sse-decode:maxline=1")
             .unwrap_err()
             .contains("unknown option `maxline`"));
+        assert!(parse_transform("gzip:10").unwrap_err().contains("not 0-9"));
+        assert!(parse_transform("gunzip:ratio=0")
+            .unwrap_err()
+            .contains("positive"));
         assert!(parse_source("pass").is_err());
         assert!(parse_sink("file:").is_err());
     }
