@@ -212,3 +212,51 @@ fn sse_limits_are_enforced_with_a_clear_error() {
     assert!(err.contains("stage `sse-decode:max-line=100`"), "{err}");
     assert!(err.contains("100"), "{err}");
 }
+
+#[test]
+fn gzip_output_reads_back_with_system_gunzip_and_weir_gunzip() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = sample(dir.path(), "5MB");
+    let gz = dir.path().join("logs.gz");
+    let o = run(&[
+        "run",
+        &format!("file:{}", input.display()),
+        "gzip:6",
+        &format!("file:{}", gz.display()),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let original = std::fs::read(&input).unwrap();
+    let system = Command::new("gzip").arg("-dc").arg(&gz).output().unwrap();
+    assert!(system.status.success());
+    assert_eq!(system.stdout, original);
+    assert!(std::fs::metadata(&gz).unwrap().len() < original.len() as u64 / 3);
+
+    let o = run(&["run", &format!("file:{}", gz.display()), "gunzip", "-"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, original);
+}
+
+#[test]
+fn gunzip_refuses_a_bomb_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("zeros.gz");
+    let made = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c 50000000 /dev/zero | gzip -9 > {}",
+            bomb.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let o = run(&[
+        "run",
+        &format!("file:{}", bomb.display()),
+        "gunzip:ratio=100",
+        "file:/dev/null",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("stage `gunzip:ratio=100`"), "{err}");
+    assert!(err.contains("exceeds 100x the input"), "{err}");
+}
