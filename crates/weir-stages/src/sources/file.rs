@@ -1,6 +1,5 @@
 //! Reads a file, or standard input, in chunks.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
@@ -89,11 +88,15 @@ impl Source for FileSource {
     async fn next(&mut self) -> Result<Option<Bytes>, BoxError> {
         let chunk = match &mut self.reader {
             Reader::Regular(file) => {
-                // read_to_end fills the spare capacity without zeroing it first.
+                // One read(2) into uninitialised capacity: std's read_to_end would
+                // split it into growing reads, and zeroing first costs a pass over memory.
                 let mut buf = Vec::with_capacity(self.chunk);
-                std::io::Read::take(file, self.chunk as u64)
-                    .read_to_end(&mut buf)
-                    .map(|_| Bytes::from(buf))
+                loop {
+                    match rustix::io::read(&*file, rustix::buffer::spare_capacity(&mut buf)) {
+                        Err(rustix::io::Errno::INTR) => continue,
+                        r => break r.map(|_| Bytes::from(buf)).map_err(std::io::Error::from),
+                    }
+                }
             }
             Reader::Async(reader) => {
                 let mut buf = BytesMut::with_capacity(self.chunk);
