@@ -18,7 +18,8 @@ pub const MAX_RATE: f64 = 1e9;
 pub const MAX_TTFT: Duration = Duration::from_secs(24 * 3600);
 
 /// How one response is generated. Server defaults come from [`MockLlmConfig`], and every
-/// field can be overridden per request by the query string (see [`KnobsQuery`]).
+/// field can be overridden per request in the query string (`tokens=5&rate=20`; see
+/// `weir mock-llm --help` for the names).
 ///
 /// [`MockLlmConfig`]: super::MockLlmConfig
 #[derive(Clone, Debug, PartialEq)]
@@ -107,7 +108,7 @@ enum FaultParam {
 /// typo (`token=5`) is a 400 rather than a silently ignored knob.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KnobsQuery {
+pub(crate) struct KnobsQuery {
     tokens: Option<u64>,
     rate: Option<f64>,
     token_size: Option<usize>,
@@ -126,19 +127,19 @@ pub struct KnobsQuery {
 
 impl KnobsQuery {
     /// Parses the query string of `uri` (no query: every knob at its default).
-    pub fn from_uri(uri: &Uri) -> Result<Self, String> {
+    pub(crate) fn from_uri(uri: &Uri) -> Result<Self, String> {
         Query::<KnobsQuery>::try_from_uri(uri)
             .map(|q| q.0)
             .map_err(|e| format!("bad query string: {}", e.body_text()))
     }
 
     /// The `stream=` override, if given.
-    pub fn stream(&self) -> Option<bool> {
+    pub(crate) fn stream(&self) -> Option<bool> {
         self.stream
     }
 
     /// `defaults` with this query's values laid over them, validated.
-    pub fn apply(&self, defaults: &Knobs) -> Result<Knobs, String> {
+    pub(crate) fn apply(&self, defaults: &Knobs) -> Result<Knobs, String> {
         let mut k = defaults.clone();
         if let Some(v) = self.tokens {
             k.tokens = v;

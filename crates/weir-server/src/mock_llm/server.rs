@@ -1,10 +1,4 @@
-//! The mock as a server: routes, the accept loop (with a reset switch per connection), bind, run and shutdown.
-//!
-//! # Shutdown
-//!
-//! Cancelling the mock's [`CancellationToken`] stops accepting, ends every open stream with
-//! an error (an endless stream would otherwise hold a graceful shutdown forever), lets
-//! connections close, and returns; connections still open after [`SHUTDOWN_GRACE`] are dropped.
+//! The mock as a server: routes, the accept loop (a reset switch per connection), bind, run and shutdown.
 
 use std::io;
 use std::net::SocketAddr;
@@ -99,7 +93,9 @@ impl MockLlm {
             .with_state(self.clone())
     }
 
-    /// Serves HTTP/1.1 on `listener` until the shutdown token is cancelled.
+    /// Serves HTTP/1.1 on `listener` until the shutdown token is cancelled; then stops
+    /// accepting, ends every open stream with an error, and waits up to [`SHUTDOWN_GRACE`]
+    /// for the connections to close.
     pub async fn serve(self, listener: TcpListener) -> io::Result<()> {
         let router = self.router();
         let shutdown = self.shutdown_token();

@@ -1,6 +1,4 @@
-//! Counters of the mock's streams, read in-process ([`MockLlm::stats`]) or as `GET /stats`.
-//!
-//! [`MockLlm::stats`]: super::MockLlm::stats
+//! Counters of the mock's streams, read in-process (`MockLlm::stats`) or as `GET /stats`.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};

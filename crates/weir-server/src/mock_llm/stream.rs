@@ -1,17 +1,4 @@
-//! The streaming body: frames made one chunk per poll, paced, with faults, counted in stats.
-//!
-//! # Backpressure
-//!
-//! The body is a [`futures::stream::unfold`]: the next chunk (at most [`CHUNK_BYTES`] of
-//! frames, or one frame if larger) is made only when hyper polls the body, which it does
-//! only when it can write. A reader that stops reading therefore stops the generator, and
-//! the time from a chunk being handed over to the next poll is counted as time blocked.
-//!
-//! # Cancel safety and shutdown
-//!
-//! Dropping the body drops the generator (the client gone: counted as aborted). The mock's
-//! shutdown token ends every stream with an error, so a graceful shutdown never waits on
-//! an endless stream.
+//! The streaming body: frames made one chunk per poll of the body, paced, with faults, counted in stats.
 
 use std::io;
 use std::time::Duration;
@@ -72,6 +59,13 @@ struct Run<D> {
 }
 
 /// The response body of one stream.
+///
+/// A [`futures::stream::unfold`]: the next chunk (at most [`CHUNK_BYTES`] of frames, or one
+/// larger frame) is made only when hyper polls the body, which it does only when it can
+/// write; so a reader that stops stops the generator, and the time from a chunk handed
+/// over to the next poll is counted as time blocked. Dropping the body (the client gone)
+/// counts the stream as aborted; the shutdown token ends it with an error, so a graceful
+/// shutdown never waits on an endless stream.
 pub(crate) fn sse_body<D: Api>(
     api: D,
     plan: StreamPlan,
