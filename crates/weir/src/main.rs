@@ -24,6 +24,8 @@ enum Command {
     Run(cli::run::RunArgs),
     Demo(cli::demo::DemoArgs),
     Sample(cli::sample::SampleArgs),
+    /// An upstream that streams like the OpenAI and Anthropic APIs, for demos and tests.
+    MockLlm(weir_server::mock_llm::MockLlmArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +51,13 @@ fn main() -> ExitCode {
             Command::Run(args) => cli::run::run(args).await,
             Command::Demo(args) => cli::demo::run(args).await,
             Command::Sample(args) => cli::sample::run(args),
+            Command::MockLlm(args) => weir_server::mock_llm::run_cli(args).await.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidInput {
+                    Failure::Usage(e.to_string())
+                } else {
+                    Failure::Pipeline(e.to_string())
+                }
+            }),
         }
     });
     // Standard input may still be read by a blocking-pool thread; do not wait for it.
