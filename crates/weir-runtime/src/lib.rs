@@ -64,6 +64,7 @@ pub mod budget;
 pub mod channel;
 mod error;
 mod pipeline;
+pub mod size;
 mod stage;
 mod stats;
 

@@ -158,7 +158,13 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let w = self.stages.iter().map(|s| s.name.len()).max().unwrap_or(0).max(5);
+        let w = self
+            .stages
+            .iter()
+            .map(|s| s.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
         writeln!(
             f,
             "{:<w$} {:>10} {:>14} {:>10} {:>14} {:>8} {:>8} {:>8} {:>12}",

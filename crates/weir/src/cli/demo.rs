@@ -7,8 +7,8 @@ use clap::Args;
 
 use super::run::{build, Built};
 use super::sample::write_sample;
-use super::size::parse_size;
 use super::Failure;
+use weir_runtime::size::parse_size;
 
 #[derive(Args, Debug)]
 #[command(

@@ -3,7 +3,6 @@
 pub mod demo;
 pub mod run;
 pub mod sample;
-pub mod size;
 pub mod stages;
 
 /// Why a command did not succeed, and so which exit code it gets.

@@ -8,9 +8,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use weir_runtime::{Pipeline, Report, StageStats};
 
-use super::size::parse_buffer;
 use super::stages::{self, CATALOGUE};
 use super::Failure;
+use weir_runtime::size::parse_buffer;
 
 #[derive(Args, Debug)]
 #[command(

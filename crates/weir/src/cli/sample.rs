@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::size::parse_size;
 use super::Failure;
+use weir_runtime::size::parse_size;
 
 #[derive(Args, Debug)]
 #[command(about = "Write deterministic NDJSON log lines (the same seed gives the same file)")]

@@ -12,7 +12,7 @@ use weir_stages::transforms::sse_decode::SseDecode;
 use weir_stages::transforms::sse_encode::{SseEncode, SseEncodeLimits};
 use weir_stages::transforms::{lines::Lines, pass::Pass, throttle::Throttle};
 
-use super::size::{parse_buffer, parse_size};
+use weir_runtime::size::{parse_buffer, parse_size};
 
 /// The catalogue shown by `weir run --help`.
 pub const CATALOGUE: &str = r#"STAGES (written name[:argument]; the first is the source, the last the sink):

@@ -1,4 +1,4 @@
-//! Sizes and rates as people write them: `64KiB`, `2MB`, `1m`, `500`.
+//! Sizes, rates and durations as people write them: `64KiB`, `2MB`, `1m`, `500`, `250ms`.
 
 /// Parses a byte count: a number with an optional unit. `KB`/`MB`/`GB` are powers of
 /// 1000; `KiB`/`MiB`/`GiB` and the bare letters `k`/`m`/`g` (as curl reads them) are
@@ -43,6 +43,31 @@ pub fn parse_buffer(text: &str) -> Result<usize, String> {
     usize::try_from(n).map_err(|_| format!("`{text}` is too large"))
 }
 
+/// Parses a duration: a number with a unit, `ms`, `s`, `m` or `h` (e.g. `250ms`, `30s`).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (e.g. 250ms, 30s, 5m)"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "" => return Err(format!("`{text}`: give a unit (ms, s, m, h)")),
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (use ms, s, m, h)"
+            ))
+        }
+    };
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +80,18 @@ mod tests {
         assert_eq!(parse_size("1.5m"), Ok(1_572_864));
         assert_eq!(parse_size("500"), Ok(500));
         assert_eq!(parse_size("1MB/s"), Ok(1_000_000));
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("10").unwrap_err().contains("give a unit"));
+        assert!(parse_duration("ten s")
+            .unwrap_err()
+            .contains("not a duration"));
     }
 
     #[test]
