@@ -24,6 +24,7 @@ enum Command {
     Run(cli::run::RunArgs),
     Demo(cli::demo::DemoArgs),
     Sample(cli::sample::SampleArgs),
+    Serve(cli::serve::ServeArgs),
     /// An upstream that streams like the OpenAI and Anthropic APIs, for demos and tests.
     MockLlm(weir_server::mock_llm::MockLlmArgs),
 }
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
             Command::Run(args) => cli::run::run(args).await,
             Command::Demo(args) => cli::demo::run(args).await,
             Command::Sample(args) => cli::sample::run(args),
+            Command::Serve(args) => cli::serve::run(args).await,
             Command::MockLlm(args) => weir_server::mock_llm::run_cli(args).await.map_err(|e| {
                 if e.kind() == std::io::ErrorKind::InvalidInput {
                     Failure::Usage(e.to_string())

@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod run;
 pub mod sample;
+pub mod serve;
 pub mod stages;
 
 /// Why a command did not succeed, and so which exit code it gets.

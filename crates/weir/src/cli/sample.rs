@@ -76,11 +76,11 @@ fn line(rng: &mut Rng, millis: &mut u64, out: &mut Vec<u8>) {
     let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
     let day = 1 + secs / 86_400 % 28;
     let req_id = rng.next();
-    let _ = write!(
+    let _ = writeln!(
         out,
         "{{\"ts\":\"2024-01-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z\",\"level\":\"{}\",\"service\":\"{}\",\
          \"host\":\"node-{}\",\"req_id\":\"{req_id:016x}\",\"method\":\"{}\",\"path\":\"{}{}\",\
-         \"status\":{},\"latency_ms\":{}.{:02},\"bytes\":{},\"ua\":\"{}\",\"msg\":\"{}\"}}\n",
+         \"status\":{},\"latency_ms\":{}.{:02},\"bytes\":{},\"ua\":\"{}\",\"msg\":\"{}\"}}",
         rng.pick(&LEVELS),
         rng.pick(&SERVICES),
         rng.below(64),

@@ -1,0 +1,10 @@
+//! `weir serve`: HTTP routes, each a streaming pipeline built per request.
+
+pub mod admission;
+pub mod config;
+pub mod proxy;
+mod server;
+mod stall;
+
+pub use config::{ConfigError, LlmProxyRoute, Protocol, RouteConfig, ServeConfig};
+pub use server::{RunningServer, Server, SHUTDOWN_GRACE};

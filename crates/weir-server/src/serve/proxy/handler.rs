@@ -1,0 +1,236 @@
+//! One proxied request: check the key, admit the stream, call the upstream, stream back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Full, Limited};
+
+use super::stream::{ProxyStream, StreamTiming, TextFilter};
+use super::upstream::{client, UpstreamClient};
+use crate::serve::admission::Admission;
+use crate::serve::config::{LlmProxyRoute, Protocol};
+use crate::serve::stall::StallLimit;
+
+/// Headers of the client's request passed on to the upstream.
+const FORWARDED_HEADERS: [&str; 4] = [
+    "content-type",
+    "accept",
+    "anthropic-version",
+    "anthropic-beta",
+];
+
+/// Makes the text filter of one stream (redaction), if the route has one.
+pub type FilterFactory = Arc<dyn Fn() -> Box<dyn TextFilter> + Send + Sync>;
+
+/// A configured `llm_proxy` route, shared by its requests.
+pub struct ProxyRoute {
+    config: LlmProxyRoute,
+    upstream: Uri,
+    upstream_key: Option<HeaderValue>,
+    client: UpstreamClient,
+    admission: Admission,
+    max_request_body: usize,
+    filter: Option<FilterFactory>,
+}
+
+impl ProxyRoute {
+    /// Reads the upstream key from the environment now, so a missing one fails at start.
+    pub fn new(
+        config: LlmProxyRoute,
+        admission: Admission,
+        max_request_body: usize,
+        filter: Option<FilterFactory>,
+    ) -> Result<Self, String> {
+        let upstream: Uri = config
+            .upstream
+            .parse()
+            .map_err(|e| format!("upstream `{}`: {e}", config.upstream))?;
+        let upstream_key = match &config.upstream_key_env {
+            None => None,
+            Some(var) => {
+                let key = std::env::var(var).map_err(|_| {
+                    format!(
+                        "route {}: environment variable {var} (upstream_key_env) is not set",
+                        config.path
+                    )
+                })?;
+                let value = match config.protocol {
+                    Protocol::Openai => format!("Bearer {key}"),
+                    Protocol::Anthropic => key,
+                };
+                let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                    format!(
+                        "route {}: {var} holds characters not allowed in a header",
+                        config.path
+                    )
+                })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        Ok(ProxyRoute {
+            client: client(config.receive_buffer as usize, config.connect_timeout),
+            upstream,
+            upstream_key,
+            admission,
+            max_request_body,
+            filter,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &LlmProxyRoute {
+        &self.config
+    }
+
+    fn error(&self, status: StatusCode, kind: &str, message: &str) -> Response {
+        let body = self.config.protocol.error_body(kind, message);
+        (status, axum::Json(body)).into_response()
+    }
+
+    fn authorised(&self, headers: &HeaderMap) -> bool {
+        if self.config.client_keys.is_empty() {
+            return true;
+        }
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        [bearer, api_key]
+            .into_iter()
+            .flatten()
+            .any(|k| self.config.client_keys.iter().any(|c| c == k))
+    }
+}
+
+/// The axum handler of an `llm_proxy` route.
+pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> Response {
+    if let Some(limit) = request.extensions().get::<StallLimit>() {
+        limit.set(route.config.client_stall_timeout);
+    }
+    if !route.authorised(request.headers()) {
+        return route.error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "missing or unknown API key (send Authorization: Bearer KEY or x-api-key: KEY)",
+        );
+    }
+    let ticket = match route.admission.try_admit(route.config.buffer as usize) {
+        Ok(t) => t,
+        Err(refusal) => {
+            let mut response = route.error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                &format!("server busy, retry shortly: {refusal}"),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            tracing::warn!(route = %route.config.path, "refused a stream: {refusal}");
+            return response;
+        }
+    };
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, route.max_request_body).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return route.error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                &format!("request body over {} bytes", route.max_request_body),
+            )
+        }
+    };
+    let mut upstream_request = hyper::Request::builder()
+        .method(parts.method.clone())
+        .uri(route.upstream.clone());
+    for name in FORWARDED_HEADERS {
+        if let Some(v) = parts.headers.get(name) {
+            upstream_request = upstream_request.header(name, v);
+        }
+    }
+    if let Some(key) = &route.upstream_key {
+        let name = match route.config.protocol {
+            Protocol::Openai => header::AUTHORIZATION.as_str(),
+            Protocol::Anthropic => "x-api-key",
+        };
+        upstream_request = upstream_request.header(name, key);
+    }
+    let upstream_request = match upstream_request.body(Full::new(body)) {
+        Ok(r) => r,
+        Err(e) => return route.error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
+    };
+    let timeout = route.config.first_byte_timeout;
+    let upstream = match tokio::time::timeout(timeout, route.client.request(upstream_request)).await
+    {
+        Err(_) => {
+            return route.error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                &format!("upstream sent no response headers within {}", secs(timeout)),
+            )
+        }
+        Ok(Err(e)) => {
+            return route.error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unreachable",
+                &format!("cannot reach the upstream: {}", error_chain(&e)),
+            )
+        }
+        Ok(Ok(r)) => r,
+    };
+    let (head, upstream_body) = upstream.into_parts();
+    let streaming = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !streaming || !head.status.is_success() {
+        // Not a stream: pass it on as it comes, within the size limit.
+        let limited = Limited::new(upstream_body, route.config.max_response_body as usize);
+        let mut response = Response::new(Body::new(limited.map_err(axum::Error::new)));
+        *response.status_mut() = head.status;
+        if let Some(ct) = head.headers.get(header::CONTENT_TYPE) {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, ct.clone());
+        }
+        drop(ticket);
+        return response;
+    }
+    let timing = StreamTiming {
+        idle_timeout: route.config.idle_timeout,
+        keepalive: route.config.keepalive,
+    };
+    let filter = route.filter.as_ref().map(|make| make());
+    let stream = ProxyStream::new(upstream_body, route.config.protocol, timing, filter, ticket);
+    let mut response = Response::new(Body::from_stream(stream.into_body_stream()));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+fn secs(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

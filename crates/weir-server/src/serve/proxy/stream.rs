@@ -1,0 +1,246 @@
+//! The body of a proxied stream: pulls the upstream only when the client takes bytes.
+//!
+//! # What
+//!
+//! Each poll of the response body reads at most one upstream frame, decodes its events,
+//! rewrites token text (redaction) and encodes them again. Nothing reads ahead: while
+//! the client does not read, the body is not polled, the upstream socket is not read,
+//! and TCP flow control pauses the upstream server.
+//!
+//! # Failure
+//!
+//! Once the headers are out, an upstream failure (reset, silence past the idle timeout,
+//! a malformed stream, an end before the protocol's last event) becomes one error event
+//! of the route's protocol, and the stream ends.
+//!
+//! # Cancel safety
+//!
+//! Dropping the body (the client went away) drops the upstream response, which closes
+//! the upstream connection, and the admission ticket, which frees the stream's share.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::Value;
+use tokio::time::Instant;
+use weir_stages::codec::sse::{SseDecoder, SseEncoder, SseEvent, SseLimits};
+
+use super::protocol::EventRole;
+use crate::serve::admission::Ticket;
+use crate::serve::config::Protocol;
+
+/// Rewrites token text as it streams, holding back what it cannot decide yet.
+pub trait TextFilter: Send + 'static {
+    /// Takes the next piece of `block`'s text; returns what may be sent now.
+    fn push(&mut self, block: u64, text: &str) -> String;
+    /// The block ends: everything still held, rewritten.
+    fn flush(&mut self, block: u64) -> String;
+}
+
+/// Limits and pacing of one proxied stream.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamTiming {
+    pub idle_timeout: Duration,
+    pub keepalive: Duration,
+}
+
+/// Upstream events are at most this long (tool calls can be large, tokens are not).
+const SSE_LIMITS: SseLimits = SseLimits {
+    max_line: 1 << 20,
+    max_event: 4 << 20,
+};
+
+pub struct ProxyStream {
+    upstream: Incoming,
+    protocol: Protocol,
+    timing: StreamTiming,
+    decoder: SseDecoder,
+    encoder: SseEncoder,
+    filter: Option<Box<dyn TextFilter>>,
+    /// The last token event of each block: the shape for releasing held-back text.
+    templates: HashMap<u64, Value>,
+    out: Vec<u8>,
+    events: Vec<SseEvent>,
+    saw_terminal: bool,
+    done: bool,
+    last_upstream: Instant,
+    _ticket: Ticket,
+}
+
+impl ProxyStream {
+    pub fn new(
+        upstream: Incoming,
+        protocol: Protocol,
+        timing: StreamTiming,
+        filter: Option<Box<dyn TextFilter>>,
+        ticket: Ticket,
+    ) -> Self {
+        ProxyStream {
+            upstream,
+            protocol,
+            timing,
+            decoder: SseDecoder::new(SSE_LIMITS),
+            encoder: SseEncoder::new(),
+            filter,
+            templates: HashMap::new(),
+            out: Vec::new(),
+            events: Vec::new(),
+            saw_terminal: false,
+            done: false,
+            last_upstream: Instant::now(),
+            _ticket: ticket,
+        }
+    }
+
+    /// The response body: one chunk per poll, each made from at most one upstream frame.
+    pub fn into_body_stream(self) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+        futures::stream::unfold(self, |mut s| async move {
+            let chunk = s.next_chunk().await?;
+            Some((Ok(chunk), s))
+        })
+    }
+
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if !self.out.is_empty() {
+                return Some(Bytes::from(std::mem::take(&mut self.out)));
+            }
+            if self.done {
+                return None;
+            }
+            let idle_deadline = self.last_upstream + self.timing.idle_timeout;
+            let wake = idle_deadline.min(Instant::now() + self.timing.keepalive);
+            match tokio::time::timeout_at(wake, self.upstream.frame()).await {
+                Err(_) if Instant::now() >= idle_deadline => {
+                    let secs = self.timing.idle_timeout.as_secs_f64();
+                    self.fail(
+                        "upstream_timeout",
+                        &format!("upstream sent nothing for {secs} s"),
+                    );
+                }
+                Err(_) => self.out.extend_from_slice(b": keep-alive\n\n"),
+                Ok(None) => self.upstream_ended(),
+                Ok(Some(Err(e))) => self.fail(
+                    "upstream_error",
+                    &format!("upstream connection failed: {e}"),
+                ),
+                Ok(Some(Ok(frame))) => {
+                    self.last_upstream = Instant::now();
+                    if let Ok(data) = frame.into_data() {
+                        self.take_upstream(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_upstream(&mut self, data: &[u8]) {
+        let events = &mut self.events;
+        if let Err(e) = self.decoder.feed(data, |ev| events.push(ev)) {
+            self.fail(
+                "upstream_malformed",
+                &format!("upstream sent a malformed stream: {e}"),
+            );
+            return;
+        }
+        let events = std::mem::take(&mut self.events);
+        for event in &events {
+            if let Err(message) = self.forward(event) {
+                self.fail("upstream_malformed", &message);
+                break;
+            }
+        }
+        self.events = events;
+        self.events.clear();
+    }
+
+    fn upstream_ended(&mut self) {
+        if self.saw_terminal {
+            self.done = true;
+        } else {
+            self.fail(
+                "upstream_incomplete",
+                "upstream ended the stream before its last event",
+            );
+        }
+    }
+
+    fn forward(&mut self, event: &SseEvent) -> Result<(), String> {
+        if self.saw_terminal {
+            return Ok(());
+        }
+        let protocol = self.protocol;
+        let Some(filter) = self
+            .filter
+            .as_mut()
+            .filter(|_| protocol.may_carry_text(event))
+        else {
+            if is_terminal_unparsed(protocol, event) {
+                self.saw_terminal = true;
+            }
+            return self.emit(event);
+        };
+        let mut json: Value = serde_json::from_str(&event.data)
+            .map_err(|e| format!("upstream event is not JSON ({e}): {:.200}", event.data))?;
+        match protocol.role(event, Some(&json)) {
+            EventRole::Token { block } => {
+                let text = protocol
+                    .text_mut(&mut json)
+                    .and_then(|t| t.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let released = filter.push(block, &text);
+                if released == text {
+                    self.templates.insert(block, json);
+                    return self.emit(event);
+                }
+                if let Some(slot) = protocol.text_mut(&mut json) {
+                    *slot = Value::String(released);
+                }
+                let rewritten = protocol.event(&json);
+                self.templates.insert(block, json);
+                self.emit(&rewritten)
+            }
+            EventRole::EndOfBlock { block } => {
+                let rest = filter.flush(block);
+                if !rest.is_empty() {
+                    let template = self.templates.get(&block).cloned().unwrap_or(Value::Null);
+                    let release = protocol.token_event(&template, block, &rest);
+                    self.emit(&release)?;
+                }
+                self.emit(event)
+            }
+            EventRole::Terminal => {
+                self.saw_terminal = true;
+                self.emit(event)
+            }
+            EventRole::Other => self.emit(event),
+        }
+    }
+
+    fn emit(&mut self, event: &SseEvent) -> Result<(), String> {
+        self.encoder
+            .encode(event, &mut self.out)
+            .map_err(|e| format!("cannot re-encode an upstream event: {e}"))
+    }
+
+    fn fail(&mut self, code: &str, message: &str) {
+        let event = self.protocol.error_event(code, message);
+        // The encoder refuses only line breaks in event names and ids; ours have none.
+        let _ = self.encoder.encode(&event, &mut self.out);
+        self.done = true;
+    }
+}
+
+/// Whether an event ends the stream, judged without parsing its JSON.
+fn is_terminal_unparsed(protocol: Protocol, event: &SseEvent) -> bool {
+    match protocol {
+        Protocol::Openai => {
+            event.data == "[DONE]" || event.data.trim_start().starts_with("{\"error\"")
+        }
+        Protocol::Anthropic => matches!(event.event.as_deref(), Some("message_stop" | "error")),
+    }
+}

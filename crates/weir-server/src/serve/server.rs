@@ -1,0 +1,160 @@
+//! The server: routes from the configuration, an accept loop with per-socket limits.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::routing::post;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+use weir_runtime::MemoryBudget;
+
+use super::admission::Admission;
+use super::config::{RouteConfig, ServeConfig};
+use super::proxy::{self, ProxyRoute};
+use super::stall::{StallGuard, StallLimit};
+
+/// How long open streams get to finish once shutdown starts.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A configured server, not yet listening.
+pub struct Server {
+    config: ServeConfig,
+    router: Router,
+    admission: Admission,
+}
+
+impl Server {
+    /// Builds every route; fails on what the configuration file cannot say (a missing
+    /// environment variable, say).
+    pub fn new(config: ServeConfig) -> Result<Self, String> {
+        let admission = Admission::new(
+            config.max_streams,
+            MemoryBudget::new(config.memory_budget as usize),
+        );
+        let mut router = Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        for route in &config.routes {
+            match route {
+                RouteConfig::LlmProxy(r) => {
+                    if r.client_keys.is_empty() {
+                        tracing::warn!(route = %r.path, "route has no client_keys: anyone can use it");
+                    }
+                    let filter = proxy::filter_for(&r.redact)?;
+                    let state = Arc::new(ProxyRoute::new(
+                        r.clone(),
+                        admission.clone(),
+                        config.max_request_body as usize,
+                        filter,
+                    )?);
+                    router = router.route(&r.path, post(proxy::handle).with_state(state));
+                }
+            }
+        }
+        Ok(Server {
+            config,
+            router,
+            admission,
+        })
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> io::Result<()> {
+        let graceful = GracefulShutdown::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(self.config.header_timeout);
+        loop {
+            let tcp = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        // Out of descriptors, or a connection gone before accept: pause, go on.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            // Bounds what a slow client parks in our kernel: the heap is bounded by the
+            // body's pull, the send queue by this.
+            let _ =
+                socket2::SockRef::from(&tcp).set_send_buffer_size(self.config.send_buffer as usize);
+            let limit = StallLimit::new(Duration::from_secs(60));
+            let io = TokioIo::new(StallGuard::new(tcp, limit.clone()));
+            let router = self.router.clone();
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(limit.clone());
+                router.clone().oneshot(req)
+            });
+            let conn = graceful.watch(http.serve_connection(io, service));
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+        drop(listener);
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+        Ok(())
+    }
+
+    /// Binds the configured address and serves in a spawned task (for tests and `demo`).
+    pub async fn start(self, listen: SocketAddr) -> io::Result<RunningServer> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let admission = self.admission.clone();
+        let task = tokio::spawn(self.serve(listener, shutdown.clone()));
+        Ok(RunningServer {
+            addr,
+            shutdown,
+            admission,
+            task,
+        })
+    }
+}
+
+/// A server serving in the background; stopped on drop.
+pub struct RunningServer {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    admission: Admission,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl RunningServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

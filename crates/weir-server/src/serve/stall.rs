@@ -1,0 +1,99 @@
+//! Cuts off a client that takes no bytes for too long, at the socket where it shows.
+//!
+//! A stalled client never polls its response body, so nothing in the body can notice;
+//! only the connection's pending write can. The limit is shared with the request
+//! handler, which sets it per route.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use std::future::Future;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use tokio::time::{Instant, Sleep};
+
+/// The stall limit of one connection, in milliseconds, settable from a handler.
+#[derive(Clone, Debug)]
+pub struct StallLimit(Arc<AtomicU64>);
+
+impl StallLimit {
+    pub fn new(limit: Duration) -> Self {
+        StallLimit(Arc::new(AtomicU64::new(limit.as_millis() as u64)))
+    }
+
+    pub fn set(&self, limit: Duration) {
+        self.0.store(limit.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// An I/O object whose writes fail with `TimedOut` once one has waited past the limit.
+pub struct StallGuard<T> {
+    inner: T,
+    limit: StallLimit,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> StallGuard<T> {
+    pub fn new(inner: T, limit: StallLimit) -> Self {
+        StallGuard {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for StallGuard<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for StallGuard<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                this.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = this.limit.get();
+                let timer = this.stalled.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(Instant::now() + limit))
+                });
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("client took no bytes for {} ms", limit.as_millis()),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
