@@ -143,3 +143,47 @@ pub fn has_io_kind(err: &(dyn std::error::Error + 'static), kind: std::io::Error
     }
     false
 }
+
+/// A `weir serve` in this process with one `llm_proxy` route at `/v1/chat/completions`
+/// (openai) or `/v1/messages` (anthropic) forwarding to `upstream_url`; `extra` is added
+/// to the route table as TOML lines, `server_extra` to the top level.
+pub async fn start_proxy(
+    protocol: &str,
+    upstream_url: &str,
+    server_extra: &str,
+    extra: &str,
+) -> weir_server::serve::RunningServer {
+    let path = if protocol == "openai" {
+        "/v1/chat/completions"
+    } else {
+        "/v1/messages"
+    };
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\n{server_extra}\n[[route]]\nkind = \"llm_proxy\"\npath = \"{path}\"\n\
+         protocol = \"{protocol}\"\nupstream = \"{upstream_url}\"\nclient_keys = [\"key-1\"]\n{extra}\n"
+    );
+    let config = weir_server::serve::ServeConfig::parse(&toml).expect("test config");
+    weir_server::serve::Server::new(config)
+        .expect("server")
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("bind")
+}
+
+/// A streaming request to the proxy, with the client key.
+pub fn proxy_request(
+    client: &reqwest::Client,
+    url: &str,
+    anthropic: bool,
+) -> reqwest::RequestBuilder {
+    let body = if anthropic {
+        r#"{"model":"m","max_tokens":4096,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#
+    } else {
+        r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#
+    };
+    client
+        .post(url)
+        .header("authorization", "Bearer key-1")
+        .header("content-type", "application/json")
+        .body(body)
+}
