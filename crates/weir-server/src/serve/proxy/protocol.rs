@@ -86,6 +86,14 @@ impl Protocol {
         }
     }
 
+    /// Whether the event's data must be JSON: all but OpenAI's `[DONE]` and empty data.
+    pub fn may_carry_json(self, event: &SseEvent) -> bool {
+        match self {
+            Protocol::Openai => event.data != "[DONE]",
+            Protocol::Anthropic => !event.data.is_empty(),
+        }
+    }
+
     /// The token text of a `Token` event.
     pub fn text_mut(self, json: &mut Value) -> Option<&mut Value> {
         match self {

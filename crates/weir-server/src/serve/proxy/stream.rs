@@ -181,6 +181,10 @@ impl ProxyStream {
         else {
             if is_terminal_unparsed(protocol, event) {
                 self.saw_terminal = true;
+            } else if protocol.may_carry_json(event) {
+                serde_json::from_str::<serde::de::IgnoredAny>(&event.data).map_err(|e| {
+                    format!("upstream event is not JSON ({e}): {:.200}", event.data)
+                })?;
             }
             return self.emit(event);
         };
