@@ -1,0 +1,184 @@
+//! Pull, don't push: clients that stop reading stop weir reading the upstream, the mock
+//! upstream sees its writes block, and weir's RSS stays flat.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use weir_server::mock_llm::{MockLlm, MockLlmConfig};
+
+const CLIENTS: usize = 20;
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Bytes queued in the kernel for the TCP sockets `pid` holds: (send queues, receive queues).
+fn socket_queues(pid: u32) -> (u64, u64) {
+    let mut inodes = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            let t = target.to_string_lossy();
+            if let Some(inode) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                inodes.insert(inode.to_string());
+            }
+        }
+    }
+    let (mut tx, mut rx) = (0, 0);
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 && inodes.contains(cols[9]) {
+                let (t, r) = cols[4].split_once(':').unwrap();
+                tx += u64::from_str_radix(t, 16).unwrap();
+                rx += u64::from_str_radix(r, 16).unwrap();
+            }
+        }
+    }
+    (tx, rx)
+}
+
+async fn start_weir(upstream: &str, dir: &std::path::Path) -> (Serve, SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = dir.join("weir.toml");
+    let mut f = std::fs::File::create(&config).unwrap();
+    write!(
+        f,
+        "listen = \"{addr}\"\nsend_buffer = \"64KiB\"\n[[route]]\nkind = \"llm_proxy\"\n\
+         path = \"/v1/chat/completions\"\nprotocol = \"openai\"\nupstream = \"{upstream}\"\n\
+         receive_buffer = \"64KiB\"\nclient_stall_timeout = \"10m\"\n"
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let serve = Serve(child);
+    let started = Instant::now();
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "weir serve did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (serve, addr)
+}
+
+/// A client with a small receive window that reads the headers and a little, then stops.
+async fn stalled_client(addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(addr).await.unwrap();
+    let body = r#"{"model":"m","stream":true,"messages":[]}"#;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    tcp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_pause_the_upstream_and_rss_stays_flat() {
+    let mock = MockLlm::bind("127.0.0.1:0".parse().unwrap(), MockLlmConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = mock.url("/v1/chat/completions?tokens=0&rate=0&token_size=16");
+    let (serve, addr) = start_weir(&upstream, dir.path()).await;
+    let pid = serve.0.id();
+
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(stalled_client(addr).await);
+    }
+    // Kernel buffers along the way fill, then the mock's writes block.
+    let settle = Instant::now();
+    let mut last = mock.stats().tokens_sent;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = mock.stats().tokens_sent;
+        if now == last {
+            break;
+        }
+        assert!(
+            settle.elapsed() < Duration::from_secs(20),
+            "upstream never paused: {now} tokens"
+        );
+        last = now;
+    }
+    let paused = mock.stats();
+    let rss_before = rss_kib(pid);
+    let mut rss_peak = rss_before;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        rss_peak = rss_peak.max(rss_kib(pid));
+    }
+    let later = mock.stats();
+    let (send_q, recv_q) = socket_queues(pid);
+    eprintln!(
+        "upstream paused at {} tokens ({} bytes) for {CLIENTS} clients; weir RSS {rss_before} -> peak {rss_peak} KiB; \
+         weir's sockets hold {send_q} B to send, {recv_q} B received; mock blocked {} ms -> {} ms",
+        paused.tokens_sent, paused.bytes_sent, paused.time_blocked_ms, later.time_blocked_ms
+    );
+    assert_eq!(
+        later.tokens_sent, paused.tokens_sent,
+        "upstream kept sending"
+    );
+    assert!(
+        later.time_blocked_ms > paused.time_blocked_ms + 1000.0,
+        "{later:?}"
+    );
+    assert_eq!(later.streams_open as usize, CLIENTS);
+    assert!(
+        rss_peak - rss_before < 1024,
+        "RSS grew {rss_before} -> {rss_peak} KiB"
+    );
+    // What weir parks in its own kernel queues per stream is bounded by the configured
+    // SO_SNDBUF and SO_RCVBUF (64 KiB each; the kernel doubles them for bookkeeping).
+    // The rest of what left the upstream waits in the upstream's own send queue.
+    let per_stream = (send_q + recv_q) / CLIENTS as u64;
+    assert!(
+        per_stream <= 256 << 10,
+        "{per_stream} bytes per stream in weir's socket queues"
+    );
+    assert!(
+        send_q > 0 && recv_q > 0,
+        "the queues did fill: {send_q} / {recv_q}"
+    );
+    drop(clients);
+}
