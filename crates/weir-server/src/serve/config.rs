@@ -181,6 +181,9 @@ pub enum ConfigError {
     Invalid { path: String, message: String },
 }
 
+/// Paths the server answers itself.
+const SERVER_PATHS: [&str; 2] = ["/healthz", "/metrics"];
+
 const KNOWN_REDACTORS: [&str; 6] = ["email", "phone", "card", "iban", "ipv4", "secret"];
 
 impl ServeConfig {
@@ -214,6 +217,9 @@ impl ServeConfig {
             let at = format!("route #{} ({})", i + 1, route.path());
             if !route.path().starts_with('/') {
                 return Err(format!("{at}: path must start with `/`"));
+            }
+            if SERVER_PATHS.contains(&route.path()) {
+                return Err(format!("{at}: the server answers {} itself", route.path()));
             }
             if !paths.insert(route.path()) {
                 return Err(format!("{at}: another route has the same path"));
@@ -318,6 +324,10 @@ redact = ["email", "phone", "card", "iban", "ipv4", "secret"]
 
         let https = EXAMPLE.replace("http://127.0.0.1:8081", "https://api.openai.com");
         assert!(ServeConfig::parse(&https).unwrap_err().contains("https"));
+
+        let taken = EXAMPLE.replace("\"/v1/chat/completions\"", "\"/metrics\"");
+        let err = ServeConfig::parse(&taken).unwrap_err();
+        assert!(err.contains("answers /metrics itself"), "{err}");
 
         let bad_kind = EXAMPLE.replace("llm_proxy", "ftp_proxy");
         assert!(ServeConfig::parse(&bad_kind)

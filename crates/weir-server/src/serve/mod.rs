@@ -2,9 +2,11 @@
 
 pub mod admission;
 pub mod config;
+pub mod metrics;
 pub mod proxy;
 mod server;
 mod stall;
+pub mod stream_stats;
 
 pub use config::{ConfigError, LlmProxyRoute, Protocol, RouteConfig, ServeConfig};
 pub use server::{RunningServer, Server, SHUTDOWN_GRACE};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -19,6 +19,7 @@ use weir_runtime::MemoryBudget;
 
 use super::admission::Admission;
 use super::config::{RouteConfig, ServeConfig};
+use super::metrics;
 use super::proxy::{self, ProxyRoute};
 use super::stall::{StallGuard, StallLimit};
 
@@ -40,7 +41,15 @@ impl Server {
             config.max_streams,
             MemoryBudget::new(config.memory_budget as usize),
         );
-        let mut router = Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        // Before the routes: metric handles made without a recorder would record nothing.
+        metrics::install();
+        let scraped = admission.clone();
+        let mut router = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route(
+                "/metrics",
+                get(move || std::future::ready(metrics::respond(&scraped))),
+            );
         for route in &config.routes {
             match route {
                 RouteConfig::LlmProxy(r) => {
@@ -75,6 +84,7 @@ impl Server {
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(self.config.header_timeout);
+        tokio::spawn(metrics::upkeep(shutdown.clone()));
         loop {
             let tcp = tokio::select! {
                 _ = shutdown.cancelled() => break,

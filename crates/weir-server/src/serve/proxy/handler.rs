@@ -11,9 +11,11 @@ use http_body_util::{BodyExt, Full, Limited};
 
 use super::stream::{ProxyStream, StreamTiming, TextFilter};
 use super::upstream::{client, UpstreamClient};
-use crate::serve::admission::Admission;
+use crate::serve::admission::{Admission, Refusal};
 use crate::serve::config::{LlmProxyRoute, Protocol};
+use crate::serve::metrics::RouteMetrics;
 use crate::serve::stall::StallLimit;
+use crate::serve::stream_stats::{Outcome, StreamStats};
 
 /// Headers of the client's request passed on to the upstream.
 const FORWARDED_HEADERS: [&str; 4] = [
@@ -35,6 +37,7 @@ pub struct ProxyRoute {
     admission: Admission,
     max_request_body: usize,
     filter: Option<FilterFactory>,
+    metrics: Arc<RouteMetrics>,
 }
 
 impl ProxyRoute {
@@ -79,6 +82,7 @@ impl ProxyRoute {
             admission,
             max_request_body,
             filter,
+            metrics: Arc::new(RouteMetrics::new(&config.path)),
             config,
         })
     }
@@ -110,10 +114,16 @@ impl ProxyRoute {
 
 /// The axum handler of an `llm_proxy` route.
 pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> Response {
+    let stats = StreamStats::new(Arc::clone(&route.metrics));
     if let Some(limit) = request.extensions().get::<StallLimit>() {
         limit.set(route.config.client_stall_timeout);
     }
     if !route.authorised(request.headers()) {
+        stats.refuse(
+            Outcome::RejectedAuth,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
         return route.error(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
@@ -123,6 +133,15 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
     let ticket = match route.admission.try_admit(route.config.buffer as usize) {
         Ok(t) => t,
         Err(refusal) => {
+            let reason = match refusal {
+                Refusal::Streams(_) => "max_streams",
+                Refusal::Memory(_) => "memory_budget",
+            };
+            stats.refuse(
+                Outcome::RejectedBusy,
+                StatusCode::SERVICE_UNAVAILABLE,
+                reason,
+            );
             let mut response = route.error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
@@ -131,7 +150,6 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            tracing::warn!(route = %route.config.path, "refused a stream: {refusal}");
             return response;
         }
     };
@@ -139,11 +157,16 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
     let body = match Limited::new(body, route.max_request_body).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
+            stats.refuse(
+                Outcome::RejectedTooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+            );
             return route.error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request_too_large",
                 &format!("request body over {} bytes", route.max_request_body),
-            )
+            );
         }
     };
     let mut upstream_request = hyper::Request::builder()
@@ -163,24 +186,33 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
     }
     let upstream_request = match upstream_request.body(Full::new(body)) {
         Ok(r) => r,
-        Err(e) => return route.error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string()),
+        Err(e) => {
+            stats.refuse(
+                Outcome::RejectedInvalid,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            );
+            return route.error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string());
+        }
     };
     let timeout = route.config.first_byte_timeout;
     let upstream = match tokio::time::timeout(timeout, route.client.request(upstream_request)).await
     {
         Err(_) => {
+            stats.finish(Outcome::UpstreamTimeout, StatusCode::GATEWAY_TIMEOUT);
             return route.error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
                 &format!("upstream sent no response headers within {}", secs(timeout)),
-            )
+            );
         }
         Ok(Err(e)) => {
+            stats.finish(Outcome::UpstreamError, StatusCode::BAD_GATEWAY);
             return route.error(
                 StatusCode::BAD_GATEWAY,
                 "upstream_unreachable",
                 &format!("cannot reach the upstream: {}", error_chain(&e)),
-            )
+            );
         }
         Ok(Ok(r)) => r,
     };
@@ -201,6 +233,12 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
                 .insert(header::CONTENT_TYPE, ct.clone());
         }
         drop(ticket);
+        let outcome = if head.status.is_success() {
+            Outcome::Completed
+        } else {
+            Outcome::UpstreamStatus
+        };
+        stats.finish(outcome, head.status);
         return response;
     }
     let timing = StreamTiming {
@@ -208,7 +246,16 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
         keepalive: route.config.keepalive,
     };
     let filter = route.filter.as_ref().map(|make| make());
-    let stream = ProxyStream::new(upstream_body, route.config.protocol, timing, filter, ticket);
+    let mut stats = stats;
+    stats.streaming(StatusCode::OK);
+    let stream = ProxyStream::new(
+        upstream_body,
+        route.config.protocol,
+        timing,
+        filter,
+        ticket,
+        stats,
+    );
     let mut response = Response::new(Body::from_stream(stream.into_body_stream()));
     let headers = response.headers_mut();
     headers.insert(

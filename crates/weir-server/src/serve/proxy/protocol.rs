@@ -1,6 +1,10 @@
 //! What the two LLM streaming formats look like: where the token text is, how a stream
 //! ends, and how an error is said in band.
 
+use std::borrow::Cow;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use weir_stages::codec::sse::SseEvent;
 
@@ -94,6 +98,22 @@ impl Protocol {
         }
     }
 
+    /// Checks that the data of an event passed on unchanged is JSON, and tells whether the
+    /// event carries token text (for the stream's token count and time to first token).
+    pub fn check_json(self, event: &SseEvent) -> Result<bool, serde_json::Error> {
+        match self {
+            Protocol::Openai => match serde_json::from_str::<OpenaiChunk<'_>>(&event.data) {
+                Ok(chunk) => Ok(chunk.carries_token()),
+                // Valid JSON of another shape is forwarded; it just is no token.
+                Err(_) => serde_json::from_str::<IgnoredAny>(&event.data).map(|_| false),
+            },
+            Protocol::Anthropic => {
+                serde_json::from_str::<IgnoredAny>(&event.data)?;
+                Ok(event.event.as_deref() == Some("content_block_delta"))
+            }
+        }
+    }
+
     /// The token text of a `Token` event.
     pub fn text_mut(self, json: &mut Value) -> Option<&mut Value> {
         match self {
@@ -155,5 +175,74 @@ impl Protocol {
                 json!({"type": "error", "error": {"type": kind, "message": message}})
             }
         }
+    }
+}
+
+/// What an OpenAI chunk says about token text, read without building a JSON tree.
+#[derive(Deserialize)]
+struct OpenaiChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<OpenaiChoice<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct OpenaiChoice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<OpenaiDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OpenaiDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<IgnoredAny>,
+}
+
+impl OpenaiChunk<'_> {
+    fn carries_token(&self) -> bool {
+        self.choices.iter().flatten().any(|c| {
+            c.delta.as_ref().is_some_and(|d| {
+                d.content.as_deref().is_some_and(|t| !t.is_empty()) || d.tool_calls.is_some()
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(name: Option<&str>, data: &str) -> SseEvent {
+        SseEvent {
+            event: name.map(str::to_string),
+            data: data.to_string(),
+            id: None,
+            retry: None,
+        }
+    }
+
+    #[test]
+    fn openai_tokens_are_deltas_with_text_or_tool_calls() {
+        let check = |data| Protocol::Openai.check_json(&event(None, data));
+        let role = r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#;
+        assert!(!check(role).unwrap());
+        assert!(check(r#"{"choices":[{"delta":{"content":"h\u00e9"}}]}"#).unwrap());
+        assert!(check(r#"{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#).unwrap());
+        let stop = r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#;
+        assert!(!check(stop).unwrap());
+        assert!(!check(r#"{"choices":null,"usage":{}}"#).unwrap());
+        assert!(!check("[1, 2]").unwrap(), "JSON of another shape passes");
+        assert!(check("{not json").is_err());
+    }
+
+    #[test]
+    fn anthropic_tokens_are_content_block_deltas() {
+        let delta =
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#;
+        let check = |name, data| Protocol::Anthropic.check_json(&event(Some(name), data));
+        assert!(check("content_block_delta", delta).unwrap());
+        assert!(!check("message_start", r#"{"type":"message_start"}"#).unwrap());
+        assert!(check("ping", "{oops").is_err());
     }
 }

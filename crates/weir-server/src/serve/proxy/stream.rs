@@ -17,6 +17,13 @@
 //!
 //! Dropping the body (the client went away) drops the upstream response, which closes
 //! the upstream connection, and the admission ticket, which frees the stream's share.
+//!
+//! # Telemetry
+//!
+//! The stream owns its [`StreamStats`]: bytes each way, events and tokens, the time to
+//! the first token, and the time between handing a chunk out and the next poll (the
+//! upstream is not read meanwhile: time it waited on the client). They are reported
+//! once, when the body is dropped.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,6 +39,7 @@ use weir_stages::codec::sse::{SseDecoder, SseEncoder, SseEvent, SseLimits};
 use super::protocol::EventRole;
 use crate::serve::admission::Ticket;
 use crate::serve::config::Protocol;
+use crate::serve::stream_stats::{Outcome, StreamStats};
 
 /// Rewrites token text as it streams, holding back what it cannot decide yet.
 pub trait TextFilter: Send + 'static {
@@ -39,6 +47,9 @@ pub trait TextFilter: Send + 'static {
     fn push(&mut self, block: u64, text: &str) -> String;
     /// The block ends: everything still held, rewritten.
     fn flush(&mut self, block: u64) -> String;
+    /// Reports the redactions made so far as `(kind, count)`, for the stream's metrics
+    /// and its end-of-stream log line; called once, when the stream ends.
+    fn redactions(&self, _report: &mut dyn FnMut(&str, u64)) {}
 }
 
 /// Limits and pacing of one proxied stream.
@@ -68,6 +79,7 @@ pub struct ProxyStream {
     saw_terminal: bool,
     done: bool,
     last_upstream: Instant,
+    stats: StreamStats,
     _ticket: Ticket,
 }
 
@@ -78,6 +90,7 @@ impl ProxyStream {
         timing: StreamTiming,
         filter: Option<Box<dyn TextFilter>>,
         ticket: Ticket,
+        stats: StreamStats,
     ) -> Self {
         ProxyStream {
             upstream,
@@ -92,6 +105,7 @@ impl ProxyStream {
             saw_terminal: false,
             done: false,
             last_upstream: Instant::now(),
+            stats,
             _ticket: ticket,
         }
     }
@@ -99,7 +113,12 @@ impl ProxyStream {
     /// The response body: one chunk per poll, each made from at most one upstream frame.
     pub fn into_body_stream(self) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
         futures::stream::unfold(self, |mut s| async move {
-            let chunk = s.next_chunk().await?;
+            s.stats.polled();
+            let Some(chunk) = s.next_chunk().await else {
+                s.stats.delivered();
+                return None;
+            };
+            s.stats.chunk_out(chunk.len());
             Some((Ok(chunk), s))
         })
     }
@@ -118,19 +137,20 @@ impl ProxyStream {
                 Err(_) if Instant::now() >= idle_deadline => {
                     let secs = self.timing.idle_timeout.as_secs_f64();
                     self.fail(
-                        "upstream_timeout",
+                        Outcome::UpstreamTimeout,
                         &format!("upstream sent nothing for {secs} s"),
                     );
                 }
                 Err(_) => self.out.extend_from_slice(b": keep-alive\n\n"),
                 Ok(None) => self.upstream_ended(),
                 Ok(Some(Err(e))) => self.fail(
-                    "upstream_error",
+                    Outcome::UpstreamError,
                     &format!("upstream connection failed: {e}"),
                 ),
                 Ok(Some(Ok(frame))) => {
                     self.last_upstream = Instant::now();
                     if let Ok(data) = frame.into_data() {
+                        self.stats.upstream_read(data.len());
                         self.take_upstream(&data);
                     }
                 }
@@ -142,7 +162,7 @@ impl ProxyStream {
         let events = &mut self.events;
         if let Err(e) = self.decoder.feed(data, |ev| events.push(ev)) {
             self.fail(
-                "upstream_malformed",
+                Outcome::UpstreamMalformed,
                 &format!("upstream sent a malformed stream: {e}"),
             );
             return;
@@ -150,7 +170,7 @@ impl ProxyStream {
         let events = std::mem::take(&mut self.events);
         for event in &events {
             if let Err(message) = self.forward(event) {
-                self.fail("upstream_malformed", &message);
+                self.fail(Outcome::UpstreamMalformed, &message);
                 break;
             }
         }
@@ -160,10 +180,11 @@ impl ProxyStream {
 
     fn upstream_ended(&mut self) {
         if self.saw_terminal {
+            self.stats.settle(Outcome::Completed);
             self.done = true;
         } else {
             self.fail(
-                "upstream_incomplete",
+                Outcome::UpstreamIncomplete,
                 "upstream ended the stream before its last event",
             );
         }
@@ -179,14 +200,15 @@ impl ProxyStream {
             .as_mut()
             .filter(|_| protocol.may_carry_text(event))
         else {
+            let mut token = false;
             if is_terminal_unparsed(protocol, event) {
                 self.saw_terminal = true;
             } else if protocol.may_carry_json(event) {
-                serde_json::from_str::<serde::de::IgnoredAny>(&event.data).map_err(|e| {
+                token = protocol.check_json(event).map_err(|e| {
                     format!("upstream event is not JSON ({e}): {:.200}", event.data)
                 })?;
             }
-            return self.emit(event);
+            return self.emit(event, token);
         };
         let mut json: Value = serde_json::from_str(&event.data)
             .map_err(|e| format!("upstream event is not JSON ({e}): {:.200}", event.data))?;
@@ -197,45 +219,60 @@ impl ProxyStream {
                     .and_then(|t| t.as_str().map(str::to_string))
                     .unwrap_or_default();
                 let released = filter.push(block, &text);
+                let token = !released.is_empty();
                 if released == text {
                     self.templates.insert(block, json);
-                    return self.emit(event);
+                    return self.emit(event, token);
                 }
                 if let Some(slot) = protocol.text_mut(&mut json) {
                     *slot = Value::String(released);
                 }
                 let rewritten = protocol.event(&json);
                 self.templates.insert(block, json);
-                self.emit(&rewritten)
+                self.emit(&rewritten, token)
             }
             EventRole::EndOfBlock { block } => {
                 let rest = filter.flush(block);
                 if !rest.is_empty() {
                     let template = self.templates.get(&block).cloned().unwrap_or(Value::Null);
                     let release = protocol.token_event(&template, block, &rest);
-                    self.emit(&release)?;
+                    self.emit(&release, true)?;
                 }
-                self.emit(event)
+                self.emit(event, false)
             }
             EventRole::Terminal => {
                 self.saw_terminal = true;
-                self.emit(event)
+                self.emit(event, false)
             }
-            EventRole::Other => self.emit(event),
+            EventRole::Other => self.emit(event, false),
         }
     }
 
-    fn emit(&mut self, event: &SseEvent) -> Result<(), String> {
+    /// Encodes `event` for the client; `token` if it carries token text.
+    fn emit(&mut self, event: &SseEvent, token: bool) -> Result<(), String> {
         self.encoder
             .encode(event, &mut self.out)
-            .map_err(|e| format!("cannot re-encode an upstream event: {e}"))
+            .map_err(|e| format!("cannot re-encode an upstream event: {e}"))?;
+        self.stats.event(token);
+        Ok(())
     }
 
-    fn fail(&mut self, code: &str, message: &str) {
-        let event = self.protocol.error_event(code, message);
+    fn fail(&mut self, outcome: Outcome, message: &str) {
+        let event = self.protocol.error_event(outcome.as_str(), message);
         // The encoder refuses only line breaks in event names and ids; ours have none.
         let _ = self.encoder.encode(&event, &mut self.out);
+        self.stats.event(false);
+        self.stats.settle(outcome);
         self.done = true;
+    }
+}
+
+impl Drop for ProxyStream {
+    fn drop(&mut self) {
+        if let Some(filter) = &self.filter {
+            let stats = &mut self.stats;
+            filter.redactions(&mut |kind, n| stats.redacted(kind, n));
+        }
     }
 }
 
