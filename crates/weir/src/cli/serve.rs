@@ -60,7 +60,8 @@ TRY IT:
   weir mock-llm &
   weir serve --config weir.toml
   curl -N http://127.0.0.1:8080/v1/chat/completions -H 'Authorization: Bearer key-1' \
-       -H 'content-type: application/json' -d '{"model":"m","stream":true,"messages":[]}'"#;
+       -H 'content-type: application/json' -d '{"model":"m","stream":true,"messages":[]}'
+  curl http://127.0.0.1:8080/metrics     # Prometheus: streams by outcome, bytes, TTFT, budget"#;
 
 pub fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
