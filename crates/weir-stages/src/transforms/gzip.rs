@@ -1,10 +1,10 @@
-//! Parallel gzip compression as a stage: blocks deflated on tokio's blocking pool, emitted in order.
+//! Parallel gzip compression as a stage: blocks deflated on rayon's pool, emitted in order.
 
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 
 use bytes::{Bytes, BytesMut};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 use weir_runtime::{BoxError, Emit, Transform};
 
 use crate::codec::gzip::{
@@ -33,10 +33,10 @@ impl Default for GzipConfig {
     }
 }
 
-type Job = JoinHandle<Result<CompressedBlock, GzipError>>;
+type Job = oneshot::Receiver<Result<CompressedBlock, GzipError>>;
 
 /// Compresses a byte stream into one gzip member, pigz-style: the input is cut into
-/// blocks, up to `workers` blocks are deflated at once on tokio's blocking pool, and the
+/// blocks, up to `workers` blocks are deflated at once on rayon's thread pool (one thread per core), and the
 /// pieces are emitted in input order.
 ///
 /// # Memory
@@ -52,7 +52,7 @@ type Job = JoinHandle<Result<CompressedBlock, GzipError>>;
 /// # Cancel safety
 ///
 /// Dropping the stage drops its jobs' handles; a block already being compressed runs
-/// to its end on the blocking pool and is then freed.
+/// to its end on its thread and is then freed.
 pub struct Gzip {
     level: GzipLevel,
     block_size: usize,
@@ -93,17 +93,23 @@ impl Gzip {
     ) -> Result<(), BoxError> {
         // Finished blocks go out now rather than when the queue is full: less latency.
         while self.in_flight.len() >= self.workers
-            || self.in_flight.front().is_some_and(JoinHandle::is_finished)
+            || self.in_flight.front().is_some_and(|job| !job.is_empty())
         {
             self.emit_oldest(out).await?;
         }
         let next = next_dictionary(&self.dictionary, &block);
         let dictionary = std::mem::replace(&mut self.dictionary, next);
         let level = self.level;
-        self.in_flight
-            .push_back(tokio::task::spawn_blocking(move || {
-                compress_block(level, &dictionary, &block, last)
-            }));
+        let (done, job) = oneshot::channel();
+        // rayon's pool has one thread per core and keeps them: tokio's blocking pool
+        // would add threads under load, each growing the allocator's per-thread memory.
+        rayon::spawn(move || {
+            let compressed =
+                std::panic::catch_unwind(|| compress_block(level, &dictionary, &block, last))
+                    .unwrap_or(Err(GzipError::WorkerPanicked));
+            let _ = done.send(compressed);
+        });
+        self.in_flight.push_back(job);
         Ok(())
     }
 
@@ -111,13 +117,7 @@ impl Gzip {
         let Some(job) = self.in_flight.pop_front() else {
             return Ok(());
         };
-        let block = job.await.map_err(|e| {
-            if e.is_panic() {
-                GzipError::WorkerPanicked
-            } else {
-                GzipError::WorkerCancelled
-            }
-        })??;
+        let block = job.await.map_err(|_| GzipError::WorkerCancelled)??;
         self.trailer.append(&block);
         if !self.header_sent {
             self.header_sent = true;
