@@ -2,4 +2,5 @@
 pub mod gunzip;
 pub mod gzip;
 pub mod lines;
+pub mod redact;
 pub mod sse;
