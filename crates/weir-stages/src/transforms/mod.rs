@@ -3,6 +3,7 @@ pub mod gunzip;
 pub mod gzip;
 pub mod lines;
 pub mod pass;
+pub mod redact;
 pub mod throttle;
 pub mod sse_decode;
 pub mod sse_encode;
