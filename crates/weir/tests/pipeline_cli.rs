@@ -260,3 +260,30 @@ fn gunzip_refuses_a_bomb_with_a_clear_error() {
     assert!(err.contains("stage `gunzip:ratio=100`"), "{err}");
     assert!(err.contains("exceeds 100x the input"), "{err}");
 }
+
+#[test]
+fn redact_masks_values_split_across_chunks() {
+    let mut child = weir()
+        .args(["run", "--buffer", "7", "-", "redact:email,card", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"mail jo.smith@example.com, card 4111 1111 1111 1111, not 4111 1111 1111 1112\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "mail [EMAIL], card [CARD], not 4111 1111 1111 1112\n"
+    );
+    let o = run(&["run", "-", "redact:passport", "-"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("passport"), "{}", stderr(&o));
+}

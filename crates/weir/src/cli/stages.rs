@@ -8,6 +8,7 @@ use weir_stages::sinks::FileSink;
 use weir_stages::sources::FileSource;
 use weir_stages::transforms::gunzip::{Gunzip, GunzipConfig};
 use weir_stages::transforms::gzip::{Gzip, GzipConfig};
+use weir_stages::transforms::redact::Redact;
 use weir_stages::transforms::sse_decode::SseDecode;
 use weir_stages::transforms::sse_encode::{SseEncode, SseEncodeLimits};
 use weir_stages::transforms::{lines::Lines, pass::Pass, throttle::Throttle};
@@ -31,6 +32,11 @@ pub const CATALOGUE: &str = r#"STAGES (written name[:argument]; the first is the
                        time, so a small input that expands hugely cannot flood memory;
                        past N times the input (default 1000, checked after the first
                        1MiB) or past SIZE in all (default none) it stops with an error
+  redact[:KIND,...]    masks PII in text: email, phone, card (Luhn-checked), iban
+                       (mod-97-checked), ipv4, secret (sk-..., AKIA..., ghp_...,
+                       Bearer ...); default all. A value split across chunks is
+                       still found; only the shortest tail that could still grow into
+                       a match is held back (at most 256 bytes)
   sse-decode[:max-line=SIZE,max-event=SIZE]
                        Server-Sent Events in, one JSON object per event per line out:
                        {"event": .., "data": .., "id": ..} (event/id null when unset,
@@ -69,6 +75,7 @@ pub enum TransformSpec {
     SseEncode(SseEncodeLimits),
     Gzip { level: u32 },
     Gunzip(GunzipLimits),
+    Redact { kinds: Vec<String> },
 }
 
 /// Parses `key=value,key=value` for stage `stage`, accepting only `keys`.
@@ -179,6 +186,14 @@ pub fn parse_transform(spec: &str) -> Result<TransformSpec, String> {
             }
             Ok(TransformSpec::Gunzip(limits))
         }
+        "redact" => Ok(TransformSpec::Redact {
+            kinds: match arg {
+                None => ["email", "phone", "card", "iban", "ipv4", "secret"]
+                    .map(String::from)
+                    .to_vec(),
+                Some(a) => a.split(',').map(String::from).collect(),
+            },
+        }),
         "sse-decode" => {
             let mut limits = SseLimits::default();
             for (k, v) in options(name, arg, &["max-line", "max-event"])? {
@@ -234,6 +249,7 @@ pub enum AnyTransform {
     SseEncode(SseEncode),
     Gzip(Gzip),
     Gunzip(Gunzip),
+    Redact(Redact),
 }
 
 impl TransformSpec {
@@ -251,6 +267,10 @@ impl TransformSpec {
                 })
                 .map_err(|e| e.to_string())?,
             ),
+            TransformSpec::Redact { kinds } => {
+                let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
+                AnyTransform::Redact(Redact::new(&kinds, &[]).map_err(|e| format!("redact: {e}"))?)
+            }
             TransformSpec::Gunzip(limits) => AnyTransform::Gunzip(
                 Gunzip::new(GunzipConfig {
                     limits: *limits,
@@ -275,6 +295,7 @@ impl Transform for AnyTransform {
             AnyTransform::SseEncode(t) => t.apply(item, out).await,
             AnyTransform::Gzip(t) => t.apply(item, out).await,
             AnyTransform::Gunzip(t) => t.apply(item, out).await,
+            AnyTransform::Redact(t) => t.apply(item, out).await,
         }
     }
 
@@ -287,6 +308,7 @@ impl Transform for AnyTransform {
             AnyTransform::SseEncode(t) => t.finish(out).await,
             AnyTransform::Gzip(t) => t.finish(out).await,
             AnyTransform::Gunzip(t) => t.finish(out).await,
+            AnyTransform::Redact(t) => t.finish(out).await,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod handler;
 mod protocol;
+mod redaction;
 mod stream;
 mod upstream;
 
@@ -13,5 +14,5 @@ pub fn filter_for(redact: &[String]) -> Result<Option<FilterFactory>, String> {
     if redact.is_empty() {
         return Ok(None);
     }
-    Err("redaction is not wired into weir serve yet".to_string())
+    redaction::factory(redact).map(Some)
 }

@@ -1,0 +1,52 @@
+//! Redaction of token text, one redacting stream per text block of the response.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use weir_stages::codec::redact::{RedactConfig, RedactStream, Redactor};
+
+use super::handler::FilterFactory;
+use super::stream::TextFilter;
+
+/// The redacting streams of one response, keyed by text block (choice or content index).
+pub struct Redaction {
+    redactor: Arc<Redactor>,
+    blocks: HashMap<u64, RedactStream>,
+}
+
+impl TextFilter for Redaction {
+    fn push(&mut self, block: u64, text: &str) -> String {
+        let redactor = &self.redactor;
+        self.blocks
+            .entry(block)
+            .or_insert_with(|| redactor.stream())
+            .push(text)
+    }
+
+    fn flush(&mut self, block: u64) -> String {
+        self.blocks
+            .get_mut(&block)
+            .map(RedactStream::finish)
+            .unwrap_or_default()
+    }
+
+    fn redactions(&self, report: &mut dyn FnMut(&str, u64)) {
+        for stream in self.blocks.values() {
+            for (kind, n) in stream.counts().filter(|(_, n)| *n > 0) {
+                report(kind, n);
+            }
+        }
+    }
+}
+
+/// The filter factory of a route redacting the detectors named in `kinds`.
+pub fn factory(kinds: &[String]) -> Result<FilterFactory, String> {
+    let names: Vec<&str> = kinds.iter().map(String::as_str).collect();
+    let redactor = Arc::new(Redactor::new(RedactConfig::kinds(&names)).map_err(|e| e.to_string())?);
+    Ok(Arc::new(move || {
+        Box::new(Redaction {
+            redactor: Arc::clone(&redactor),
+            blocks: HashMap::new(),
+        }) as Box<dyn TextFilter>
+    }))
+}
