@@ -1,5 +1,6 @@
 //! `weir demo`: the embedded default, showing what weir promises on generated data.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,14 +13,17 @@ use weir_runtime::size::parse_size;
 
 #[derive(Args, Debug)]
 #[command(
-    about = "Show weir at work on generated logs: a compression pipeline, then a slow consumer",
-    long_about = "Show weir at work on generated logs, in a temporary folder removed at the end.\n\n\
-        1. Writes a deterministic NDJSON log file (--size).\n\
+    about = "The embedded default: pipelines on generated logs, then an LLM proxy with redaction",
+    long_about = "The embedded default, with nothing to set up.\n\n\
+        1. Writes a deterministic NDJSON log file (--size) in a temporary folder.\n\
         2. Compresses it: file -> lines -> gzip:6 -> file, and prints the per-stage table.\n\
         3. Feeds it to a consumer throttled to --rate for --seconds, printing once a second \
         how much the source has read, how much reached the consumer, the bytes buffered \
-        between the stages and the process's RSS: the buffers stay at their budget and the \
-        source reads only as fast as the consumer takes."
+        between the stages and the process's RSS: the source reads only as fast as the \
+        consumer takes.\n\
+        4. Starts a mock LLM upstream (--upstream-listen) and weir's token proxy in front of \
+        it (--listen) with PII redaction, streams one answer through it, prints the curl \
+        lines to try, and serves until Ctrl-C (or exits at once with --once)."
 )]
 pub struct DemoArgs {
     /// Size of the generated log file.
@@ -33,6 +37,18 @@ pub struct DemoArgs {
     /// How long to watch the slow consumer.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     pub seconds: u64,
+
+    /// Where the proxy listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Where the mock LLM upstream listens.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub upstream_listen: SocketAddr,
+
+    /// Exit after streaming one answer through the proxy instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub once: bool,
 }
 
 fn failed(context: &str) -> impl Fn(std::io::Error) -> Failure + '_ {
@@ -58,9 +74,9 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     println!("  weir sample logs.ndjson --size 256MiB");
     println!("  weir run --stats file:logs.ndjson lines gzip:6 file:logs.ndjson.gz");
     println!("  weir run file:logs.ndjson.gz gunzip - | head");
-    println!("  weir run file:logs.ndjson throttle:1MB - | pv > /dev/null");
-    println!("  weir run --help");
-    Ok(())
+    println!("  weir run --help\n");
+    drop(dir);
+    super::demo_proxy::run(args.listen, args.upstream_listen, args.once).await
 }
 
 fn spec(parts: &[&str]) -> Vec<String> {

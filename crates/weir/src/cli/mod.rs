@@ -1,6 +1,7 @@
 //! The `weir` command line: one module per subcommand.
 
 pub mod demo;
+pub mod demo_proxy;
 pub mod run;
 pub mod sample;
 pub mod serve;
