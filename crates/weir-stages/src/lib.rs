@@ -6,3 +6,6 @@ pub mod codec;
 pub mod sinks;
 pub mod sources;
 pub mod transforms;
+
+#[cfg(test)]
+pub(crate) mod test_support;

@@ -226,30 +226,7 @@ fn human(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-
-    fn gzip_system(data: &[u8]) -> Vec<u8> {
-        let mut child = Command::new("gzip")
-            .arg("-c")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("gzip is installed");
-        let mut stdin = child.stdin.take().unwrap();
-        let data = data.to_vec();
-        let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
-        let output = child.wait_with_output().unwrap();
-        writer.join().unwrap();
-        assert!(output.status.success());
-        output.stdout
-    }
-
-    fn gzip_flate2(data: &[u8]) -> Vec<u8> {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-        enc.write_all(data).unwrap();
-        enc.finish().unwrap()
-    }
+    use crate::test_support::{gzip_flate2, system_gzip};
 
     /// Feeds `input` in `chunk`-byte pieces through a `buffer`-byte output buffer.
     fn decode_all(
@@ -286,7 +263,7 @@ mod tests {
     #[test]
     fn decodes_in_any_chunking_and_buffer_size() {
         let data = text(200_000);
-        let gz = gzip_system(&data);
+        let gz = system_gzip(&["-c"], &data);
         for (chunk, buffer) in [(1, 1), (7, 100), (4096, 65536), (gz.len(), 1000)] {
             let out = decode_all(GunzipLimits::default(), &gz, chunk, buffer).unwrap();
             assert_eq!(out, data, "chunk {chunk}, buffer {buffer}");
@@ -295,7 +272,7 @@ mod tests {
 
     #[test]
     fn decodes_concatenated_members() {
-        let mut gz = gzip_system(b"first\n");
+        let mut gz = system_gzip(&["-c"], b"first\n");
         gz.extend(gzip_flate2(b""));
         gz.extend(gzip_flate2(&text(100_000)));
         let mut expected = b"first\n".to_vec();

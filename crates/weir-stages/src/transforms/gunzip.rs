@@ -81,18 +81,12 @@ impl Transform for Gunzip {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transforms::gzip::tests::{ndjson, run, Chunks};
+    use crate::test_support::{gzip_flate2, run_transform, Chunks};
+    use crate::transforms::gzip::tests::ndjson;
     use crate::transforms::gzip::{Gzip, GzipConfig};
-    use std::io::Write;
     use weir_runtime::FailureKind;
 
-    fn gzip_flate2(data: &[u8]) -> Vec<u8> {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-        enc.write_all(data).unwrap();
-        enc.finish().unwrap()
-    }
-
-    fn error_text(result: Result<(), weir_runtime::PipelineError>) -> String {
+    fn error_text(result: Result<weir_runtime::Report, weir_runtime::PipelineError>) -> String {
         let err = result.unwrap_err();
         match &err.kind {
             FailureKind::Failed(e) => e.to_string(),
@@ -108,12 +102,12 @@ mod tests {
             ..GzipConfig::default()
         })
         .unwrap();
-        let (result, compressed) = run(Chunks::of(&data, 30_000), gzip).await;
+        let (result, compressed) = run_transform("gzip", gzip, Chunks::of(&data, 30_000)).await;
         result.unwrap();
         for chunk in [1, 999, 1 << 20] {
             let source = Chunks::of(&compressed.bytes()[..], chunk);
             let gunzip = Gunzip::new(GunzipConfig::default()).unwrap();
-            let (result, sink) = run(source, gunzip).await;
+            let (result, sink) = run_transform("gunzip", gunzip, source).await;
             result.unwrap();
             assert_eq!(sink.bytes(), data, "chunk {chunk}");
             assert!(sink.largest_item() <= DEFAULT_BUFFER_SIZE);
@@ -125,9 +119,10 @@ mod tests {
         let mut input = gzip_flate2(b"one\n");
         input.extend(gzip_flate2(b"two\n"));
         input.extend([0; 16]);
-        let (result, sink) = run(
-            Chunks::of(&input, 5),
+        let (result, sink) = run_transform(
+            "gunzip",
             Gunzip::new(GunzipConfig::default()).unwrap(),
+            Chunks::of(&input, 5),
         )
         .await;
         result.unwrap();
@@ -145,7 +140,12 @@ mod tests {
             buffer_size: DEFAULT_BUFFER_SIZE,
         };
         // One chunk holding the whole bomb: its expansion must still come out in buffers.
-        let (result, sink) = run(Chunks::of(&bomb, bomb.len()), Gunzip::new(config).unwrap()).await;
+        let (result, sink) = run_transform(
+            "gunzip",
+            Gunzip::new(config).unwrap(),
+            Chunks::of(&bomb, bomb.len()),
+        )
+        .await;
         let message = error_text(result);
         assert!(
             message.starts_with("gunzip: output exceeds 100x the input ("),
@@ -169,9 +169,10 @@ mod tests {
             },
             buffer_size: 4096,
         };
-        let (result, sink) = run(
-            Chunks::of(&gzip_flate2(&data), 8192),
+        let (result, sink) = run_transform(
+            "gunzip",
             Gunzip::new(config).unwrap(),
+            Chunks::of(&gzip_flate2(&data), 8192),
         )
         .await;
         let message = error_text(result);
@@ -182,9 +183,10 @@ mod tests {
     #[tokio::test]
     async fn truncated_and_corrupt_input_fail() {
         let gz = gzip_flate2(&ndjson(100_000));
-        let (result, _) = run(
-            Chunks::of(&gz[..gz.len() - 3], 4096),
+        let (result, _) = run_transform(
+            "gunzip",
             Gunzip::new(GunzipConfig::default()).unwrap(),
+            Chunks::of(&gz[..gz.len() - 3], 4096),
         )
         .await;
         let message = error_text(result);
@@ -193,9 +195,10 @@ mod tests {
         let mut corrupt = gz.clone();
         corrupt[20] ^= 0x55;
         corrupt[21] ^= 0xaa;
-        let (result, _) = run(
-            Chunks::of(&corrupt, 4096),
+        let (result, _) = run_transform(
+            "gunzip",
             Gunzip::new(GunzipConfig::default()).unwrap(),
+            Chunks::of(&corrupt, 4096),
         )
         .await;
         let message = error_text(result);

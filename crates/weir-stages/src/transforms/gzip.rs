@@ -159,70 +159,8 @@ impl Transform for Gzip {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::io::{Read, Write};
-    use std::process::{Command, Stdio};
-    use std::sync::{Arc, Mutex};
-    use weir_runtime::{Pipeline, PipelineError, Sink, Source};
-
-    /// Emits the given chunks in order.
-    pub(crate) struct Chunks(pub VecDeque<Bytes>);
-
-    impl Source for Chunks {
-        type Item = Bytes;
-        async fn next(&mut self) -> Result<Option<Bytes>, BoxError> {
-            Ok(self.0.pop_front())
-        }
-    }
-
-    impl Chunks {
-        pub(crate) fn of(data: &[u8], chunk: usize) -> Self {
-            Chunks(
-                data.chunks(chunk.max(1))
-                    .map(Bytes::copy_from_slice)
-                    .collect(),
-            )
-        }
-    }
-
-    /// Collects everything, and the largest item, where the test can see it after a failure.
-    #[derive(Clone, Default)]
-    pub(crate) struct Collect(pub Arc<Mutex<(Vec<u8>, usize)>>);
-
-    impl Sink for Collect {
-        type Item = Bytes;
-        async fn write(&mut self, item: Bytes) -> Result<(), BoxError> {
-            let mut seen = self.0.lock().unwrap();
-            seen.0.extend_from_slice(&item);
-            seen.1 = seen.1.max(item.len());
-            Ok(())
-        }
-    }
-
-    impl Collect {
-        pub(crate) fn bytes(&self) -> Vec<u8> {
-            self.0.lock().unwrap().0.clone()
-        }
-
-        pub(crate) fn largest_item(&self) -> usize {
-            self.0.lock().unwrap().1
-        }
-    }
-
-    pub(crate) async fn run<X>(source: Chunks, stage: X) -> (Result<(), PipelineError>, Collect)
-    where
-        X: Transform<In = Bytes, Out = Bytes>,
-    {
-        let sink = Collect::default();
-        let result = Pipeline::builder()
-            .buffer(256 * 1024)
-            .source("chunks", source)
-            .transform("stage", stage)
-            .sink("collect", sink.clone())
-            .run()
-            .await
-            .map(drop);
-        (result, sink)
-    }
+    use crate::test_support::{run_transform, system_gzip, Chunks};
+    use std::io::Read;
 
     fn gunzip(data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -230,22 +168,6 @@ pub(crate) mod tests {
             .read_to_end(&mut out)
             .unwrap();
         out
-    }
-
-    fn system_gunzip(data: &[u8]) -> Vec<u8> {
-        let mut child = Command::new("gzip")
-            .arg("-dc")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("gzip is installed");
-        let mut stdin = child.stdin.take().unwrap();
-        let data = data.to_vec();
-        let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
-        let output = child.wait_with_output().unwrap();
-        writer.join().unwrap();
-        assert!(output.status.success(), "gzip -dc failed: {output:?}");
-        output.stdout
     }
 
     pub(crate) fn ndjson(len: usize) -> Vec<u8> {
@@ -279,7 +201,8 @@ pub(crate) mod tests {
             for len in [0, 1, block - 1, block, block + 1, 3 * block, 5 * block + 3] {
                 for chunk in [1000, block, 3 * block] {
                     let gzip = Gzip::new(config(level, block, 2)).unwrap();
-                    let (result, sink) = run(Chunks::of(&data[..len], chunk), gzip).await;
+                    let (result, sink) =
+                        run_transform("gzip", gzip, Chunks::of(&data[..len], chunk)).await;
                     result.unwrap();
                     assert_eq!(
                         gunzip(&sink.bytes()),
@@ -296,9 +219,9 @@ pub(crate) mod tests {
         let data = ndjson(1_000_000);
         for (block, workers) in [(DEFAULT_BLOCK_SIZE, 2), (40_000, 1), (MIN_BLOCK_SIZE, 4)] {
             let gzip = Gzip::new(config(6, block, workers)).unwrap();
-            let (result, sink) = run(Chunks::of(&data, 65536), gzip).await;
+            let (result, sink) = run_transform("gzip", gzip, Chunks::of(&data, 65536)).await;
             result.unwrap();
-            assert_eq!(system_gunzip(&sink.bytes()), data, "block {block}");
+            assert_eq!(system_gzip(&["-dc"], &sink.bytes()), data, "block {block}");
         }
     }
 
@@ -308,7 +231,7 @@ pub(crate) mod tests {
         let mut outputs = Vec::new();
         for workers in [1, 2, 5] {
             let gzip = Gzip::new(config(6, 64 * 1024, workers)).unwrap();
-            let (result, sink) = run(Chunks::of(&data, 10_000), gzip).await;
+            let (result, sink) = run_transform("gzip", gzip, Chunks::of(&data, 10_000)).await;
             result.unwrap();
             outputs.push(sink.bytes());
         }
@@ -318,21 +241,22 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn empty_input_is_a_valid_gzip_file() {
-        let (result, sink) = run(
-            Chunks(VecDeque::new()),
+        let (result, sink) = run_transform(
+            "gzip",
             Gzip::new(GzipConfig::default()).unwrap(),
+            Chunks::new(Vec::<Bytes>::new()),
         )
         .await;
         result.unwrap();
         assert_eq!(sink.bytes().len(), 20);
-        assert_eq!(system_gunzip(&sink.bytes()), b"");
+        assert_eq!(system_gzip(&["-dc"], &sink.bytes()), b"");
     }
 
     #[tokio::test]
     async fn items_stay_within_one_block_of_output() {
         let data = ndjson(2_000_000);
         let gzip = Gzip::new(config(0, 16_384, 2)).unwrap();
-        let (result, sink) = run(Chunks::of(&data, 1 << 20), gzip).await;
+        let (result, sink) = run_transform("gzip", gzip, Chunks::of(&data, 1 << 20)).await;
         result.unwrap();
         assert!(
             sink.largest_item() <= 16_384 + 64,

@@ -119,34 +119,15 @@ impl Transform for Redact {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, LazyLock, Mutex};
+    use std::sync::LazyLock;
 
     use proptest::prelude::*;
-    use weir_runtime::{Pipeline, Sink, Source};
 
     use super::*;
+    use crate::test_support::{run_transform, Chunks};
 
     static REDACTOR: LazyLock<Redactor> =
         LazyLock::new(|| Redactor::new(RedactConfig::all_builtins()).unwrap());
-
-    struct Chunks(std::vec::IntoIter<Bytes>);
-
-    impl Source for Chunks {
-        type Item = Bytes;
-        async fn next(&mut self) -> Result<Option<Bytes>, BoxError> {
-            Ok(self.0.next())
-        }
-    }
-
-    struct Collect(Arc<Mutex<Vec<Bytes>>>);
-
-    impl Sink for Collect {
-        type Item = Bytes;
-        async fn write(&mut self, item: Bytes) -> Result<(), BoxError> {
-            self.0.lock().unwrap().push(item);
-            Ok(())
-        }
-    }
 
     fn feed_all(stage: &mut Redact, chunks: &[&[u8]]) -> Vec<String> {
         let mut out: Vec<String> = chunks.iter().map(|c| stage.feed(c)).collect();
@@ -156,30 +137,17 @@ mod tests {
 
     #[tokio::test]
     async fn pipeline_redacts_across_chunks() {
-        let collected = Arc::new(Mutex::new(Vec::new()));
-        let chunks: Vec<Bytes> = [
+        let chunks = Chunks::new([
             "Hi, I am jo",
             "hn@exam",
             "ple.com, card 4111 ",
             "1111 1111 1111",
             " ok",
-        ]
-        .into_iter()
-        .map(|c| Bytes::from_static(c.as_bytes()))
-        .collect();
-        let report = Pipeline::builder()
-            .source("chunks", Chunks(chunks.into_iter()))
-            .transform("redact", Redact::new(&["email", "card"], &[]).unwrap())
-            .sink("collect", Collect(Arc::clone(&collected)))
-            .run()
-            .await
-            .unwrap();
-        let items: Vec<String> = collected
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|b| String::from_utf8(b.to_vec()).unwrap())
-            .collect();
+        ]);
+        let redact = Redact::new(&["email", "card"], &[]).unwrap();
+        let (ran, sink) = run_transform("redact", redact, chunks).await;
+        let report = ran.unwrap();
+        let items: Vec<String> = sink.strings();
         assert_eq!(items, ["Hi, I am ", "[EMAIL], card ", "[CARD] ", "ok"]);
         assert_eq!(report.stages[1].items_in, 5);
     }

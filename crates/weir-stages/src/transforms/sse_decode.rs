@@ -72,47 +72,14 @@ impl Transform for SseDecode {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use weir_runtime::{Pipeline, PipelineError, Sink, Source};
+    use weir_runtime::PipelineError;
 
     use super::*;
-
-    struct Chunks(std::vec::IntoIter<Bytes>);
-
-    impl Source for Chunks {
-        type Item = Bytes;
-        async fn next(&mut self) -> Result<Option<Bytes>, BoxError> {
-            Ok(self.0.next())
-        }
-    }
-
-    struct Collect(Arc<Mutex<Vec<Bytes>>>);
-
-    impl Sink for Collect {
-        type Item = Bytes;
-        async fn write(&mut self, item: Bytes) -> Result<(), BoxError> {
-            self.0.lock().unwrap().push(item);
-            Ok(())
-        }
-    }
+    use crate::test_support::{run_transform, Chunks};
 
     async fn run(stage: SseDecode, chunks: &[&str]) -> (Result<(), PipelineError>, Vec<String>) {
-        let collected = Arc::new(Mutex::new(Vec::new()));
-        let chunks: Vec<Bytes> = chunks.iter().map(|c| Bytes::from(c.to_string())).collect();
-        let ran = Pipeline::builder()
-            .source("chunks", Chunks(chunks.into_iter()))
-            .transform("sse_decode", stage)
-            .sink("collect", Collect(Arc::clone(&collected)))
-            .run()
-            .await;
-        let items = collected
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|b| String::from_utf8(b.to_vec()).unwrap())
-            .collect();
-        (ran.map(|_| ()), items)
+        let (ran, sink) = run_transform("sse_decode", stage, Chunks::new(chunks)).await;
+        (ran.map(|_| ()), sink.strings())
     }
 
     #[tokio::test]

@@ -181,48 +181,15 @@ impl Transform for SseEncode {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use weir_runtime::{Pipeline, PipelineError, Sink, Source};
+    use weir_runtime::{Pipeline, PipelineError};
 
     use super::*;
+    use crate::test_support::{run_transform, Chunks, Collect};
     use crate::transforms::sse_decode::SseDecode;
 
-    struct Chunks(std::vec::IntoIter<Bytes>);
-
-    impl Source for Chunks {
-        type Item = Bytes;
-        async fn next(&mut self) -> Result<Option<Bytes>, BoxError> {
-            Ok(self.0.next())
-        }
-    }
-
-    struct Collect(Arc<Mutex<Vec<Bytes>>>);
-
-    impl Sink for Collect {
-        type Item = Bytes;
-        async fn write(&mut self, item: Bytes) -> Result<(), BoxError> {
-            self.0.lock().unwrap().push(item);
-            Ok(())
-        }
-    }
-
     async fn run(stage: SseEncode, chunks: &[&str]) -> (Result<(), PipelineError>, Vec<String>) {
-        let collected = Arc::new(Mutex::new(Vec::new()));
-        let chunks: Vec<Bytes> = chunks.iter().map(|c| Bytes::from(c.to_string())).collect();
-        let ran = Pipeline::builder()
-            .source("chunks", Chunks(chunks.into_iter()))
-            .transform("sse_encode", stage)
-            .sink("collect", Collect(Arc::clone(&collected)))
-            .run()
-            .await;
-        let items = collected
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|b| String::from_utf8(b.to_vec()).unwrap())
-            .collect();
-        (ran.map(|_| ()), items)
+        let (ran, sink) = run_transform("sse_encode", stage, Chunks::new(chunks)).await;
+        (ran.map(|_| ()), sink.strings())
     }
 
     async fn error_of(chunks: &[&str]) -> String {
@@ -338,21 +305,16 @@ mod tests {
     #[tokio::test]
     async fn decode_then_encode_keeps_the_events() {
         let stream = "event: a\r\nid: 1\r\ndata: x\r\ndata: y\r\n\r\n: c\n\ndata: z\nretry: 9\n\n";
-        let collected = Arc::new(Mutex::new(Vec::new()));
-        let chunks: Vec<Bytes> = stream
-            .as_bytes()
-            .chunks(5)
-            .map(Bytes::copy_from_slice)
-            .collect();
+        let collected = Collect::default();
         Pipeline::builder()
-            .source("chunks", Chunks(chunks.into_iter()))
+            .source("chunks", Chunks::of(stream.as_bytes(), 5))
             .transform("sse_decode", SseDecode::default())
             .transform("sse_encode", SseEncode::default())
-            .sink("collect", Collect(Arc::clone(&collected)))
+            .sink("collect", collected.clone())
             .run()
             .await
             .unwrap();
-        let text: Vec<u8> = collected.lock().unwrap().concat();
+        let text: Vec<u8> = collected.bytes();
         assert_eq!(
             String::from_utf8(text).unwrap(),
             "event: a\nid: 1\ndata: x\ndata: y\n\nid: 1\nretry: 9\ndata: z\n\n"
