@@ -108,7 +108,10 @@ mod tests {
     #[test]
     fn pieces_end_at_line_feeds() {
         let out = split_all(b"ab\ncd\nef", &[1, 4], 10).unwrap();
-        assert_eq!(out, vec![Bytes::from("ab\n"), Bytes::from("cd\n"), Bytes::from("ef")]);
+        assert_eq!(
+            out,
+            vec![Bytes::from("ab\n"), Bytes::from("cd\n"), Bytes::from("ef")]
+        );
     }
 
     #[test]

@@ -4,6 +4,6 @@ pub mod gzip;
 pub mod lines;
 pub mod pass;
 pub mod redact;
-pub mod throttle;
 pub mod sse_decode;
 pub mod sse_encode;
+pub mod throttle;
