@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 const KNOBS: &str = "tokens=50&seed=3";
 /// Added on the `/slow` routes: keep-alive comments while the first token is late, then paced tokens.
 const SLOW: &str = "ttft_ms=500&rate=200";
+/// The `/pii` routes, which redact.
+const PII_KNOBS: &str = "tokens=300&pii=7&seed=11";
+const REDACT: &str = r#"["email", "phone", "card", "iban", "ipv4", "secret"]"#;
 const FAULT_AFTER: u32 = 10;
 const CLIENT_KEY: &str = "key-sdk";
 
@@ -88,7 +91,7 @@ fn sdk_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk")
 }
 
-/// The routes `tests/sdk/weirenv.py` lists.
+/// The routes `tests/sdk/weirenv.py` lists, but for `/pii`.
 fn plain_routes() -> Vec<(&'static str, String, String)> {
     vec![
         ("", KNOBS.to_string(), String::new()),
@@ -177,6 +180,7 @@ impl Stack {
             .env("MOCK_URL", format!("http://{}", self.mock_addr))
             .env("WEIR_KEY", CLIENT_KEY)
             .env("WEIR_KNOBS", KNOBS)
+            .env("WEIR_PII_KNOBS", PII_KNOBS)
             .env("WEIR_FAULT_AFTER", FAULT_AFTER.to_string())
             .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1");
@@ -251,6 +255,14 @@ fn openai_sdk_streams_through_weir_unchanged() {
 fn anthropic_sdk_streams_through_weir_unchanged() {
     if sdks_available() {
         Stack::start(&plain_routes()).run("anthropic_sdk.py");
+    }
+}
+
+#[test]
+fn both_sdks_through_a_redacting_route_see_no_planted_pii() {
+    if sdks_available() {
+        let route = ("/pii", PII_KNOBS.to_string(), format!("redact = {REDACT}"));
+        Stack::start(&[route]).run("redact_sdk.py");
     }
 }
 
