@@ -1,18 +1,21 @@
 //! Sizes, rates and durations as people write them: `64KiB`, `2MB`, `1m`, `500`, `250ms`.
 
+/// Splits `1.5MiB` into `1.5` and `MiB`; `None` when it does not start with a number.
+fn number_and_unit(text: &str) -> Option<(f64, &str)> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    Some((number.parse().ok()?, unit))
+}
+
 /// Parses a byte count: a number with an optional unit. `KB`/`MB`/`GB` are powers of
 /// 1000; `KiB`/`MiB`/`GiB` and the bare letters `k`/`m`/`g` (as curl reads them) are
 /// powers of 1024. Case does not matter; a trailing `/s` is allowed for rates.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let t = t.strip_suffix("/s").unwrap_or(t);
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (e.g. 64KiB, 2MB, 1048576)"))?;
+    let (value, unit) = number_and_unit(t.strip_suffix("/s").unwrap_or(t))
+        .ok_or_else(|| format!("`{text}` is not a size (e.g. 64KiB, 2MB, 1048576)"))?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -45,14 +48,8 @@ pub fn parse_buffer(text: &str) -> Result<usize, String> {
 
 /// Parses a duration: a number with a unit, `ms`, `s`, `m` or `h` (e.g. `250ms`, `30s`).
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (e.g. 250ms, 30s, 5m)"))?;
+    let (value, unit) = number_and_unit(text.trim())
+        .ok_or_else(|| format!("`{text}` is not a duration (e.g. 250ms, 30s, 5m)"))?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,
         "s" => value,

@@ -11,6 +11,26 @@ fn run(args: &[&str]) -> Output {
     weir().args(args).output().expect("weir runs")
 }
 
+/// Runs weir with `input` on its stdin (written whole, then closed).
+fn run_with_input(args: &[&str], input: &[u8]) -> Output {
+    let mut child = weir()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        // weir may stop reading early on an error: a broken pipe here is fine.
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -150,19 +170,7 @@ fn help_lists_every_stage() {
 
 #[test]
 fn sse_decode_then_encode_round_trips_through_pipes() {
-    let mut child = weir()
-        .args(["run", "-", "sse-decode", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"\xEF\xBB\xBFevent: hi\r\ndata: a\r\ndata: b\r\nid: 7\r\n\r\n: note\ndata: x\n\ndata: unfinished")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_input(&["run", "-", "sse-decode", "-"], b"\xEF\xBB\xBFevent: hi\r\ndata: a\r\ndata: b\r\nid: 7\r\n\r\n: note\ndata: x\n\ndata: unfinished");
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
@@ -170,19 +178,7 @@ fn sse_decode_then_encode_round_trips_through_pipes() {
         "{\"event\":\"hi\",\"data\":\"a\\nb\",\"id\":\"7\"}\n{\"event\":null,\"data\":\"x\",\"id\":\"7\"}\n"
     );
 
-    let mut child = weir()
-        .args(["run", "-", "sse-encode", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_input(&["run", "-", "sse-encode", "-"], text.as_bytes());
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
@@ -263,21 +259,10 @@ fn gunzip_refuses_a_bomb_with_a_clear_error() {
 
 #[test]
 fn redact_masks_values_split_across_chunks() {
-    let mut child = weir()
-        .args(["run", "--buffer", "7", "-", "redact:email,card", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            b"mail jo.smith@example.com, card 4111 1111 1111 1111, not 4111 1111 1111 1112\n",
-        )
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_input(
+        &["run", "--buffer", "7", "-", "redact:email,card", "-"],
+        b"mail jo.smith@example.com, card 4111 1111 1111 1111, not 4111 1111 1111 1112\n",
+    );
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
