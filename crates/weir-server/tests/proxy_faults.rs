@@ -126,3 +126,45 @@ async fn no_upstream_is_502_and_no_headers_in_time_is_504() {
         .unwrap();
     assert_eq!(resp.status(), 504);
 }
+
+#[tokio::test]
+async fn an_upstream_cannot_open_unbounded_text_blocks() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A hand-written upstream: one token event in text block 1000, then the end.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = tcp.read(&mut buf).await.unwrap();
+        let body = "data: {\"choices\":[{\"index\":1000,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\ndata: [DONE]\n\n";
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(body.as_bytes()).await.unwrap();
+    });
+    let proxy = start_proxy(
+        "openai",
+        &format!("http://{addr}/v1/chat/completions"),
+        "",
+        "redact = [\"email\"]",
+    )
+    .await;
+    let resp = proxy_request(&client(), &proxy.url("/v1/chat/completions"), false)
+        .send()
+        .await
+        .unwrap();
+    let (body, _) = read_all(resp).await;
+    let last = last_event(&body).json();
+    assert_eq!(last["error"]["code"], "upstream_malformed", "{body}");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("text block 1000"),
+        "{body}"
+    );
+    upstream.await.unwrap();
+}

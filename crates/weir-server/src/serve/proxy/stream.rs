@@ -60,6 +60,9 @@ pub struct StreamTiming {
 }
 
 /// Upstream events are at most this long (tool calls can be large, tokens are not).
+/// Text blocks (choices, content blocks) one stream may use when its text is filtered.
+const MAX_TEXT_BLOCKS: u64 = 64;
+
 const SSE_LIMITS: SseLimits = SseLimits {
     max_line: 1 << 20,
     max_event: 4 << 20,
@@ -212,7 +215,17 @@ impl ProxyStream {
         };
         let mut json: Value = serde_json::from_str(&event.data)
             .map_err(|e| format!("upstream event is not JSON ({e}): {:.200}", event.data))?;
-        match protocol.role(event, Some(&json)) {
+        let role = protocol.role(event, Some(&json));
+        if let EventRole::Token { block } | EventRole::EndOfBlock { block } = role {
+            // Each text block keeps a redacting stream and a template: the upstream's
+            // block index must not make that state grow without bound.
+            if block >= MAX_TEXT_BLOCKS {
+                return Err(format!(
+                    "upstream used text block {block}; at most {MAX_TEXT_BLOCKS} are supported"
+                ));
+            }
+        }
+        match role {
             EventRole::Token { block } => {
                 let text = protocol
                     .text_mut(&mut json)
