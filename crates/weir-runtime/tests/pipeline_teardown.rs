@@ -53,6 +53,14 @@ impl Held {
     }
 }
 
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Slow to release, so a `run` that returned before every stage was dropped
+        // would be caught with descriptors still open.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 struct HeldSource(Held);
 impl Source for HeldSource {
     type Item = Vec<u8>;
