@@ -7,12 +7,13 @@ use tokio::time::Instant;
 use weir_runtime::{BoxError, Emit, Transform};
 
 /// Emits at most `rate` bytes per second, evenly: items are cut into pieces of a
-/// twentieth of a second's worth, so a large item does not leave in one burst.
+/// twentieth of a second's worth, so a large item does not leave in one burst, and time
+/// lost waiting on a slow downstream is not made up later in a burst either.
 pub struct Throttle {
     rate: u64,
     piece: usize,
-    started: Option<Instant>,
-    sent: u64,
+    /// When the next piece may leave.
+    next: Option<Instant>,
 }
 
 impl Throttle {
@@ -22,14 +23,13 @@ impl Throttle {
         Throttle {
             rate,
             piece: usize::try_from(rate / 20).unwrap_or(usize::MAX).max(1),
-            started: None,
-            sent: 0,
+            next: None,
         }
     }
 
-    fn due(&self, started: Instant) -> Instant {
-        let nanos = u128::from(self.sent) * 1_000_000_000 / u128::from(self.rate);
-        started + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    fn time_for(&self, bytes: usize) -> Duration {
+        let nanos = bytes as u128 * 1_000_000_000 / u128::from(self.rate);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 }
 
@@ -38,13 +38,35 @@ impl Transform for Throttle {
     type Out = Bytes;
 
     async fn apply(&mut self, mut item: Bytes, out: &mut Emit<'_, Bytes>) -> Result<(), BoxError> {
-        let started = *self.started.get_or_insert_with(Instant::now);
         while !item.is_empty() {
             let piece = item.split_to(self.piece.min(item.len()));
-            tokio::time::sleep_until(self.due(started)).await;
-            self.sent += piece.len() as u64;
+            let due = *self.next.get_or_insert_with(Instant::now);
+            tokio::time::sleep_until(due).await;
+            let len = piece.len();
             out.send(piece).await?;
+            self.next = Some(due.max(Instant::now()) + self.time_for(len));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{run_transform, Chunks};
+
+    #[tokio::test(start_paused = true)]
+    async fn holds_the_rate_in_even_pieces() {
+        let started = Instant::now();
+        let data = vec![7u8; 10_000];
+        let (ran, out) =
+            run_transform("throttle", Throttle::new(1000), Chunks::of(&data, 4000)).await;
+        ran.unwrap();
+        assert_eq!(out.bytes(), data);
+        assert_eq!(out.largest_item(), 50, "pieces of 1/20 s");
+        // 200 pieces of 50 B at 1000 B/s: the last leaves after 199 × 50 ms.
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(9950), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(10_100), "{elapsed:?}");
     }
 }
