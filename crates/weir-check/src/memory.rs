@@ -1,0 +1,188 @@
+//! Where the target's memory is read from: the resident set of a process and its
+//! descendants in /proc, or a Prometheus `process_resident_memory_bytes` gauge.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::CheckError;
+
+/// The largest metrics page read; a gauge page is a few KiB.
+const MAX_METRICS_BYTES: usize = 4 << 20;
+const GAUGE: &str = "process_resident_memory_bytes";
+
+/// Reads the target's memory, one sample at a time.
+pub enum MemorySampler {
+    /// RSS of `root` and every process descended from it (a server's workers, or the
+    /// program a shell started).
+    ProcessTree { root: u32 },
+    /// A Prometheus endpoint exposing `process_resident_memory_bytes`.
+    Prometheus {
+        client: reqwest::Client,
+        url: String,
+    },
+}
+
+impl MemorySampler {
+    pub fn prometheus(url: &str, timeout: Duration) -> Result<MemorySampler, CheckError> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| CheckError::Setup(format!("cannot build the metrics client: {e}")))?;
+        Ok(MemorySampler::Prometheus {
+            client,
+            url: url.to_string(),
+        })
+    }
+
+    /// Resident bytes now. An error says why no sample could be taken (the process is
+    /// gone, the metrics endpoint failed).
+    pub async fn sample(&self) -> Result<u64, String> {
+        match self {
+            MemorySampler::ProcessTree { root } => tree_rss(*root),
+            MemorySampler::Prometheus { client, url } => scrape(client, url).await,
+        }
+    }
+}
+
+/// `root` and its descendants, from the parent pid of every process in /proc.
+pub fn process_tree(root: u32) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            if let Some(parent) = parent_pid(pid) {
+                children.entry(parent).or_default().push(pid);
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut next = 0;
+    while next < tree.len() {
+        if let Some(kids) = children.get(&tree[next]) {
+            tree.extend(kids);
+        }
+        next += 1;
+    }
+    tree
+}
+
+/// The fourth field of /proc/PID/stat, read after the command name (which may hold
+/// spaces and parentheses itself).
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// VmRSS of one process, in bytes; `None` once it has exited (or for a kernel thread).
+pub fn process_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn tree_rss(root: u32) -> Result<u64, String> {
+    let Some(root_rss) = process_rss(root) else {
+        return Err(format!("process {root} has exited"));
+    };
+    let descendants: u64 = process_tree(root)
+        .into_iter()
+        .skip(1)
+        .filter_map(process_rss)
+        .sum();
+    Ok(root_rss + descendants)
+}
+
+async fn scrape(client: &reqwest::Client, url: &str) -> Result<u64, String> {
+    let mut response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("metrics {url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("metrics {url}: HTTP {}", response.status()));
+    }
+    let mut page = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("metrics {url}: {e}"))?
+    {
+        if page.len() + chunk.len() > MAX_METRICS_BYTES {
+            return Err(format!(
+                "metrics {url}: page larger than {MAX_METRICS_BYTES} bytes"
+            ));
+        }
+        page.extend_from_slice(&chunk);
+    }
+    gauge_value(&String::from_utf8_lossy(&page))
+        .ok_or_else(|| format!("metrics {url}: no `{GAUGE}` sample on the page"))
+}
+
+/// The value of the first `process_resident_memory_bytes` sample in a Prometheus text page.
+fn gauge_value(page: &str) -> Option<u64> {
+    page.lines().find_map(|line| {
+        let rest = line.strip_prefix(GAUGE)?;
+        let rest = match rest.strip_prefix('{') {
+            Some(labels) => &labels[labels.find('}')? + 1..],
+            None if rest.starts_with([' ', '\t']) => rest,
+            None => return None,
+        };
+        let value: f64 = rest.split_whitespace().next()?.parse().ok()?;
+        (value.is_finite() && value >= 0.0).then_some(value as u64)
+    })
+}
+
+/// The memory limit of the cgroup (v2) `pid` runs in, if one is set.
+pub fn cgroup_limit(pid: u32) -> Option<u64> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let max = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/memory.max")).ok()?;
+    max.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gauge_is_found_with_or_without_labels() {
+        let page = "# HELP process_resident_memory_bytes Resident memory.\n\
+                    # TYPE process_resident_memory_bytes gauge\n\
+                    process_resident_memory_bytes_total 1\n\
+                    process_resident_memory_bytes 1.2345e7\n";
+        assert_eq!(gauge_value(page), Some(12_345_000));
+        let labelled = "process_resident_memory_bytes{job=\"api\"} 4096 1700000000\n";
+        assert_eq!(gauge_value(labelled), Some(4096));
+        assert_eq!(gauge_value("up 1\n"), None);
+        assert_eq!(gauge_value("process_resident_memory_bytes NaN\n"), None);
+    }
+
+    #[test]
+    fn our_own_tree_includes_a_child_and_its_rss() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        let tree = process_tree(me);
+        let found = tree.contains(&child.id());
+        let own = process_rss(me).unwrap();
+        let total = tree_rss(me).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found, "child {} not in {tree:?}", child.id());
+        assert!(own > 0 && total > own, "own {own}, tree {total}");
+    }
+
+    #[test]
+    fn an_exited_process_has_no_rss() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(tree_rss(pid).unwrap_err().contains("exited"));
+    }
+}

@@ -1,0 +1,166 @@
+//! The picture of a run: RSS and the target's socket queues over time, the line fitted
+//! over the steady-state window, the warm-up and settling shaded; SVG or PNG by the
+//! file's extension.
+
+use std::path::Path;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::report::Report;
+
+const SIZE: (u32, u32) = (1000, 560);
+const MIB: f64 = 1048576.0;
+/// TrueType fonts PNG text is drawn with (SVG leaves fonts to the viewer).
+const FONTS: [&str; 4] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+/// Draws `report` into `path`: `.svg` or `.png`.
+pub fn plot(report: &Report, path: &Path) -> Result<(), String> {
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match extension.as_deref() {
+        Some("svg") => draw(SVGBackend::new(path, SIZE).into_drawing_area(), report),
+        Some("png") => {
+            register_png_font()?;
+            let area = BitMapBackend::new(path, SIZE).into_drawing_area();
+            draw(area, report)
+        }
+        _ => Err(format!(
+            "--plot {}: give a file ending in .svg or .png",
+            path.display()
+        )),
+    }
+    .map_err(|e| format!("--plot {}: {e}", path.display()))
+}
+
+fn register_png_font() -> Result<(), String> {
+    let bytes = FONTS
+        .iter()
+        .find_map(|path| std::fs::read(path).ok())
+        .ok_or_else(|| {
+            format!(
+                "a PNG needs a TrueType font and none was found (looked for {}); \
+                 install fonts-dejavu-core or plot to an .svg file",
+                FONTS.join(", ")
+            )
+        })?;
+    // The font registry keeps fonts for the life of the process; a plot is drawn once.
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        .map_err(|_| "the TrueType font found could not be read".to_string())
+}
+
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, report: &Report) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    let error = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(error)?;
+    let samples = &report.samples;
+    let end = report.window.end_s.max(1.0);
+    let top = samples
+        .iter()
+        .map(|s| s.rss.max(s.queued().unwrap_or(0)))
+        .max()
+        .unwrap_or(0) as f64
+        / MIB;
+    let top = (top * 1.15).max(1.0);
+    let title = match &report.fit {
+        Some(fit) => format!(
+            "{}: {:+.1} KB/s, R² {:.2} ({})",
+            report.verdict,
+            fit.slope / 1000.0,
+            fit.r2,
+            report.url
+        ),
+        None => format!("{} ({})", report.verdict, report.url),
+    };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..end, 0.0..top)
+        .map_err(error)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the clients connected")
+        .y_desc("MiB")
+        .draw()
+        .map_err(error)?;
+
+    let warmup = report.window.warmup_s.min(end);
+    chart
+        .draw_series(std::iter::once(Rectangle::new(
+            [(0.0, 0.0), (warmup, top)],
+            BLACK.mix(0.08).filled(),
+        )))
+        .map_err(error)?
+        .label("warm-up")
+        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 18, y + 5)], BLACK.mix(0.08).filled()));
+    let settling_end = report.window.start_s.unwrap_or(end);
+    if settling_end > warmup {
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(warmup, 0.0), (settling_end, top)],
+                RGBColor(255, 165, 0).mix(0.10).filled(),
+            )))
+            .map_err(error)?
+            .label("kernel queues settling")
+            .legend(|(x, y)| {
+                Rectangle::new(
+                    [(x, y - 5), (x + 18, y + 5)],
+                    RGBColor(255, 165, 0).mix(0.10).filled(),
+                )
+            });
+    }
+
+    let rss_colour = RGBColor(31, 119, 180);
+    chart
+        .draw_series(LineSeries::new(
+            samples.iter().map(|s| (s.t, s.rss as f64 / MIB)),
+            rss_colour.stroke_width(2),
+        ))
+        .map_err(error)?
+        .label("RSS")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], rss_colour.stroke_width(2)));
+    let queue_colour = RGBColor(255, 127, 14);
+    if samples.iter().any(|s| s.queued().is_some()) {
+        chart
+            .draw_series(LineSeries::new(
+                samples
+                    .iter()
+                    .filter_map(|s| Some((s.t, s.queued()? as f64 / MIB))),
+                queue_colour.stroke_width(2),
+            ))
+            .map_err(error)?
+            .label("bytes in the target's socket queues")
+            .legend(move |(x, y)| {
+                PathElement::new([(x, y), (x + 18, y)], queue_colour.stroke_width(2))
+            });
+    }
+    if let (Some(fit), Some(start)) = (&report.fit, report.window.start_s) {
+        let line = [start, report.window.end_s].map(|t| (t, fit.at(t) / MIB));
+        chart
+            .draw_series(LineSeries::new(line, RED.stroke_width(2)))
+            .map_err(error)?
+            .label("fitted over the steady-state window")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], RED.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()
+        .map_err(error)?;
+    root.present().map_err(error)
+}
