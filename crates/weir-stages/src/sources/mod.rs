@@ -1,5 +1,6 @@
-//! Stages that emit items: files and standard input.
+//! Stages that emit items: files, standard input and database cursors.
 
 pub mod file;
+pub mod sql;
 
 pub use file::FileSource;

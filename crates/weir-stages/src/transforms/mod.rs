@@ -1,7 +1,9 @@
 //! Stages that take items in and emit items out.
+pub mod csv;
 pub mod gunzip;
 pub mod gzip;
 pub mod lines;
+pub mod ndjson;
 pub mod pass;
 pub mod redact;
 pub mod sse_decode;

@@ -1,0 +1,28 @@
+//! Database cursors as sources: rows fetched a batch at a time, only when downstream has room.
+
+pub mod params;
+pub mod postgres;
+pub mod rows;
+pub mod sqlite;
+
+pub use params::{NamedQuery, Placeholder};
+pub use postgres::PostgresSource;
+pub use rows::{Columns, RowBatch, Value};
+pub use sqlite::{SqlitePool, SqliteSource};
+
+/// Why an export could not start, or stopped.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SqlError {
+    /// The database refused a parameter's value (not a number, say): the client's fault.
+    #[error("{0}")]
+    BadParameter(String),
+    /// No connection could be had (database down, pool exhausted past its wait).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The query failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Rows fetched by a source so far; shared so a route can report it while the export runs.
+pub type FetchCounter = std::sync::Arc<std::sync::atomic::AtomicU64>;
