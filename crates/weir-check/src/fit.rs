@@ -38,9 +38,9 @@ impl LineFit {
         }
         let slope = sty / stt;
         let intercept = mean_y - slope * mean_t;
-        // A perfectly flat series has no variance to explain; call its (flat) fit perfect.
+        // A perfectly flat series has no variance, so no trend for a line to explain.
         let r2 = if syy <= 0.0 {
-            1.0
+            0.0
         } else {
             (sty * sty) / (stt * syy)
         };

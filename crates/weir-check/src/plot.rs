@@ -12,7 +12,7 @@ use crate::report::Report;
 
 const SIZE: (u32, u32) = (1000, 560);
 const MIB: f64 = 1048576.0;
-/// TrueType fonts PNG text is drawn with (SVG leaves fonts to the viewer).
+/// TrueType fonts the text is laid out (and, in a PNG, drawn) with.
 const FONTS: [&str; 4] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
@@ -26,29 +26,25 @@ pub fn plot(report: &Report, path: &Path) -> Result<(), String> {
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
-    match extension.as_deref() {
-        Some("svg") => draw(SVGBackend::new(path, SIZE).into_drawing_area(), report),
-        Some("png") => {
-            register_png_font()?;
-            let area = BitMapBackend::new(path, SIZE).into_drawing_area();
-            draw(area, report)
+    let draw_to = |path| {
+        register_font()?;
+        match extension.as_deref() {
+            Some("svg") => draw(SVGBackend::new(path, SIZE).into_drawing_area(), report),
+            Some("png") => draw(BitMapBackend::new(path, SIZE).into_drawing_area(), report),
+            _ => Err("give a file ending in .svg or .png".to_string()),
         }
-        _ => Err(format!(
-            "--plot {}: give a file ending in .svg or .png",
-            path.display()
-        )),
-    }
-    .map_err(|e| format!("--plot {}: {e}", path.display()))
+    };
+    draw_to(path).map_err(|e| format!("--plot {}: {e}", path.display()))
 }
 
-fn register_png_font() -> Result<(), String> {
+fn register_font() -> Result<(), String> {
     let bytes = FONTS
         .iter()
         .find_map(|path| std::fs::read(path).ok())
         .ok_or_else(|| {
             format!(
-                "a PNG needs a TrueType font and none was found (looked for {}); \
-                 install fonts-dejavu-core or plot to an .svg file",
+                "a plot needs a TrueType font and none was found (looked for {}); \
+                 install fonts-dejavu-core",
                 FONTS.join(", ")
             )
         })?;
@@ -94,6 +90,7 @@ where
         .configure_mesh()
         .x_desc("seconds since the clients connected")
         .y_desc("MiB")
+        .light_line_style(BLACK.mix(0.04))
         .draw()
         .map_err(error)?;
 

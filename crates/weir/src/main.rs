@@ -25,6 +25,7 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     Sample(cli::sample::SampleArgs),
     Serve(cli::serve::ServeArgs),
+    Check(Box<cli::check::CheckArgs>),
     /// An upstream that streams like the OpenAI and Anthropic APIs, for demos and tests.
     MockLlm(weir_server::mock_llm::MockLlmArgs),
 }
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => cli::demo::run(args).await,
             Command::Sample(args) => cli::sample::run(args),
             Command::Serve(args) => cli::serve::run(args).await,
+            Command::Check(args) => cli::check::run(*args).await,
             Command::MockLlm(args) => weir_server::mock_llm::run_cli(args).await.map_err(|e| {
                 if e.kind() == std::io::ErrorKind::InvalidInput {
                     Failure::Usage(e.to_string())
@@ -74,5 +76,6 @@ fn main() -> ExitCode {
             eprintln!("weir: {m}");
             ExitCode::from(1)
         }
+        Err(Failure::Exit(code)) => ExitCode::from(code),
     }
 }

@@ -1,5 +1,6 @@
 //! The `weir` command line: one module per subcommand.
 
+pub mod check;
 pub mod demo;
 pub mod demo_proxy;
 pub mod run;
@@ -13,4 +14,6 @@ pub enum Failure {
     Usage(String),
     /// The work itself failed (exit 1).
     Pipeline(String),
+    /// The command ran and its result is this exit code (`weir check`'s verdicts).
+    Exit(u8),
 }

@@ -1,0 +1,343 @@
+//! `weir check URL`: slow clients against a streaming endpoint and a verdict on whether
+//! the server's memory stays bounded, with an exit code for CI.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args};
+use indicatif::{ProgressBar, ProgressStyle};
+use weir_check::report::human_bytes;
+use weir_check::{CheckConfig, CheckError, MemoryFrom, Phase, Progress, Thresholds};
+use weir_runtime::size::{parse_duration, parse_size};
+
+use super::Failure;
+
+/// Clients one check may open: enough to load a server, bounded to stay polite.
+const MAX_CLIENTS: usize = 10_000;
+/// Request bodies are sent by every client; keep them to a request's size.
+const MAX_BODY: u64 = 1 << 20;
+
+#[derive(Args, Debug)]
+#[command(
+    about = "Check that a streaming endpoint's memory stays bounded under slow clients (PASS/FAIL for CI)",
+    long_about = "Connects many deliberately slow clients (small receive buffers, slow paced \
+                  reads) to a streaming endpoint, samples the server's memory (its heap and \
+                  the bytes it parks in kernel socket queues) while they stream, fits a line \
+                  over the steady state and says whether memory levelled off (PASS) or grows \
+                  (FAIL). Works against servers written in any language.",
+    after_long_help = RULE,
+    group(ArgGroup::new("memory").required(true).args(["pid", "spawn", "metrics_url"])),
+)]
+pub struct CheckArgs {
+    /// The streaming endpoint, http:// (the clients connect to nothing else).
+    pub url: String,
+
+    /// HTTP method of the request.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+
+    /// A request header, `Name: value`; repeat for more.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+
+    /// Request body (for POST endpoints such as chat completions).
+    #[arg(long, conflicts_with = "body_file")]
+    pub body: Option<String>,
+
+    /// Request body from a file.
+    #[arg(long, value_name = "FILE")]
+    pub body_file: Option<PathBuf>,
+
+    /// Slow clients streaming at once.
+    #[arg(long, default_value_t = 50)]
+    pub clients: usize,
+
+    /// Body bytes per second each client reads; 0 = read the headers, then never read.
+    #[arg(long, default_value = "1KiB", value_name = "RATE", value_parser = parse_size)]
+    pub read_rate: u64,
+
+    /// Each client socket's SO_RCVBUF: small, so the server's kernel buffers fill fast
+    /// (Linux doubles the value and applies a floor of a few KiB).
+    #[arg(long, default_value = "4KiB", value_name = "SIZE", value_parser = parse_size)]
+    pub recv_buffer: u64,
+
+    /// How long the clients stream, if the steady-state window is long enough by then.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Samples before this are never fitted [default: 10s, or a third of --duration if shorter].
+    #[arg(long, value_parser = parse_duration)]
+    pub warmup: Option<Duration>,
+
+    /// The shortest steady-state window to fit [default: 10s, or half of --duration if shorter].
+    #[arg(long, value_parser = parse_duration)]
+    pub min_window: Option<Duration>,
+
+    /// The kernel queues have settled when their fit over this trailing span is flat.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub settle_window: Duration,
+
+    /// The run never lasts longer, settled or not [default: 3 x --duration].
+    #[arg(long, value_parser = parse_duration)]
+    pub max_duration: Option<Duration>,
+
+    /// Time between memory samples.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Read memory from this process and its children (RSS and socket queues from /proc).
+    #[arg(long)]
+    pub pid: Option<u32>,
+
+    /// Start the server with `sh -c COMMAND`, wait for the URL's port, stop it at the end.
+    #[arg(long, value_name = "COMMAND")]
+    pub spawn: Option<String>,
+
+    /// Read memory from a Prometheus `process_resident_memory_bytes` gauge (any host).
+    #[arg(long, value_name = "URL")]
+    pub metrics_url: Option<String>,
+
+    /// Memory limit to project the growth against [default: the target's cgroup limit].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub limit: Option<u64>,
+
+    /// Memory growing at this rate or faster counts as growing (a size per second).
+    #[arg(long, default_value = "16KB/s", value_name = "RATE", value_parser = parse_size)]
+    pub max_slope: u64,
+
+    /// The R² a growing fit needs to be a steady growth (FAIL) rather than noise.
+    #[arg(long, default_value_t = 0.5)]
+    pub min_r2: f64,
+
+    /// Fraction of the clients that must still be streaming at the end.
+    #[arg(long, default_value_t = 0.9)]
+    pub min_streaming: f64,
+
+    /// How long a --spawn'ed server may take to accept connections.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub spawn_timeout: Duration,
+
+    /// Print the report as JSON on stdout (every sample included).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Draw memory over time to FILE (.svg or .png).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+}
+
+const RULE: &str = "\
+THE VERDICT:
+  Memory (RSS, and with --pid/--spawn the bytes queued in the target's own sockets) is
+  sampled every --interval. On loopback each slow connection can absorb MiBs in kernel
+  socket queues before the server feels any backpressure, so a correct server's heap
+  grows for a while too. The steady-state window therefore starts when the target's
+  socket queues have stopped growing (their fit over the last --settle-window is below
+  --max-slope) or after --warmup, whichever is later. The run lasts --duration, longer
+  if the window is shorter than --min-window by then, never longer than --max-duration.
+  A least-squares line is fitted to RSS over the window:
+    PASS          slope < --max-slope                        memory levelled off
+    FAIL          slope >= --max-slope and R² >= --min-r2    memory grows steadily
+    INCONCLUSIVE  slope >= --max-slope and R² < --min-r2     moves without a trend
+  It is INCONCLUSIVE too, with the reason, when fewer than --min-streaming of the
+  clients were still streaming at the end (connections refused, non-2xx status,
+  streams that ended early), when the socket queues never settled, or when the target
+  exited. The report gives the slope, R², peak, growth over the window, where the bytes
+  live (heap or kernel) and the time to --limit (or the cgroup's memory.max).
+
+EXIT CODES:
+  0 PASS, 1 FAIL, 2 usage error, 3 INCONCLUSIVE
+
+EXAMPLES:
+  weir check http://127.0.0.1:8080/stream --pid 4242
+  weir check http://127.0.0.1:8080/v1/chat/completions --method POST \\
+      -H 'content-type: application/json' \\
+      --body '{\"model\":\"m\",\"stream\":true,\"messages\":[]}' \\
+      --spawn 'weir serve --config weir.toml' --plot check.svg
+  weir check http://api.internal:8080/stream --metrics-url http://api.internal:9090/metrics --json";
+
+impl CheckArgs {
+    fn config(&self) -> Result<CheckConfig, String> {
+        let url = url::Url::parse(&self.url).map_err(|e| format!("`{}`: {e}", self.url))?;
+        let headers = self
+            .headers
+            .iter()
+            .map(|h| {
+                let (name, value) = h
+                    .split_once(':')
+                    .ok_or_else(|| format!("--header `{h}`: write it `Name: value`"))?;
+                let name = name.trim();
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(format!("--header `{h}`: `{name}` is not a header name"));
+                }
+                if value.contains(['\r', '\n']) {
+                    return Err(format!("--header `{h}`: the value holds a line break"));
+                }
+                Ok((name.to_string(), value.trim().to_string()))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if !self.method.bytes().all(|b| b.is_ascii_uppercase()) || self.method.is_empty() {
+            return Err(format!(
+                "--method `{}`: an HTTP method such as GET or POST",
+                self.method
+            ));
+        }
+        let body = match (&self.body, &self.body_file) {
+            (Some(body), _) => Some(body.clone().into_bytes()),
+            (None, Some(path)) => Some(read_body(path)?),
+            (None, None) => None,
+        };
+        if !(1..=MAX_CLIENTS).contains(&self.clients) {
+            return Err(format!(
+                "--clients {}: between 1 and {MAX_CLIENTS}",
+                self.clients
+            ));
+        }
+        let recv_buffer = u32::try_from(self.recv_buffer)
+            .ok()
+            .filter(|&b| b > 0)
+            .ok_or_else(|| {
+                format!(
+                    "--recv-buffer {}: between 1 byte and 4 GiB",
+                    self.recv_buffer
+                )
+            })?;
+        let third = self.duration / 3;
+        let warmup = self.warmup.unwrap_or(Duration::from_secs(10).min(third));
+        let min_window = self
+            .min_window
+            .unwrap_or(Duration::from_secs(10).min(self.duration / 2));
+        let max_duration = self.max_duration.unwrap_or(self.duration * 3);
+        if self.interval.is_zero() || self.interval > self.duration {
+            return Err("--interval: more than zero and at most --duration".into());
+        }
+        if warmup >= self.duration {
+            return Err(format!(
+                "--warmup {warmup:?} must be shorter than --duration {:?}",
+                self.duration
+            ));
+        }
+        if max_duration < self.duration {
+            return Err("--max-duration must be at least --duration".into());
+        }
+        for (flag, value) in [
+            ("--min-r2", self.min_r2),
+            ("--min-streaming", self.min_streaming),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(format!("{flag} {value}: between 0 and 1"));
+            }
+        }
+        let memory = match (&self.pid, &self.spawn, &self.metrics_url) {
+            (Some(pid), _, _) => MemoryFrom::Pid(*pid),
+            (_, Some(command), _) => MemoryFrom::Spawn(command.clone()),
+            (_, _, Some(url)) => MemoryFrom::Metrics(url.clone()),
+            (None, None, None) => return Err("give --pid, --spawn or --metrics-url".into()),
+        };
+        Ok(CheckConfig {
+            url,
+            method: self.method.clone(),
+            headers,
+            body,
+            clients: self.clients,
+            read_rate: self.read_rate,
+            recv_buffer,
+            duration: self.duration,
+            warmup,
+            min_window,
+            settle_window: self.settle_window,
+            max_duration,
+            interval: self.interval,
+            memory,
+            limit: self.limit,
+            thresholds: Thresholds {
+                max_slope: self.max_slope as f64,
+                min_r2: self.min_r2,
+            },
+            min_streaming: self.min_streaming,
+            connect_timeout: Duration::from_secs(10),
+            spawn_timeout: self.spawn_timeout,
+        })
+    }
+}
+
+fn read_body(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("--body-file {}: {e}", path.display()))?
+        .len();
+    if size > MAX_BODY {
+        return Err(format!(
+            "--body-file {}: {size} bytes, more than the {MAX_BODY} a request body may have",
+            path.display()
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("--body-file {}: {e}", path.display()))
+}
+
+pub async fn run(args: CheckArgs) -> Result<(), Failure> {
+    let config = args.config().map_err(Failure::Usage)?;
+    if let Some(path) = &args.plot {
+        let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if !["svg", "png"].contains(&extension.to_ascii_lowercase().as_str()) {
+            return Err(Failure::Usage(format!(
+                "--plot {}: give a file ending in .svg or .png",
+                path.display()
+            )));
+        }
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    let report = weir_check::run(&config, |p| bar.set_message(progress_line(p))).await;
+    bar.finish_and_clear();
+    let report = match report {
+        Ok(report) => report,
+        Err(CheckError::Usage(m)) => return Err(Failure::Usage(m)),
+        Err(CheckError::Setup(m)) => {
+            eprintln!("weir check: INCONCLUSIVE: {m}");
+            return Err(Failure::Exit(weir_check::Verdict::Inconclusive.exit_code()));
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(e) => eprintln!("weir check: cannot serialise the report: {e}"),
+        }
+    } else {
+        print!("{}", report.table());
+    }
+    if let Some(path) = &args.plot {
+        // The verdict stands even if the picture cannot be written; say so on stderr.
+        if let Err(e) = weir_check::plot(&report, path) {
+            eprintln!("weir check: {e}");
+        }
+    }
+    match report.verdict.exit_code() {
+        0 => Ok(()),
+        code => Err(Failure::Exit(code)),
+    }
+}
+
+fn progress_line(p: &Progress) -> String {
+    let phase = match p.phase {
+        Phase::WarmUp => "warm-up",
+        Phase::Settling => "kernel queues settling",
+        Phase::Steady => "steady state",
+    };
+    let s = &p.sample;
+    let queued = s
+        .queued()
+        .map(|q| format!(", socket queues {}", human_bytes(q as f64)))
+        .unwrap_or_default();
+    format!(
+        "{:>4.0} s  {phase}: RSS {}{queued}; {}/{} clients streaming, {} finished, {} received",
+        s.t,
+        human_bytes(s.rss as f64),
+        s.streaming,
+        p.clients,
+        p.finished,
+        human_bytes(s.received as f64)
+    )
+}
