@@ -2,11 +2,15 @@
 
 pub mod admission;
 pub mod config;
+pub mod export;
 pub mod metrics;
 pub mod proxy;
 mod server;
 mod stall;
 pub mod stream_stats;
 
-pub use config::{ConfigError, LlmProxyRoute, Protocol, RouteConfig, ServeConfig};
+pub use config::{
+    ConfigError, DatabaseUrl, ExportFormat, LlmProxyRoute, Protocol, RouteConfig, ServeConfig,
+    SqlExportRoute,
+};
 pub use server::{RunningServer, Server, SHUTDOWN_GRACE};

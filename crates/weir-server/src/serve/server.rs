@@ -19,6 +19,7 @@ use weir_runtime::MemoryBudget;
 
 use super::admission::Admission;
 use super::config::{RouteConfig, ServeConfig};
+use super::export::{self, ExportRoute};
 use super::metrics;
 use super::proxy::{self, ProxyRoute};
 use super::stall::{StallGuard, StallLimit};
@@ -31,6 +32,7 @@ pub struct Server {
     config: ServeConfig,
     router: Router,
     admission: Admission,
+    exports: Vec<Arc<ExportRoute>>,
 }
 
 impl Server {
@@ -44,6 +46,7 @@ impl Server {
         // Before the routes: metric handles made without a recorder would record nothing.
         metrics::install();
         let scraped = admission.clone();
+        let mut exports = Vec::new();
         let mut router = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route(
@@ -65,12 +68,18 @@ impl Server {
                     )?);
                     router = router.route(&r.path, post(proxy::handle).with_state(state));
                 }
+                RouteConfig::SqlExport(r) => {
+                    let state = Arc::new(ExportRoute::new(r.clone(), admission.clone())?);
+                    exports.push(Arc::clone(&state));
+                    router = router.route(&r.path, get(export::handle).with_state(state));
+                }
             }
         }
         Ok(Server {
             config,
             router,
             admission,
+            exports,
         })
     }
 
@@ -126,11 +135,13 @@ impl Server {
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let admission = self.admission.clone();
+        let exports = self.exports.clone();
         let task = tokio::spawn(self.serve(listener, shutdown.clone()));
         Ok(RunningServer {
             addr,
             shutdown,
             admission,
+            exports,
             task,
         })
     }
@@ -141,6 +152,7 @@ pub struct RunningServer {
     addr: SocketAddr,
     shutdown: CancellationToken,
     admission: Admission,
+    exports: Vec<Arc<ExportRoute>>,
     task: JoinHandle<io::Result<()>>,
 }
 
@@ -155,6 +167,14 @@ impl RunningServer {
 
     pub fn admission(&self) -> &Admission {
         &self.admission
+    }
+
+    /// The `sql_export` route at `path`: its pool and counters.
+    pub fn export(&self, path: &str) -> Option<&ExportRoute> {
+        self.exports
+            .iter()
+            .find(|r| r.config().path == path)
+            .map(|r| r.as_ref())
     }
 
     pub async fn stop(mut self) {

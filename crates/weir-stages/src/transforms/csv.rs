@@ -2,7 +2,7 @@
 //!
 //! Records end in CRLF. A field is quoted when it holds a comma, a quote, CR or LF,
 //! with quotes doubled. NULL is an empty field and the empty string a quoted empty
-//! field (`""`), so the two stay apart, as in PostgreSQL's `COPY … CSV`. Bytes are
+//! field (`""`), empty bytes too, so the two stay apart, as in PostgreSQL's `COPY … CSV`. Bytes are
 //! base64, booleans `true`/`false`, floats the shortest text that reads back the same.
 
 use base64::Engine as _;
@@ -48,6 +48,7 @@ impl CsvEncoder {
                     Value::Int(n) => out.extend_from_slice(itoa.format(*n).as_bytes()),
                     Value::Float(f) => out.extend_from_slice(float_text(*f, &mut ryu).as_bytes()),
                     Value::Text(s) | Value::Json(s) => push_field(out, s.as_bytes(), true),
+                    Value::Bytes(b) if b.is_empty() => out.extend_from_slice(b"\"\""),
                     Value::Bytes(b) => {
                         out.extend_from_slice(
                             base64::engine::general_purpose::STANDARD

@@ -24,5 +24,14 @@ pub enum SqlError {
     Failed(String),
 }
 
+/// What a cursor needs besides its connection.
+#[derive(Debug, Clone)]
+pub struct CursorSettings {
+    /// Rows per batch.
+    pub batch_rows: usize,
+    /// Bytes of batches that may wait for the encoder.
+    pub buffer: usize,
+}
+
 /// Rows fetched by a source so far; shared so a route can report it while the export runs.
 pub type FetchCounter = std::sync::Arc<std::sync::atomic::AtomicU64>;

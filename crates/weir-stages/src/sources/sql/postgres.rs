@@ -33,8 +33,7 @@ use tokio_postgres::Row;
 use weir_runtime::{BoxError, Source};
 
 use super::rows::{push_date, push_timestamp, Columns, RowBatch, Value};
-use super::sqlite::CursorSettings;
-use super::{FetchCounter, SqlError};
+use super::{CursorSettings, FetchCounter, SqlError};
 
 type Batches = Pin<Box<dyn Stream<Item = Result<RowBatch, SqlError>> + Send>>;
 

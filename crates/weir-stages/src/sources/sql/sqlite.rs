@@ -24,7 +24,7 @@ use weir_runtime::channel::{channel, Receiver, Sender};
 use weir_runtime::{BoxError, Source};
 
 use super::rows::{push_timestamp, Columns, RowBatch, Value};
-use super::{FetchCounter, SqlError};
+use super::{CursorSettings, FetchCounter, SqlError};
 
 /// Connections to one SQLite file, at most `size` open at once, read-only.
 #[derive(Clone)]
@@ -128,15 +128,6 @@ pub struct SqliteSource {
     /// export, which an interrupt must not hit).
     interrupt: Arc<Mutex<Option<InterruptHandle>>>,
     first: Option<RowBatch>,
-}
-
-/// What a cursor needs besides its connection.
-#[derive(Debug, Clone)]
-pub struct CursorSettings {
-    /// Rows per batch.
-    pub batch_rows: usize,
-    /// Bytes of batches that may wait for the encoder.
-    pub buffer: usize,
 }
 
 impl SqliteSource {

@@ -1,0 +1,9 @@
+//! The `sql_export` route: a database cursor streamed as CSV or NDJSON, gzip'd on request.
+
+mod body;
+mod handler;
+mod request;
+mod route;
+
+pub use handler::handle;
+pub use route::ExportRoute;

@@ -1,0 +1,176 @@
+//! A configured `sql_export` route: its query, its connection pool, its export slots.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::NoTls;
+use weir_runtime::{BoxError, Source};
+use weir_stages::sources::sql::{
+    CursorSettings, FetchCounter, NamedQuery, Placeholder, PostgresSource, RowBatch, SqlError,
+    SqlitePool, SqliteSource,
+};
+
+use crate::serve::admission::Admission;
+use crate::serve::config::{DatabaseUrl, SqlExportRoute};
+
+/// How long opening a PostgreSQL connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Database {
+    Sqlite(SqlitePool),
+    Postgres(Pool),
+}
+
+/// A configured `sql_export` route, shared by its requests.
+pub struct ExportRoute {
+    pub(super) config: SqlExportRoute,
+    pub(super) query: NamedQuery,
+    sql: String,
+    database: Database,
+    exports: Arc<Semaphore>,
+    pub(super) admission: Admission,
+    fetched: FetchCounter,
+}
+
+impl ExportRoute {
+    /// Builds the pool; a SQLite file is opened and the query prepared now, so that a
+    /// missing file or a bad query stops the server at start. PostgreSQL is connected
+    /// to on the first request (it may start after weir).
+    pub fn new(config: SqlExportRoute, admission: Admission) -> Result<Self, String> {
+        let at = format!("route {}", config.path);
+        let query = NamedQuery::parse(&config.query).map_err(|e| format!("{at}: query: {e}"))?;
+        let url = DatabaseUrl::parse(&config.database).map_err(|e| format!("{at}: {e}"))?;
+        let (database, sql) = match url {
+            DatabaseUrl::Sqlite(path) => {
+                let sql = query.to_sql(Placeholder::Question);
+                let pool = SqlitePool::new(path, config.pool_size);
+                pool.check(&sql).map_err(|e| format!("{at}: {e}"))?;
+                (Database::Sqlite(pool), sql)
+            }
+            DatabaseUrl::Postgres(url) => {
+                let mut pg: tokio_postgres::Config = url
+                    .parse()
+                    .map_err(|e| format!("{at}: database URL: {e}"))?;
+                pg.connect_timeout(CONNECT_TIMEOUT);
+                if pg.get_application_name().is_none() {
+                    pg.application_name("weir");
+                }
+                let manager = Manager::from_config(
+                    pg,
+                    NoTls,
+                    ManagerConfig {
+                        recycling_method: RecyclingMethod::Fast,
+                    },
+                );
+                let pool = Pool::builder(manager)
+                    .max_size(config.pool_size)
+                    .wait_timeout(Some(config.pool_wait))
+                    .create_timeout(Some(CONNECT_TIMEOUT))
+                    .runtime(Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| format!("{at}: connection pool: {e}"))?;
+                (Database::Postgres(pool), query.to_sql(Placeholder::Dollar))
+            }
+        };
+        Ok(ExportRoute {
+            exports: Arc::new(Semaphore::new(config.max_exports())),
+            config,
+            query,
+            sql,
+            database,
+            admission,
+            fetched: FetchCounter::default(),
+        })
+    }
+
+    pub fn config(&self) -> &SqlExportRoute {
+        &self.config
+    }
+
+    /// Rows fetched from the database by all this route's exports so far.
+    pub fn rows_fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
+    }
+
+    /// Connections lent to running exports right now.
+    pub fn busy_connections(&self) -> usize {
+        match &self.database {
+            Database::Sqlite(pool) => pool.size() - pool.available(),
+            Database::Postgres(pool) => {
+                let status = pool.status();
+                status.size - status.available
+            }
+        }
+    }
+
+    /// Exports running right now.
+    pub fn running_exports(&self) -> usize {
+        self.config.max_exports() - self.exports.available_permits()
+    }
+
+    /// One of the route's export slots, or `None` when all are taken (503).
+    pub(super) fn try_slot(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.exports).try_acquire_owned().ok()
+    }
+
+    /// Gets a connection, starts the query and waits for its first batch.
+    pub(super) async fn start(
+        &self,
+        params: Vec<String>,
+        buffer: usize,
+    ) -> Result<RowSource, SqlError> {
+        let settings = CursorSettings {
+            batch_rows: self.config.batch_rows,
+            buffer,
+        };
+        let fetched = Arc::clone(&self.fetched);
+        match &self.database {
+            Database::Sqlite(pool) => {
+                let conn = pool.get(self.config.pool_wait).await?;
+                let source =
+                    SqliteSource::start(conn, self.sql.clone(), params, settings, fetched).await?;
+                Ok(RowSource::Sqlite(source))
+            }
+            Database::Postgres(pool) => {
+                let client = pool.get().await.map_err(|e| {
+                    SqlError::Unavailable(format!("no database connection: {}", error_chain(&e)))
+                })?;
+                let source =
+                    PostgresSource::start(client, self.sql.clone(), params, settings, fetched)
+                        .await?;
+                Ok(RowSource::Postgres(source))
+            }
+        }
+    }
+}
+
+/// Either database's cursor, as one pipeline source.
+pub(super) enum RowSource {
+    Sqlite(SqliteSource),
+    Postgres(PostgresSource),
+}
+
+impl Source for RowSource {
+    type Item = RowBatch;
+
+    async fn next(&mut self) -> Result<Option<RowBatch>, BoxError> {
+        match self {
+            RowSource::Sqlite(s) => s.next().await,
+            RowSource::Postgres(s) => s.next().await,
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
