@@ -161,3 +161,75 @@ where
         .map_err(error)?;
     root.present().map_err(error)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fit::{LineFit, Thresholds};
+    use crate::report::{ClientSummary, Sample, Verdict, Window};
+
+    fn report() -> Report {
+        let samples: Vec<Sample> = (0..40)
+            .map(|i| {
+                let t = i as f64 * 0.5;
+                Sample {
+                    t,
+                    rss: (20.0 * MIB + t.min(8.0) * MIB) as u64,
+                    queued_send: Some((t.min(6.0) * 2.0 * MIB) as u64),
+                    queued_recv: Some(0),
+                    streaming: 10,
+                    received: i * 1000,
+                }
+            })
+            .collect();
+        let fit = LineFit::of(
+            &samples
+                .iter()
+                .filter(|s| s.t >= 10.0)
+                .map(|s| (s.t, s.rss as f64))
+                .collect::<Vec<_>>(),
+        );
+        Report {
+            verdict: Verdict::Pass,
+            reason: "memory levelled off".into(),
+            url: "http://127.0.0.1:8080/stream".into(),
+            memory_source: "pid 1".into(),
+            window: Window {
+                warmup_s: 5.0,
+                queues_settled_s: Some(10.0),
+                start_s: Some(10.0),
+                end_s: 19.5,
+            },
+            fit,
+            thresholds: Thresholds {
+                max_slope: 16_000.0,
+                min_r2: 0.5,
+            },
+            memory: None,
+            kernel: None,
+            where_bytes_live: String::new(),
+            limit: None,
+            clients: ClientSummary::default(),
+            samples,
+        }
+    }
+
+    #[test]
+    fn svg_and_png_by_extension() {
+        let dir = std::env::temp_dir().join(format!("weir-check-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (svg, png) = (dir.join("run.svg"), dir.join("run.PNG"));
+        plot(&report(), &svg).unwrap();
+        plot(&report(), &png).unwrap();
+        let wrong = plot(&report(), &dir.join("run.txt")).unwrap_err();
+        let svg_text = std::fs::read_to_string(&svg).unwrap();
+        let png_bytes = std::fs::read(&png).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(svg_text.starts_with("<svg"), "{svg_text:.100}");
+        for label in ["PASS", "warm-up", "RSS", "socket queues", "fitted"] {
+            assert!(svg_text.contains(label), "no `{label}` in the SVG");
+        }
+        assert!(png_bytes.starts_with(b"\x89PNG\r\n"), "not a PNG");
+        assert!(wrong.contains(".svg or .png"), "{wrong}");
+    }
+}

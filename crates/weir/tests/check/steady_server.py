@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""A correct streaming server, for weir check's tests: each request gets an endless body
+written with blocking sends, so a slow client holds the writer back and memory stays flat.
+
+Usage: steady_server.py PORT   (127.0.0.1 only)
+"""
+import socket
+import sys
+import threading
+
+CHUNK = b"data: " + b"x" * 250 + b"\n\n"
+MAX_HEAD = 64 * 1024
+
+
+def serve(client):
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+    try:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = client.recv(4096)
+            if not data or len(head) > MAX_HEAD:
+                return
+            head += data
+        client.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+        while True:
+            client.sendall(CHUNK)
+    except OSError:
+        pass
+    finally:
+        client.close()
+
+
+def main():
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", int(sys.argv[1])))
+    listener.listen(1024)
+    while True:
+        client, _ = listener.accept()
+        threading.Thread(target=serve, args=(client,), daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()

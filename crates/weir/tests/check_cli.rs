@@ -1,0 +1,324 @@
+//! `weir check` from the command line, the fast cases: endpoints the clients cannot load
+//! (404, closed at once, streams that end, refused) are INCONCLUSIVE with the reason,
+//! usage errors exit 2, a bounded server passes, a growing Prometheus gauge fails, and
+//! the JSON report has the shape documented.
+
+mod check;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use check::{steady_server, weir_check};
+
+const CLIENTS: usize = 5;
+
+/// Answers `CLIENTS` connections with `response` (after reading the request head when
+/// `read_request`), then stops.
+fn serve_each(response: &'static [u8], read_request: bool) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for _ in 0..CLIENTS {
+            let Ok((mut tcp, _)) = listener.accept() else {
+                return;
+            };
+            if read_request {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp.write_all(response);
+            }
+        }
+    });
+    port
+}
+
+/// `weir check` against the test process itself (its RSS is the memory read).
+fn check_against(port: u16, extra: &[&str]) -> check::Run {
+    let url = format!("http://127.0.0.1:{port}/stream");
+    let pid = std::process::id().to_string();
+    let clients = CLIENTS.to_string();
+    let mut args = vec![
+        url.as_str(),
+        "--pid",
+        &pid,
+        "--clients",
+        &clients,
+        "--duration",
+        "6s",
+        "--interval",
+        "250ms",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    weir_check(&args)
+}
+
+fn assert_inconclusive(run: &check::Run, because: &str) -> serde_json::Value {
+    assert_eq!(
+        run.code, 3,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let report = run.json();
+    assert_eq!(report["verdict"], "INCONCLUSIVE", "{report:#}");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the clients could not load the server") && reason.contains(because),
+        "reason: {reason}"
+    );
+    assert_eq!(report["clients"]["streaming_at_end"], 0);
+    // Every client finished at once: the run stops without waiting for --duration.
+    let end = report["window"]["end_s"].as_f64().unwrap();
+    assert!(end < 4.0, "ran {end} s");
+    report
+}
+
+#[test]
+fn a_404_is_inconclusive_and_says_so() {
+    let port = serve_each(
+        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        true,
+    );
+    let report = assert_inconclusive(&check_against(port, &[]), "HTTP 404");
+    assert_eq!(report["clients"]["http_errors"]["404"], CLIENTS);
+}
+
+#[test]
+fn a_server_that_closes_at_once_is_inconclusive() {
+    let port = serve_each(b"", false);
+    let report = assert_inconclusive(&check_against(port, &[]), "failed:");
+    let errors = report["clients"]["errors"].as_object().unwrap();
+    assert!(
+        errors
+            .keys()
+            .all(|e| e.contains("closed the connection") || e.contains("reset")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_stream_that_ends_at_once_is_inconclusive() {
+    let port = serve_each(b"HTTP/1.1 200 OK\r\n\r\ndata: only one event\n\n", true);
+    let report = assert_inconclusive(&check_against(port, &[]), "5 streams ended early");
+    assert_eq!(report["clients"]["ended_early"], CLIENTS);
+    assert_eq!(
+        report["clients"]["bytes_total"],
+        CLIENTS * "data: only one event\n\n".len()
+    );
+}
+
+#[test]
+fn a_refused_connection_is_inconclusive() {
+    let port = check::free_port();
+    assert_inconclusive(&check_against(port, &[]), "connecting to 127.0.0.1");
+}
+
+#[test]
+fn usage_errors_exit_2_and_name_the_problem() {
+    let pid = std::process::id().to_string();
+    let url = "http://127.0.0.1:9/stream";
+    let cases: &[(&[&str], &str)] = &[
+        (&[url], "--pid"),
+        (&["ftp://127.0.0.1/x", "--pid", &pid], "only http://"),
+        (&["not a url", "--pid", &pid], "not a url"),
+        (&[url, "--pid", "4294967"], "no such process"),
+        (
+            &[url, "--pid", &pid, "--duration", "5s", "--warmup", "5s"],
+            "--warmup",
+        ),
+        (&[url, "--pid", &pid, "--plot", "out.txt"], ".svg or .png"),
+        (&[url, "--pid", &pid, "--header", "no colon"], "Name: value"),
+        (&[url, "--pid", &pid, "--clients", "0"], "--clients"),
+        (&[url, "--pid", &pid, "--read-rate", "fast"], "fast"),
+        (&[url, "--pid", &pid, "--min-r2", "2"], "--min-r2"),
+        (
+            &[url, "--pid", &pid, "--body", "x", "--body-file", "y"],
+            "--body",
+        ),
+    ];
+    for (args, says) in cases {
+        let run = weir_check(args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
+    }
+}
+
+#[test]
+fn a_bounded_server_passes_and_the_report_has_its_shape() {
+    let (_server, port) = steady_server();
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("run.svg");
+    let run = weir_check(&[
+        &format!("http://127.0.0.1:{port}/"),
+        "--pid",
+        &_server.0.id().to_string(),
+        "--clients",
+        "8",
+        "--duration",
+        "8s",
+        "--warmup",
+        "2s",
+        "--min-window",
+        "4s",
+        "--settle-window",
+        "2s",
+        "--interval",
+        "250ms",
+        "--read-rate",
+        "2KiB",
+        "--json",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        run.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let report = run.json();
+    assert_eq!(report["verdict"], "PASS", "{report:#}");
+    for key in [
+        "reason",
+        "url",
+        "memory_source",
+        "window",
+        "fit",
+        "thresholds",
+        "memory",
+        "kernel",
+        "where_bytes_live",
+        "clients",
+        "samples",
+    ] {
+        assert!(!report[key].is_null(), "no `{key}` in {report:#}");
+    }
+    assert_eq!(report["clients"]["streaming_at_end"], 8);
+    // 8 clients at 2 KiB/s for at least 8 s, give or take the first read's head start.
+    let per_client = report["clients"]["bytes_per_client_min"].as_u64().unwrap();
+    assert!(
+        (12_000..=30_000).contains(&per_client),
+        "{per_client} bytes"
+    );
+    let slope = report["fit"]["slope"].as_f64().unwrap();
+    assert!(slope < report["thresholds"]["max_slope"].as_f64().unwrap());
+    let samples = report["samples"].as_array().unwrap();
+    assert!(samples.len() >= 30, "{} samples", samples.len());
+    assert!(samples.iter().all(|s| s["rss"].as_u64().unwrap() > 0));
+    assert!(samples.last().unwrap()["queued_send"].as_u64().unwrap() > 0);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("PASS"),
+        "{svg:.200}"
+    );
+}
+
+/// A Prometheus page whose gauge grows 2 MiB per scrape: memory from `--metrics-url`.
+#[test]
+fn a_growing_prometheus_gauge_fails() {
+    let (_server, port) = steady_server();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut scrapes = 0u64;
+        while started.elapsed() < Duration::from_secs(60) {
+            let Ok((mut tcp, _)) = listener.accept() else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = tcp.read(&mut buf);
+            scrapes += 1;
+            let page = format!(
+                "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n",
+                (50 << 20) + scrapes * (2 << 20)
+            );
+            let _ = write!(
+                tcp,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    let run = weir_check(&[
+        &format!("http://127.0.0.1:{port}/"),
+        "--metrics-url",
+        &format!("http://127.0.0.1:{metrics_port}/metrics"),
+        "--clients",
+        "4",
+        "--duration",
+        "4s",
+        "--warmup",
+        "1s",
+        "--min-window",
+        "2s",
+        "--interval",
+        "250ms",
+        "--limit",
+        "1GiB",
+        "--json",
+    ]);
+    assert_eq!(
+        run.code, 1,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let report = run.json();
+    assert_eq!(report["verdict"], "FAIL", "{report:#}");
+    assert!(report["memory_source"]
+        .as_str()
+        .unwrap()
+        .contains("metrics"));
+    // 2 MiB a quarter-second: 8 MiB/s, give or take the scheduling of the samples.
+    let slope = report["fit"]["slope"].as_f64().unwrap();
+    assert!((4e6..16e6).contains(&slope), "slope {slope}");
+    assert!(report["kernel"].is_null());
+    let seconds = report["limit"]["seconds_to_limit"].as_f64().unwrap();
+    assert!(seconds > 0.0 && seconds < 200.0, "{seconds} s to 1 GiB");
+}
+
+#[test]
+fn the_table_states_the_verdict_and_the_rule_is_in_help() {
+    let port = serve_each(
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
+        true,
+    );
+    let pid = std::process::id().to_string();
+    let run = weir_check(&[
+        &format!("http://127.0.0.1:{port}/"),
+        "--pid",
+        &pid,
+        "--clients",
+        "5",
+        "--interval",
+        "250ms",
+    ]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("INCONCLUSIVE: the clients could not load the server")
+            && run.stdout.contains("5 got HTTP 503"),
+        "{}",
+        run.stdout
+    );
+    let help = std::process::Command::new(check::WEIR)
+        .args(["check", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for words in [
+        "THE VERDICT",
+        "--max-slope",
+        "R²",
+        "EXIT CODES",
+        "3 INCONCLUSIVE",
+    ] {
+        assert!(help.contains(words), "no `{words}` in --help");
+    }
+}
