@@ -75,8 +75,14 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     println!("  weir run --stats file:logs.ndjson lines gzip:6 file:logs.ndjson.gz");
     println!("  weir run file:logs.ndjson.gz gunzip - | head");
     println!("  weir run --help\n");
+    // A few million rows to watch a slow download; fewer with --once, which tests run.
+    let rows = if args.once { 100_000 } else { 3_000_000 };
+    let db = dir.path().join("orders.db");
+    super::demo_export::generate(&db, rows)?;
+    let result =
+        super::demo_proxy::run(args.listen, args.upstream_listen, args.once, &db, rows).await;
     drop(dir);
-    super::demo_proxy::run(args.listen, args.upstream_listen, args.once).await
+    result
 }
 
 fn spec(parts: &[&str]) -> Vec<String> {

@@ -2,6 +2,7 @@
 //! with redaction, one answer streamed through it live.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use std::io::Write as _;
 
@@ -50,6 +51,8 @@ pub async fn run(
     listen: SocketAddr,
     upstream_listen: SocketAddr,
     once: bool,
+    orders: &Path,
+    rows: u64,
 ) -> Result<(), Failure> {
     let knobs = Knobs {
         tokens: 130,
@@ -66,7 +69,7 @@ pub async fn run(
     )
     .await
     .map_err(failed("starting the mock upstream"))?;
-    let text = config(listen, mock.local_addr());
+    let text = config(listen, mock.local_addr()) + &super::demo_export::route(orders);
     let config = ServeConfig::parse(&text).map_err(Failure::Pipeline)?;
     let server = Server::new(config)
         .map_err(Failure::Pipeline)?
@@ -96,7 +99,8 @@ pub async fn run(
     println!(
         "  curl -N --limit-rate 1k ...   # a slow client: weir reads the upstream only as fast"
     );
-    println!("  weir serve --help            # the configuration, documented");
+    println!("  weir serve --help            # the configuration, documented\n");
+    super::demo_export::show(listen, rows).await?;
     if once {
         server.stop().await;
         return Ok(());

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod demo;
+pub mod demo_export;
 pub mod demo_proxy;
 pub mod run;
 pub mod sample;
