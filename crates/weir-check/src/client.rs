@@ -120,13 +120,13 @@ async fn stream(plan: &ClientPlan, live: &LiveCounts, tally: &Tally) -> ClientEn
     if !(200..300).contains(&code) {
         return ClientEnd::Status { code };
     }
-    tally.streaming.store(true, Ordering::Relaxed);
-    live.streaming.fetch_add(1, Ordering::Relaxed);
     let count = |n: usize| {
         tally.bytes.fetch_add(n as u64, Ordering::Relaxed);
         live.bytes.fetch_add(n as u64, Ordering::Relaxed);
     };
     count(early_body);
+    tally.streaming.store(true, Ordering::Relaxed);
+    live.streaming.fetch_add(1, Ordering::Relaxed);
     if plan.read_rate == 0 {
         // Headers read, body never: the server meets a window that never opens.
         return std::future::pending().await;
@@ -317,6 +317,33 @@ mod tests {
             ClientEnd::Failed { error } => assert!(error.contains(&addr.to_string()), "{error}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_zero_rate_reads_the_head_and_nothing_after() {
+        let body = vec![b'x'; 1 << 20];
+        let addr = serve_once("HTTP/1.1 200 OK\r\n\r\n", body, true).await;
+        let live = Arc::new(LiveCounts::default());
+        let stop = CancellationToken::new();
+        let client = tokio::spawn(slow_client(plan(addr, 0), live.clone(), stop.clone()));
+        while live.streaming.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let with_the_head = live.bytes.load(Ordering::Relaxed);
+        // Long enough for a paced reader to have taken several reads.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.cancel();
+        let end = client.await.unwrap();
+        assert_eq!(
+            end,
+            ClientEnd::Streaming {
+                bytes: with_the_head
+            }
+        );
+        assert!(
+            with_the_head < 1024,
+            "{with_the_head} body bytes with the head"
+        );
     }
 
     #[tokio::test]
