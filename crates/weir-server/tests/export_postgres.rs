@@ -255,3 +255,41 @@ async fn a_killed_backend_or_a_late_query_error_truncates_the_transfer() {
         "a failed export ended like a complete file"
     );
 }
+
+#[tokio::test]
+async fn an_unexportable_column_is_named_before_any_row() {
+    let Some(url) = pg_url() else { return };
+    let server = start_export(
+        &url,
+        "SELECT id, created_at - timestamptz '2024-01-01' AS age FROM orders WHERE id <= :n",
+        "",
+    )
+    .await;
+    let response = client()
+        .get(server.url("/export?n=3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    let message = response.text().await.unwrap();
+    assert!(
+        message.contains("column `age` has type interval") && message.contains("age::text"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_503_with_retry_after() {
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    let server = start_export(
+        "postgres://weir@127.0.0.1:1/none",
+        "SELECT 1 AS one",
+        "pool_wait = \"1s\"",
+    )
+    .await;
+    let response = client().get(server.url("/export")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let message = response.text().await.unwrap();
+    assert!(message.contains("no database connection"), "{message}");
+}

@@ -10,7 +10,7 @@ use super::Failure;
 
 #[derive(Args, Debug)]
 #[command(
-    about = "Serve streaming routes (LLM token proxy) from a TOML configuration",
+    about = "Serve streaming routes (LLM token proxy, SQL exports) from a TOML configuration",
     after_long_help = EXAMPLE
 )]
 pub struct ServeArgs {
@@ -56,12 +56,27 @@ const EXAMPLE: &str = r#"CONFIGURATION (weir.toml):
   client_stall_timeout = "60s"   # a client taking no bytes is cut off
   keepalive = "15s"              # ': keep-alive' comments while upstream is silent
 
+  [[route]]
+  kind = "sql_export"            # GET: a query's rows as CSV or NDJSON, at the client's pace
+  path = "/export/orders"
+  database = "sqlite:///var/lib/app/orders.db"   # or "postgres://user@host:5432/db"
+  query = "SELECT id, customer, amount FROM orders WHERE amount >= :min_amount ORDER BY id"
+                                 # :name = a query-string parameter, bound, never spliced
+  formats = ["csv", "ndjson"]    # ?format= or Accept picks; the first is the default
+  gzip_level = 1                 # when the client sends Accept-Encoding: gzip
+  batch_rows = 1000              # rows fetched from the cursor at a time
+  buffer = "256KiB"              # per-export share of memory_budget
+  pool_size = 4                  # database connections
+  max_exports = 4                # exports at once; past it: 503 + Retry-After
+  pool_wait = "5s"               # wait for a free connection (503 past it)
+
 TRY IT:
   weir mock-llm &
   weir serve --config weir.toml
   curl -N http://127.0.0.1:8080/v1/chat/completions -H 'Authorization: Bearer key-1' \
        -H 'content-type: application/json' -d '{"model":"m","stream":true,"messages":[]}'
-  curl http://127.0.0.1:8080/metrics     # Prometheus: streams by outcome, bytes, TTFT, budget"#;
+  curl http://127.0.0.1:8080/metrics     # Prometheus: streams by outcome, bytes, TTFT, budget
+  curl -H 'Accept-Encoding: gzip' 'http://127.0.0.1:8080/export/orders?min_amount=10' | zcat | head"#;
 
 pub fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
