@@ -68,12 +68,22 @@ pub fn process_tree(root: u32) -> Vec<u32> {
     tree
 }
 
-/// The fourth field of /proc/PID/stat, read after the command name (which may hold
-/// spaces and parentheses itself).
-fn parent_pid(pid: u32) -> Option<u32> {
+/// Field `n` (1-based, as in proc(5)) of /proc/PID/stat, counted after the command name
+/// (which may hold spaces and parentheses itself).
+fn stat_field(pid: u32, n: usize) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(1)?.parse().ok()
+    after_name.split_whitespace().nth(n - 3)?.parse().ok()
+}
+
+fn parent_pid(pid: u32) -> Option<u32> {
+    stat_field(pid, 4).and_then(|p| u32::try_from(p).ok())
+}
+
+/// When `pid` started, in clock ticks after boot: with the pid, names one process even
+/// if the pid is reused later.
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat_field(pid, 22)
 }
 
 /// VmRSS of one process, in bytes; `None` once it has exited (or for a kernel thread).
@@ -176,6 +186,18 @@ mod tests {
         let _ = child.wait();
         assert!(found, "child {} not in {tree:?}", child.id());
         assert!(own > 0 && total > own, "own {own}, tree {total}");
+    }
+
+    #[test]
+    fn start_times_tell_processes_apart() {
+        let me = std::process::id();
+        let mine = start_time(me).unwrap();
+        assert_eq!(start_time(me), Some(mine));
+        assert_eq!(parent_pid(me), Some(std::os::unix::process::parent_id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(start_time(pid), None);
     }
 
     #[test]

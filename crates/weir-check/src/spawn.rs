@@ -1,39 +1,51 @@
 //! A server the check starts itself (`--spawn`): run through `sh -c` in its own process
 //! group, waited for until its port accepts connections, and stopped, group and all,
-//! when dropped.
+//! when dropped. Its stderr is kept in an unnamed temporary file, so that a server that
+//! dies can be reported with its last words.
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rustix::process::{kill_process_group, Pid, Signal};
+use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+
+use crate::memory::{process_tree, start_time};
 
 /// How long a stopped server gets between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(3);
 const POLL: Duration = Duration::from_millis(50);
+/// How much of the end of a dead server's stderr a report quotes.
+const LAST_WORDS: u64 = 600;
 
 pub struct SpawnedServer {
     child: Child,
     command: String,
+    stderr: File,
 }
 
 impl SpawnedServer {
-    /// Starts `command` with `sh -c`; its output goes nowhere (it would garble the
-    /// progress line).
+    /// Starts `command` with `sh -c`; its stdout goes nowhere and its stderr to a
+    /// temporary file (either would garble the progress line).
     pub fn start(command: &str) -> Result<SpawnedServer, String> {
         use std::os::unix::process::CommandExt;
+        let stderr = tempfile::tempfile()
+            .and_then(|f| Ok((f.try_clone()?, f)))
+            .map_err(|e| format!("cannot create a file for the server's stderr: {e}"))?;
         let child = Command::new("sh")
             .arg("-c")
             .arg(command)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(stderr.0))
             .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start `{command}`: {e}"))?;
         Ok(SpawnedServer {
             child,
             command: command.to_string(),
+            stderr: stderr.1,
         })
     }
 
@@ -44,7 +56,10 @@ impl SpawnedServer {
     /// `Some(description)` once the server has exited.
     pub fn exited(&mut self) -> Option<String> {
         match self.child.try_wait() {
-            Ok(Some(status)) => Some(format!("`{}` exited ({status})", self.command)),
+            Ok(Some(status)) => {
+                let last_words = self.last_words();
+                Some(format!("`{}` exited ({status}){last_words}", self.command))
+            }
             Ok(None) => None,
             Err(e) => Some(format!("cannot watch `{}`: {e}", self.command)),
         }
@@ -55,7 +70,7 @@ impl SpawnedServer {
         let started = Instant::now();
         loop {
             if let Some(exited) = self.exited() {
-                return Err(format!("{exited} before {addr} answered"));
+                return Err(format!("{addr} never answered: {exited}"));
             }
             // Nothing to await but the port itself: poll it, bounded by the timeout.
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
@@ -71,16 +86,43 @@ impl SpawnedServer {
         }
     }
 
-    fn signal_group(&self, signal: Signal) {
+    /// The end of what the server wrote to stderr, as `: …`, or nothing.
+    fn last_words(&mut self) -> String {
+        let mut text = String::new();
+        let len = self.stderr.metadata().map_or(0, |m| m.len());
+        let read = self
+            .stderr
+            .seek(SeekFrom::Start(len.saturating_sub(LAST_WORDS)))
+            .and_then(|_| (&self.stderr).take(LAST_WORDS).read_to_string(&mut text));
+        match read {
+            Ok(_) if !text.trim().is_empty() => format!(": {}", text.trim()),
+            _ => String::new(),
+        }
+    }
+
+    /// Signals the process group and, for those that left it (`setsid`, `timeout`), every
+    /// process of `tree` that is still the one seen then (same pid, same start time).
+    fn signal(&self, tree: &[(u32, Option<u64>)], signal: Signal) {
         if let Some(group) = Pid::from_raw(self.child.id() as i32) {
             let _ = kill_process_group(group, signal);
+        }
+        for &(pid, started) in tree {
+            if started.is_some() && start_time(pid) == started {
+                if let Some(pid) = Pid::from_raw(pid as i32) {
+                    let _ = kill_process(pid, signal);
+                }
+            }
         }
     }
 }
 
 impl Drop for SpawnedServer {
     fn drop(&mut self) {
-        self.signal_group(Signal::TERM);
+        let tree: Vec<_> = process_tree(self.child.id())
+            .into_iter()
+            .map(|pid| (pid, start_time(pid)))
+            .collect();
+        self.signal(&tree, Signal::TERM);
         let asked = Instant::now();
         while asked.elapsed() < GRACE {
             if !matches!(self.child.try_wait(), Ok(None)) {
@@ -88,8 +130,8 @@ impl Drop for SpawnedServer {
             }
             std::thread::sleep(POLL);
         }
-        // Children of the shell may outlive it: the whole group goes.
-        self.signal_group(Signal::KILL);
+        // Children of the shell may outlive it: they all go.
+        self.signal(&tree, Signal::KILL);
         let _ = self.child.wait();
     }
 }

@@ -121,6 +121,86 @@ fn a_refused_connection_is_inconclusive() {
 }
 
 #[test]
+fn a_spawned_server_that_dies_is_inconclusive_with_its_last_words() {
+    let port = check::free_port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let run = weir_check(&[&url, "--spawn", "echo no config here >&2; exit 7"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("never answered")
+            && run.stderr.contains("exit status: 7")
+            && run.stderr.contains("no config here"),
+        "{}",
+        run.stderr
+    );
+
+    // One that dies mid-run: the verdict names the exit, not a slope.
+    let spawn = format!(
+        "timeout 3 python3 {} {port}",
+        check::script("steady_server.py").display()
+    );
+    let run = weir_check(&[
+        &url,
+        "--spawn",
+        &spawn,
+        "--clients",
+        "3",
+        "--duration",
+        "20s",
+        "--interval",
+        "250ms",
+        "--json",
+    ]);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    let report = run.json();
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("exited") || reason.contains("ended early"),
+        "{reason}"
+    );
+    assert!(
+        report["window"]["end_s"].as_f64().unwrap() < 10.0,
+        "{report:#}"
+    );
+}
+
+/// `timeout` moves itself and the server into a process group of their own: stopping the
+/// shell's group alone would leave the server running.
+#[test]
+fn a_spawned_server_is_stopped_even_outside_its_process_group() {
+    let port = check::free_port();
+    let spawn = format!(
+        "timeout 60 python3 {} {port}; echo unreachable",
+        check::script("steady_server.py").display()
+    );
+    let run = weir_check(&[
+        &format!("http://127.0.0.1:{port}/"),
+        "--spawn",
+        &spawn,
+        "--clients",
+        "2",
+        "--duration",
+        "3s",
+        "--warmup",
+        "1s",
+        "--min-window",
+        "1s",
+        "--settle-window",
+        "1s",
+        "--interval",
+        "250ms",
+    ]);
+    assert!(
+        run.stdout.contains("memory from") && run.stdout.contains("spawned"),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    let refused = std::net::TcpStream::connect(("127.0.0.1", port)).is_err();
+    assert!(refused, "the spawned server still listens on {port}");
+}
+
+#[test]
 fn usage_errors_exit_2_and_name_the_problem() {
     let pid = std::process::id().to_string();
     let url = "http://127.0.0.1:9/stream";
