@@ -250,7 +250,10 @@ async fn a_query_failing_after_the_first_rows_truncates_the_transfer() {
         "{}",
         &text[..text.len().min(200)]
     );
-    assert!(text.contains("\r\n50,50\r\n"), "the first rows did not arrive");
+    assert!(
+        text.contains("\r\n50,50\r\n"),
+        "the first rows did not arrive"
+    );
     assert!(
         !chunked_complete(&raw),
         "a failed export ended like a complete file"

@@ -547,6 +547,9 @@ query = "SELECT id, customer, amount, created_at FROM orders WHERE amount >= :mi
             .contains("gzip_level"));
         let format = format!("{EXPORT}formats = [\"xml\"]\n");
         let err = ServeConfig::parse(&format).unwrap_err();
-        assert!(err.contains("unknown variant `xml`") && err.contains("line 2"), "{err}");
+        assert!(
+            err.contains("unknown variant `xml`") && err.contains("line 2"),
+            "{err}"
+        );
     }
 }
