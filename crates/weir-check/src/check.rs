@@ -86,8 +86,10 @@ pub struct Progress {
 /// The target the memory is read from, alive for the run.
 struct Target {
     sampler: MemorySampler,
-    /// The process whose sockets are counted (`--pid`, `--spawn`).
+    /// The process read from /proc (`--pid`, `--spawn`).
     pid: Option<u32>,
+    /// The same, when its sockets can be read too (another user's are not readable).
+    queues_of: Option<u32>,
     spawned: Option<SpawnedServer>,
     description: String,
 }
@@ -159,6 +161,7 @@ impl CheckConfig {
                 Ok(Target {
                     sampler: MemorySampler::ProcessTree { root: *pid },
                     pid: Some(*pid),
+                    queues_of: Some(*pid),
                     spawned: None,
                     description: format!("pid {pid} and its children"),
                 })
@@ -173,6 +176,7 @@ impl CheckConfig {
                 Ok(Target {
                     sampler: MemorySampler::ProcessTree { root: pid },
                     pid: Some(pid),
+                    queues_of: Some(pid),
                     spawned: Some(server),
                     description: format!("spawned `{command}` (pid {pid} and its children)"),
                 })
@@ -180,6 +184,7 @@ impl CheckConfig {
             MemoryFrom::Metrics(url) => Ok(Target {
                 sampler: MemorySampler::prometheus(url, self.interval.max(Duration::from_secs(1)))?,
                 pid: None,
+                queues_of: None,
                 spawned: None,
                 description: format!("metrics {url}"),
             }),
@@ -194,6 +199,14 @@ pub async fn run(
 ) -> Result<Report, CheckError> {
     let addr = config.resolve().await?;
     let mut target = config.target(addr).await?;
+    if let Some(pid) = target.queues_of {
+        if let Err(e) = socket_queues(&[pid]) {
+            target.queues_of = None;
+            target
+                .description
+                .push_str(&format!(" (socket queues not read: {e})"));
+        }
+    }
     let plan = Arc::new(ClientPlan {
         addr,
         request: config.request(),
@@ -295,7 +308,7 @@ pub async fn run(
 
 async fn take_sample(target: &Target, live: &LiveCounts, t: f64) -> Result<Sample, String> {
     let rss = target.sampler.sample().await?;
-    let queues = match target.pid {
+    let queues = match target.queues_of {
         Some(pid) => Some(socket_queues(&process_tree(pid))?),
         None => None,
     };
@@ -340,7 +353,7 @@ fn judge(
     ends: &[ClientEnd],
 ) -> Report {
     let clients = ClientSummary::of(ends);
-    let measured_queues = target.pid.is_some();
+    let measured_queues = target.queues_of.is_some();
     let start = window_start(config, settled);
     let window_points: Vec<(f64, f64)> = samples
         .iter()
@@ -495,7 +508,7 @@ fn where_bytes_live(memory: Option<&MemorySummary>, kernel: Option<&KernelSummar
         human_bytes(heap.max(0.0))
     );
     let Some(kernel) = kernel else {
-        return format!("{heap_text}; kernel queues not measured (only with --pid or --spawn)");
+        return format!("{heap_text}; kernel socket queues not measured");
     };
     let queued = (kernel.send_last + kernel.recv_last) as f64;
     let most = if queued > heap {
