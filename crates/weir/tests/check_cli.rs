@@ -219,6 +219,18 @@ fn usage_errors_exit_2_and_name_the_problem() {
         (&[url, "--pid", &pid, "--read-rate", "fast"], "fast"),
         (&[url, "--pid", &pid, "--min-r2", "2"], "--min-r2"),
         (
+            &[
+                url,
+                "--pid",
+                &pid,
+                "--duration",
+                "5s",
+                "--settle-window",
+                "20s",
+            ],
+            "--settle-window",
+        ),
+        (
             &[url, "--pid", &pid, "--body", "x", "--body-file", "y"],
             "--body",
         ),
@@ -297,6 +309,45 @@ fn a_bounded_server_passes_and_the_report_has_its_shape() {
         svg.starts_with("<svg") && svg.contains("PASS"),
         "{svg:.200}"
     );
+}
+
+/// A server that writes 40 KB/s per stream into 4 MiB send buffers: its heap is flat but
+/// its kernel queues grow for minutes, so there is no steady state to judge in 5 s.
+#[test]
+fn socket_queues_that_never_settle_are_inconclusive() {
+    let (server, port) = check::paced_server(40_000);
+    let run = weir_check(&[
+        &format!("http://127.0.0.1:{port}/"),
+        "--pid",
+        &server.0.id().to_string(),
+        "--clients",
+        "4",
+        "--duration",
+        "4s",
+        "--max-duration",
+        "5s",
+        "--warmup",
+        "1s",
+        "--settle-window",
+        "2s",
+        "--interval",
+        "250ms",
+        "--json",
+    ]);
+    assert_eq!(
+        run.code, 3,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let report = run.json();
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("socket queues never stopped growing"),
+        "{reason}"
+    );
+    assert!(report["window"]["queues_settled_s"].is_null(), "{report:#}");
+    let queued = report["kernel"]["peak"].as_u64().unwrap();
+    assert!(queued > 400_000, "{queued} bytes queued");
 }
 
 /// A Prometheus page whose gauge grows 2 MiB per scrape: memory from `--metrics-url`.

@@ -220,6 +220,12 @@ impl CheckArgs {
         if max_duration < self.duration {
             return Err("--max-duration must be at least --duration".into());
         }
+        if self.settle_window.is_zero() || self.settle_window >= max_duration {
+            return Err(format!(
+                "--settle-window {:?}: more than zero and shorter than --max-duration {max_duration:?}",
+                self.settle_window
+            ));
+        }
         for (flag, value) in [
             ("--min-r2", self.min_r2),
             ("--min-streaming", self.min_streaming),

@@ -65,10 +65,20 @@ pub fn weir_mock_llm() -> (Guard, u16) {
 
 /// The steady (correct) Python server on a free port, started by the test itself.
 pub fn steady_server() -> (Guard, u16) {
+    steady_server_args(&[])
+}
+
+/// The same, writing `rate` bytes per second per stream into a large send buffer.
+pub fn paced_server(rate: u64) -> (Guard, u16) {
+    steady_server_args(&[&rate.to_string()])
+}
+
+fn steady_server_args(extra: &[&str]) -> (Guard, u16) {
     let port = free_port();
     let child = Command::new("python3")
         .arg(script("steady_server.py"))
         .arg(port.to_string())
+        .args(extra)
         .spawn()
         .unwrap();
     let guard = Guard(child);
