@@ -227,3 +227,39 @@ async fn stats_endpoint_matches_the_library_counters() {
         )
     );
 }
+
+#[tokio::test]
+async fn stamp_puts_the_send_time_in_every_token_frame() {
+    let mock = start().await;
+    let before = weir_server::mock_llm::monotonic_ns();
+    for (path, body) in [
+        (
+            "/v1/chat/completions?tokens=6&rate=200&stamp=true",
+            json!({"stream": true, "messages": []}),
+        ),
+        (
+            "/v1/messages?tokens=6&rate=200&stamp=true",
+            json!({"model": "m", "max_tokens": 100, "stream": true, "messages": []}),
+        ),
+    ] {
+        let resp = client()
+            .post(mock.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let (body, err) = read_all(resp).await;
+        assert!(err.is_none(), "{err:?}");
+        let after = weir_server::mock_llm::monotonic_ns();
+        let stamps: Vec<u64> = parse_sse(&body)
+            .iter()
+            .filter(|e| e.data.contains("{\"content\":") || e.data.contains("text_delta"))
+            .map(|e| e.json()["weir_sent_ns"].as_u64().unwrap())
+            .collect();
+        assert_eq!(stamps.len(), 6, "{body}");
+        assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
+        assert!(stamps[0] >= before && stamps[5] <= after, "{stamps:?}");
+        // Paced at 200/s: six tokens span at least 25 ms of the shared clock.
+        assert!(stamps[5] - stamps[0] >= 20_000_000, "{stamps:?}");
+    }
+}

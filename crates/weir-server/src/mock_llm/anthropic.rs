@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use bytes::{BufMut, BytesMut};
 use serde_json::{json, Value};
 
-use super::api::{push_json_str, Api, Finish, ResponseMeta};
+use super::api::{push_json_str, push_stamp, Api, Finish, ResponseMeta};
 
 /// One message, streamed or not.
 #[derive(Debug)]
@@ -53,12 +53,14 @@ impl Api for Anthropic {
         event(out, "ping", r#"{"type":"ping"}"#);
     }
 
-    fn token(&self, text: &str, out: &mut BytesMut) {
+    fn token(&self, text: &str, stamp: Option<u64>, out: &mut BytesMut) {
         out.put_slice(
             b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":",
         );
         push_json_str(out, text);
-        out.put_slice(b"}}\n\n");
+        out.put_slice(b"}");
+        push_stamp(out, stamp);
+        out.put_slice(b"}\n\n");
     }
 
     fn finish(&self, finish: Finish, output_tokens: u64, out: &mut BytesMut) {

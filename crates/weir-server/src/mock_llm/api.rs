@@ -1,5 +1,7 @@
 //! What the two APIs share: the request fields the mock reads, and the trait each format implements.
 
+use std::fmt::Write as _;
+
 use axum::http::StatusCode;
 use bytes::{BufMut, BytesMut};
 use serde::Deserialize;
@@ -54,8 +56,8 @@ pub(crate) trait Api: Send + Sync + 'static {
     fn new(meta: ResponseMeta) -> Self;
     /// Frames before the first token.
     fn preamble(&self, out: &mut BytesMut);
-    /// The frame carrying one token of text.
-    fn token(&self, text: &str, out: &mut BytesMut);
+    /// The frame carrying one token of text, with `"weir_sent_ns"` when `stamp` is given.
+    fn token(&self, text: &str, stamp: Option<u64>, out: &mut BytesMut);
     /// Frames after the last token, `output_tokens` having been sent.
     fn finish(&self, finish: Finish, output_tokens: u64, out: &mut BytesMut);
     /// The in-band error event of this API.
@@ -72,4 +74,18 @@ pub(crate) trait Api: Send + Sync + 'static {
 pub(crate) fn push_json_str(out: &mut BytesMut, text: &str) {
     // Serialising a &str into memory cannot fail.
     let _ = serde_json::to_writer(out.writer(), text);
+}
+
+/// Appends `,"weir_sent_ns":N` when there is a stamp.
+pub(crate) fn push_stamp(out: &mut BytesMut, stamp: Option<u64>) {
+    if let Some(ns) = stamp {
+        // Formatting into memory cannot fail.
+        let _ = write!(out, ",\"weir_sent_ns\":{ns}");
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock every process on this host reads alike.
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64).saturating_mul(1_000_000_000) + t.tv_nsec as u64
 }

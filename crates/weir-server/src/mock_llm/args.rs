@@ -33,6 +33,8 @@ Per-request knobs, in the query string (the flags above set their defaults):
   fault_after=N   tokens sent before the fault fires
   status=CODE     the HTTP status of fault=status
   stream=BOOL     stream or not, whatever the body says
+  stamp=BOOL      add \"weir_sent_ns\" (CLOCK_MONOTONIC when the frame was made) to every token
+                  frame, so a client on this host can measure the latency a proxy adds
 
 Examples:
   curl -N 'http://127.0.0.1:8081/v1/chat/completions?tokens=20&rate=10'
@@ -77,6 +79,9 @@ pub struct MockLlmArgs {
     /// Tokens before the fault fires; default of `fault_after=`.
     #[arg(long, default_value_t = 0, requires = "fault")]
     pub fault_after: u64,
+    /// Stamp every token frame with the time it was made; default of `stamp=`.
+    #[arg(long)]
+    pub stamp: bool,
     /// Model name reported when a request names none.
     #[arg(long, default_value = "mock-llm")]
     pub model: String,
@@ -97,6 +102,7 @@ impl MockLlmArgs {
                 after: self.fault_after,
                 status: None,
             }),
+            stamp: self.stamp,
         };
         knobs.validate()?;
         Ok(MockLlmConfig {

@@ -38,6 +38,8 @@ pub struct Knobs {
     pub ttft: Duration,
     /// The fault to inject, if any.
     pub fault: Option<Fault>,
+    /// Put the send time (CLOCK_MONOTONIC, ns) in every token frame, to measure latency.
+    pub stamp: bool,
 }
 
 impl Default for Knobs {
@@ -50,6 +52,7 @@ impl Default for Knobs {
             seed: 42,
             ttft: Duration::ZERO,
             fault: None,
+            stamp: false,
         }
     }
 }
@@ -118,6 +121,7 @@ pub(crate) struct KnobsQuery {
     fault: Option<FaultParam>,
     fault_after: Option<u64>,
     status: Option<u16>,
+    stamp: Option<bool>,
     /// Overrides the body's `stream` (and is the only way to ask a GET for JSON).
     stream: Option<bool>,
     /// Added by the Anthropic SDK's beta client; accepted and ignored.
@@ -158,6 +162,9 @@ impl KnobsQuery {
         }
         if let Some(v) = self.ttft_ms {
             k.ttft = Duration::from_millis(v);
+        }
+        if let Some(v) = self.stamp {
+            k.stamp = v;
         }
         let kind = match self.fault {
             Some(FaultParam::None) => None,

@@ -14,6 +14,7 @@ mod stats;
 mod stream;
 mod tokens;
 
+pub use api::monotonic_ns;
 pub use args::{run_cli, MockLlmArgs};
 pub use config::{MockLlmConfig, DEFAULT_PORT};
 pub use knobs::{Fault, FaultKind, Knobs, MAX_RATE, MAX_TOKEN_SIZE, MAX_TTFT, MIN_RATE};

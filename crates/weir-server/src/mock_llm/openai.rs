@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use bytes::{BufMut, BytesMut};
 use serde_json::{json, Value};
 
-use super::api::{push_json_str, Api, Finish, ResponseMeta};
+use super::api::{push_json_str, push_stamp, Api, Finish, ResponseMeta};
 
 /// One chat completion, streamed or not.
 #[derive(Debug)]
@@ -65,11 +65,13 @@ impl Api for OpenAi {
         self.chunk(out, r#"{"role":"assistant","content":""}"#, "null");
     }
 
-    fn token(&self, text: &str, out: &mut BytesMut) {
+    fn token(&self, text: &str, stamp: Option<u64>, out: &mut BytesMut) {
         out.put_slice(self.chunk_head.as_bytes());
         out.put_slice(b"{\"content\":");
         push_json_str(out, text);
-        out.put_slice(b"},\"finish_reason\":null}]}\n\n");
+        out.put_slice(b"},\"finish_reason\":null}]");
+        push_stamp(out, stamp);
+        out.put_slice(b"}\n\n");
     }
 
     fn finish(&self, finish: Finish, output_tokens: u64, out: &mut BytesMut) {

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::api::{Api, Finish};
+use super::api::{monotonic_ns, Api, Finish};
 use super::knobs::{Fault, FaultKind, Knobs};
 use super::reset::ResetSwitch;
 use super::stats::{Counters, StreamEnd, StreamGuard};
@@ -191,7 +191,8 @@ impl<D: Api> Run<D> {
                 self.guard.pii();
             }
         }
-        self.api.token(&self.text, &mut self.buf);
+        let stamp = self.plan.knobs.stamp.then(monotonic_ns);
+        self.api.token(&self.text, stamp, &mut self.buf);
         self.sent += 1;
     }
 
