@@ -25,6 +25,7 @@
 //! upstream is not read meanwhile: time it waited on the client). They are reported
 //! once, when the body is dropped.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 use weir_stages::codec::sse::{SseDecoder, SseEncoder, SseEvent, SseLimits};
 
-use super::protocol::EventRole;
+use super::protocol::{EventRole, TokenText};
 use crate::serve::admission::Ticket;
 use crate::serve::config::Protocol;
 use crate::serve::stream_stats::{Outcome, StreamStats};
@@ -75,8 +76,8 @@ pub struct ProxyStream {
     decoder: SseDecoder,
     encoder: SseEncoder,
     filter: Option<Box<dyn TextFilter>>,
-    /// The last token event of each block: the shape for releasing held-back text.
-    templates: HashMap<u64, Value>,
+    /// The data of the last token event of each block: the shape for releasing held-back text.
+    templates: HashMap<u64, String>,
     out: Vec<u8>,
     events: Vec<SseEvent>,
     saw_terminal: bool,
@@ -213,9 +214,19 @@ impl ProxyStream {
             }
             return self.emit(event, token);
         };
-        let mut json: Value = serde_json::from_str(&event.data)
-            .map_err(|e| format!("upstream event is not JSON ({e}): {:.200}", event.data))?;
-        let role = protocol.role(event, Some(&json));
+        let (role, text) = match protocol.classify(event) {
+            Some(classified) => classified,
+            None => {
+                let mut json: Value = serde_json::from_str(&event.data).map_err(|e| {
+                    format!("upstream event is not JSON ({e}): {:.200}", event.data)
+                })?;
+                let role = protocol.role(event, Some(&json));
+                let text = protocol.text_mut(&mut json).map(|t| {
+                    TokenText::unplaced(Cow::Owned(t.as_str().unwrap_or_default().to_string()))
+                });
+                (role, text)
+            }
+        };
         if let EventRole::Token { block } | EventRole::EndOfBlock { block } = role {
             // Each text block keeps a redacting stream and a template: the upstream's
             // block index must not make that state grow without bound.
@@ -227,28 +238,24 @@ impl ProxyStream {
         }
         match role {
             EventRole::Token { block } => {
-                let text = protocol
-                    .text_mut(&mut json)
-                    .and_then(|t| t.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                let released = filter.push(block, &text);
+                let token_text = text.unwrap_or_else(|| TokenText::unplaced(Cow::Borrowed("")));
+                let text = &token_text.text;
+                let released = filter.push(block, text);
                 let token = !released.is_empty();
-                if released == text {
-                    self.templates.insert(block, json);
+                let template = self.templates.entry(block).or_default();
+                template.clear();
+                template.push_str(&event.data);
+                if released == **text {
                     return self.emit(event, token);
                 }
-                if let Some(slot) = protocol.text_mut(&mut json) {
-                    *slot = Value::String(released);
-                }
-                let rewritten = protocol.event(&json);
-                self.templates.insert(block, json);
+                let rewritten = protocol.with_text(event, &token_text, &released)?;
                 self.emit(&rewritten, token)
             }
             EventRole::EndOfBlock { block } => {
                 let rest = filter.flush(block);
                 if !rest.is_empty() {
-                    let template = self.templates.get(&block).cloned().unwrap_or(Value::Null);
-                    let release = protocol.token_event(&template, block, &rest);
+                    let template = self.templates.get(&block).map_or("null", String::as_str);
+                    let release = protocol.token_event(template, block, &rest);
                     self.emit(&release, true)?;
                 }
                 self.emit(event, false)
