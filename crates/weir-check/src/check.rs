@@ -521,3 +521,81 @@ fn where_bytes_live(memory: Option<&MemorySummary>, kernel: Option<&KernelSummar
         human_bytes(queued)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str, headers: &[(&str, &str)], body: Option<&str>) -> CheckConfig {
+        CheckConfig {
+            url: Url::parse(url).unwrap(),
+            method: "POST".into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: body.map(|b| b.as_bytes().to_vec()),
+            clients: 1,
+            read_rate: 1024,
+            recv_buffer: 4096,
+            duration: Duration::from_secs(60),
+            warmup: Duration::from_secs(10),
+            min_window: Duration::from_secs(10),
+            settle_window: Duration::from_secs(10),
+            max_duration: Duration::from_secs(180),
+            interval: Duration::from_secs(1),
+            memory: MemoryFrom::Pid(1),
+            limit: None,
+            thresholds: Thresholds {
+                max_slope: 16_000.0,
+                min_r2: 0.5,
+            },
+            min_streaming: 0.9,
+            connect_timeout: Duration::from_secs(10),
+            spawn_timeout: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn the_request_carries_path_query_host_headers_and_body() {
+        let c = config(
+            "http://[::1]:8080/v1/chat?x=1&y=2",
+            &[("authorization", "Bearer k")],
+            Some("{}"),
+        );
+        let request = String::from_utf8(c.request()).unwrap();
+        assert_eq!(
+            request,
+            "POST /v1/chat?x=1&y=2 HTTP/1.1\r\nHost: [::1]:8080\r\nauthorization: Bearer k\r\n\
+             Connection: close\r\nContent-Length: 2\r\n\r\n{}"
+        );
+    }
+
+    #[test]
+    fn headers_given_are_not_repeated() {
+        let c = config(
+            "http://example.test/",
+            &[("HOST", "other"), ("content-length", "2")],
+            Some("{}"),
+        );
+        let request = String::from_utf8(c.request()).unwrap();
+        assert_eq!(
+            request,
+            "POST / HTTP/1.1\r\nHOST: other\r\ncontent-length: 2\r\nConnection: close\r\n\r\n{}"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_http_urls_are_resolved() {
+        let err = config("https://127.0.0.1/", &[], None)
+            .resolve()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("only http://"), "{err}");
+        let addr = config("http://[::1]:9/", &[], None)
+            .resolve()
+            .await
+            .unwrap();
+        assert_eq!(addr, "[::1]:9".parse().unwrap());
+    }
+}
