@@ -121,9 +121,10 @@ async fn clients_that_stop_reading_pause_the_upstream_and_rss_stays_flat() {
     let upstream = mock.url("/v1/chat/completions?tokens=0&rate=0&token_size=16");
     let (serve, addr) = start_weir(&upstream, dir.path()).await;
     let pid = serve.0.id();
-
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
+    // RSS with one stream open: what the first request sets up once is not per stream.
+    let mut clients = vec![stalled_client(addr).await];
+    let rss_one = rss_kib(pid);
+    for _ in 1..CLIENTS {
         clients.push(stalled_client(addr).await);
     }
     // Kernel buffers along the way fill, then the mock's writes block.
@@ -151,7 +152,7 @@ async fn clients_that_stop_reading_pause_the_upstream_and_rss_stays_flat() {
     let later = mock.stats();
     let (send_q, recv_q) = socket_queues(pid);
     eprintln!(
-        "upstream paused at {} tokens ({} bytes) for {CLIENTS} clients; weir RSS {rss_before} -> peak {rss_peak} KiB; \
+        "upstream paused at {} tokens ({} bytes) for {CLIENTS} clients; weir RSS with one stream {rss_one}, {rss_before} -> peak {rss_peak} KiB; \
          weir's sockets hold {send_q} B to send, {recv_q} B received; mock blocked {} ms -> {} ms",
         paused.tokens_sent, paused.bytes_sent, paused.time_blocked_ms, later.time_blocked_ms
     );
@@ -167,6 +168,13 @@ async fn clients_that_stop_reading_pause_the_upstream_and_rss_stays_flat() {
     assert!(
         rss_peak - rss_before < 1024,
         "RSS grew {rss_before} -> {rss_peak} KiB"
+    );
+    // While the queues filled, each stream's heap took its connections' buffers and
+    // at most a few chunks: hyper's default write buffer alone would let ~400 KiB in.
+    let heap_per_stream = rss_peak.saturating_sub(rss_one) / (CLIENTS as u64 - 1);
+    assert!(
+        heap_per_stream < 128,
+        "{heap_per_stream} KiB of RSS per stalled stream ({rss_one} -> {rss_peak} KiB)"
     );
     // What weir parks in its own kernel queues per stream is bounded by the configured
     // SO_SNDBUF and SO_RCVBUF (64 KiB each; the kernel doubles them for bookkeeping).

@@ -24,6 +24,9 @@ use super::metrics;
 use super::proxy::{self, ProxyRoute};
 use super::stall::{StallGuard, StallLimit};
 
+/// hyper's smallest allowed connection buffer (it panics below); also caps the request head.
+const WRITE_BUFFER: usize = 8 * 1024;
+
 /// How long open streams get to finish once shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -91,8 +94,11 @@ impl Server {
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> io::Result<()> {
         let graceful = GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
+        // hyper pulls the body until ~400 KiB wait in its write buffer; at its smallest it
+        // stops at 8 KiB, and the rest of a slow client's share waits upstream.
         http.timer(TokioTimer::new())
-            .header_read_timeout(self.config.header_timeout);
+            .header_read_timeout(self.config.header_timeout)
+            .max_buf_size(WRITE_BUFFER);
         tokio::spawn(metrics::upkeep(shutdown.clone()));
         loop {
             let tcp = tokio::select! {
