@@ -79,7 +79,6 @@ pub struct ProxyStream {
     /// The data of the last token event of each block: the shape for releasing held-back text.
     templates: HashMap<u64, String>,
     out: Vec<u8>,
-    events: Vec<SseEvent>,
     saw_terminal: bool,
     done: bool,
     last_upstream: Instant,
@@ -105,7 +104,6 @@ impl ProxyStream {
             filter,
             templates: HashMap::new(),
             out: Vec::new(),
-            events: Vec::new(),
             saw_terminal: false,
             done: false,
             last_upstream: Instant::now(),
@@ -130,7 +128,11 @@ impl ProxyStream {
     async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
             if !self.out.is_empty() {
-                return Some(Bytes::from(std::mem::take(&mut self.out)));
+                // The chunk may wait in hyper's write queue while the client is slow:
+                // it should hold its bytes, not the doubling growth of the vector.
+                let mut chunk = std::mem::take(&mut self.out);
+                chunk.shrink_to_fit();
+                return Some(Bytes::from(chunk));
             }
             if self.done {
                 return None;
@@ -163,23 +165,24 @@ impl ProxyStream {
     }
 
     fn take_upstream(&mut self, data: &[u8]) {
-        let events = &mut self.events;
-        if let Err(e) = self.decoder.feed(data, |ev| events.push(ev)) {
+        // Each event is forwarded as it is decoded: a list of a whole read's events
+        // would keep its capacity for the life of the stream.
+        let mut decoder = std::mem::take(&mut self.decoder);
+        let mut malformed = None;
+        let decoded = decoder.feed(data, |event| {
+            if malformed.is_none() {
+                malformed = self.forward(&event).err();
+            }
+        });
+        self.decoder = decoder;
+        if let Err(e) = decoded {
             self.fail(
                 Outcome::UpstreamMalformed,
                 &format!("upstream sent a malformed stream: {e}"),
             );
-            return;
+        } else if let Some(message) = malformed {
+            self.fail(Outcome::UpstreamMalformed, &message);
         }
-        let events = std::mem::take(&mut self.events);
-        for event in &events {
-            if let Err(message) = self.forward(event) {
-                self.fail(Outcome::UpstreamMalformed, &message);
-                break;
-            }
-        }
-        self.events = events;
-        self.events.clear();
     }
 
     fn upstream_ended(&mut self) {
