@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::Error as _;
@@ -68,8 +68,11 @@ pub enum Protocol {
 pub struct LlmProxyRoute {
     pub path: String,
     pub protocol: Protocol,
-    /// The full URL requests are forwarded to (`http://` only for now).
+    /// The full URL requests are forwarded to, `http://` or `https://`.
     pub upstream: String,
+    /// PEM file of extra roots an `https://` upstream's certificate may chain to
+    /// (a private gateway's CA), trusted besides Mozilla's.
+    pub upstream_ca: Option<PathBuf>,
     /// Environment variable holding the upstream API key (never logged, never sent to clients).
     pub upstream_key_env: Option<String>,
     /// Keys clients must present (`Authorization: Bearer …` or `x-api-key`); empty = open route.
@@ -350,14 +353,20 @@ impl LlmProxyRoute {
             .parse()
             .map_err(|e| format!("{at}: upstream `{}` is not a URL: {e}", self.upstream))?;
         match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
+            Some("https") => {}
+            Some("http") if self.upstream_ca.is_none() => {}
+            Some("http") => {
                 return Err(format!(
-                    "{at}: https upstreams are not supported yet; put a TLS-terminating proxy in front of `{}`",
+                    "{at}: upstream_ca applies to https:// upstreams; `{}` is http://",
                     self.upstream
                 ))
             }
-            _ => return Err(format!("{at}: upstream `{}` must be an http:// URL", self.upstream)),
+            _ => {
+                return Err(format!(
+                    "{at}: upstream `{}` must be an http:// or https:// URL",
+                    self.upstream
+                ))
+            }
         }
         if uri.host().is_none() {
             return Err(format!("{at}: upstream `{}` has no host", self.upstream));
@@ -451,6 +460,22 @@ redact = ["email", "phone", "card", "iban", "ipv4", "secret"]
     }
 
     #[test]
+    fn https_upstreams_take_an_optional_ca_file() {
+        let https = EXAMPLE.replace("http://127.0.0.1:8081", "https://api.openai.com");
+        let with_ca = format!("{https}upstream_ca = \"/etc/weir/gateway-ca.pem\"\n");
+        for (text, ca) in [
+            (https.as_str(), None),
+            (&with_ca, Some("/etc/weir/gateway-ca.pem")),
+        ] {
+            let c = ServeConfig::parse(text).unwrap();
+            let RouteConfig::LlmProxy(r) = &c.routes[0] else {
+                panic!("not an llm_proxy route");
+            };
+            assert_eq!(r.upstream_ca.as_deref(), ca.map(Path::new));
+        }
+    }
+
+    #[test]
     fn syntax_errors_name_line_and_column() {
         let err =
             ServeConfig::parse("listen = \"127.0.0.1:8080\"\nmax_streams = ten\n").unwrap_err();
@@ -474,8 +499,13 @@ redact = ["email", "phone", "card", "iban", "ipv4", "secret"]
         let err = ServeConfig::parse(&bad_redactor).unwrap_err();
         assert!(err.contains("unknown redactor `passport`"), "{err}");
 
-        let https = EXAMPLE.replace("http://127.0.0.1:8081", "https://api.openai.com");
-        assert!(ServeConfig::parse(&https).unwrap_err().contains("https"));
+        let ftp = EXAMPLE.replace("http://127.0.0.1:8081", "ftp://127.0.0.1:8081");
+        let err = ServeConfig::parse(&ftp).unwrap_err();
+        assert!(err.contains("must be an http:// or https:// URL"), "{err}");
+
+        let ca_on_http = format!("{EXAMPLE}upstream_ca = \"/etc/ca.pem\"\n");
+        let err = ServeConfig::parse(&ca_on_http).unwrap_err();
+        assert!(err.contains("upstream_ca applies to https://"), "{err}");
 
         let taken = EXAMPLE.replace("\"/v1/chat/completions\"", "\"/metrics\"");
         let err = ServeConfig::parse(&taken).unwrap_err();

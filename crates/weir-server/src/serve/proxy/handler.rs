@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Full, Limited};
 
 use super::stream::{ProxyStream, StreamTiming, TextFilter};
-use super::upstream::{client, UpstreamClient};
+use super::upstream::{client, tls_failure, UpstreamClient};
 use crate::serve::admission::{Admission, Refusal};
 use crate::serve::config::{LlmProxyRoute, Protocol};
 use crate::serve::metrics::RouteMetrics;
@@ -75,8 +75,14 @@ impl ProxyRoute {
                 Some(value)
             }
         };
+        let client = client(
+            config.receive_buffer as usize,
+            config.connect_timeout,
+            config.upstream_ca.as_deref(),
+        )
+        .map_err(|e| format!("route {}: {e}", config.path))?;
         Ok(ProxyRoute {
-            client: client(config.receive_buffer as usize, config.connect_timeout),
+            client,
             upstream,
             upstream_key,
             admission,
@@ -208,6 +214,9 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
         }
         Ok(Err(e)) => {
             stats.finish(Outcome::UpstreamError, StatusCode::BAD_GATEWAY);
+            if let Some(message) = tls_failure(&e) {
+                return route.error(StatusCode::BAD_GATEWAY, "upstream_tls", &message);
+            }
             return route.error(
                 StatusCode::BAD_GATEWAY,
                 "upstream_unreachable",
