@@ -1,0 +1,212 @@
+//! `https://` upstreams: real TLS on loopback, with a CA and a server certificate made
+//! at test time and a TLS terminator in front of the mock LLM.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+use weir_server::serve::{ServeConfig, Server};
+
+const KINDS: [&str; 6] = ["email", "phone", "card", "iban", "ipv4", "secret"];
+const QUERY: &str = "/v1/chat/completions?tokens=300&pii=7&seed=11";
+
+/// A test CA (PEM) and a server certificate it signed for 127.0.0.1 and localhost.
+struct Pki {
+    ca_pem: String,
+    server: Arc<rustls::ServerConfig>,
+}
+
+fn pki() -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "weir test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+        .expect("CA certificate");
+    let server_key = KeyPair::generate().expect("server key");
+    let server_cert = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("server params")
+        .signed_by(&server_key, &ca)
+        .expect("server certificate");
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![server_cert.der().clone()], key)
+        .expect("server TLS config");
+    Pki {
+        ca_pem: ca.pem(),
+        server: Arc::new(server),
+    }
+}
+
+/// Terminates TLS on a loopback port and relays the plaintext to `backend`.
+struct TlsFront {
+    addr: SocketAddr,
+    handshakes: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl TlsFront {
+    async fn start(server: Arc<rustls::ServerConfig>, backend: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let acceptor = TlsAcceptor::from(server);
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let done = Arc::clone(&handshakes);
+        let task = tokio::spawn(async move {
+            // Dropped with the task: aborts every relay still running.
+            let mut relays = JoinSet::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, done) = (acceptor.clone(), Arc::clone(&done));
+                relays.spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    done.fetch_add(1, Ordering::Relaxed);
+                    let Ok(mut plain) = TcpStream::connect(backend).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        TlsFront {
+            addr,
+            handshakes,
+            task,
+        }
+    }
+
+    fn url(&self, path_and_query: &str) -> String {
+        format!("https://{}{}", self.addr, path_and_query)
+    }
+
+    fn handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn write_ca(pki: &Pki) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), &pki.ca_pem).expect("write CA");
+    file
+}
+
+/// The concatenated token text of a complete OpenAI stream through the proxy at `proxy`.
+async fn streamed_text(proxy: &weir_server::serve::RunningServer) -> String {
+    let resp = proxy_request(&client(), &proxy.url("/v1/chat/completions"), false)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let (body, err) = read_all(resp).await;
+    assert!(err.is_none(), "{err:?}");
+    let events = parse_sse(&body);
+    assert_eq!(events.last().map(|e| e.data.as_str()), Some("[DONE]"));
+    openai_tokens(&events).concat()
+}
+
+#[tokio::test]
+async fn a_stream_from_an_https_upstream_arrives_complete_and_redacted() {
+    let pki = pki();
+    let ca = write_ca(&pki);
+    let mock = start().await;
+    let front = TlsFront::start(Arc::clone(&pki.server), mock.local_addr()).await;
+    let redact = format!("redact = {KINDS:?}");
+    let over_tls = start_proxy(
+        "openai",
+        &front.url(QUERY),
+        "",
+        &format!("{redact}\nupstream_ca = {:?}", ca.path()),
+    )
+    .await;
+    let over_http = start_proxy("openai", &mock.url(QUERY), "", &redact).await;
+
+    let through_tls = streamed_text(&over_tls).await;
+    assert!(front.handshakes() >= 1, "the stream went through TLS");
+    assert_eq!(through_tls, streamed_text(&over_http).await);
+
+    let knobs = weir_server::mock_llm::Knobs {
+        pii_every: 7,
+        seed: 11,
+        ..Default::default()
+    };
+    let planted = weir_server::mock_llm::planted(&knobs, 300);
+    assert!(planted.len() >= 20, "{}", planted.len());
+    for p in &planted {
+        assert!(!through_tls.contains(&p.value), "{p:?} leaked");
+    }
+    assert!(through_tls.contains("[EMAIL]"), "{through_tls}");
+}
+
+#[tokio::test]
+async fn an_untrusted_upstream_certificate_is_a_502_before_any_stream() {
+    let pki = pki();
+    let mock = start().await;
+    let front = TlsFront::start(Arc::clone(&pki.server), mock.local_addr()).await;
+    let proxy = start_proxy("openai", &front.url(QUERY), "", "").await;
+
+    let resp = proxy_request(&client(), &proxy.url("/v1/chat/completions"), false)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body: serde_json::Value = resp.json().await.expect("a JSON error");
+    let error = &body["error"];
+    assert_eq!(error["type"], "upstream_tls", "{body}");
+    let message = error["message"].as_str().expect("message");
+    assert!(
+        message.contains("certificate is not trusted") && message.contains("upstream_ca"),
+        "{message}"
+    );
+    assert_eq!(front.handshakes(), 0);
+    assert_eq!(mock.stats().requests, 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn an_unusable_upstream_ca_file_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("missing-ca.pem");
+    let not_pem = dir.path().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "just text\n").expect("write");
+    for (file, why) in [(&missing, "cannot read"), (&not_pem, "no PEM certificate")] {
+        let toml = format!(
+            "[[route]]\nkind = \"llm_proxy\"\npath = \"/v1/chat/completions\"\n\
+             protocol = \"openai\"\nupstream = \"https://127.0.0.1:1/v1/chat/completions\"\n\
+             upstream_ca = {file:?}\n"
+        );
+        let config_file = dir.path().join("weir.toml");
+        std::fs::write(&config_file, toml).expect("write config");
+        // What `weir serve` and `weir serve --check-config` both do before serving.
+        let config = ServeConfig::load(&config_file).expect("the file itself parses");
+        let Err(err) = Server::new(config) else {
+            panic!("{} was accepted", file.display());
+        };
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains(why),
+            "{err}"
+        );
+    }
+}
