@@ -313,3 +313,61 @@ impl ServeConfigParse {
         weir_server::serve::ServeConfig::parse(toml).expect("test config")
     }
 }
+
+#[tokio::test]
+async fn metrics_count_exports_by_outcome_and_bytes_sent() {
+    let db = database(1000);
+    let path = "/export/metered";
+    let server = start_export_at(path, &url(&db), QUERY, "").await;
+    let client = client();
+    let body = client
+        .get(server.url(&format!("{path}?min_id=1")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let refused = client.get(server.url(path)).send().await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let metrics = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = |series: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let route = format!("route=\"{path}\"");
+    assert_eq!(
+        line(&format!(
+            "weir_exports_total{{{route},outcome=\"completed\"}}"
+        )),
+        1
+    );
+    assert_eq!(
+        line(&format!(
+            "weir_exports_total{{{route},outcome=\"rejected\"}}"
+        )),
+        1
+    );
+    assert_eq!(
+        line(&format!("weir_exports_total{{{route},outcome=\"failed\"}}")),
+        0
+    );
+    assert_eq!(
+        line(&format!("weir_export_bytes_total{{{route}}}")),
+        body.len() as u64
+    );
+}

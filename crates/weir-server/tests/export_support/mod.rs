@@ -17,8 +17,19 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// A `weir serve` in this process with one `sql_export` route at `/export`; `extra` is
 /// added to the route table as TOML lines.
 pub async fn start_export(database: &str, query: &str, extra: &str) -> RunningServer {
+    start_export_at("/export", database, query, extra).await
+}
+
+/// As [`start_export`], the route at `path` (metrics are per process: a test that reads
+/// them needs a path of its own).
+pub async fn start_export_at(
+    path: &str,
+    database: &str,
+    query: &str,
+    extra: &str,
+) -> RunningServer {
     let toml = format!(
-        "listen = \"127.0.0.1:0\"\n[[route]]\nkind = \"sql_export\"\npath = \"/export\"\n\
+        "listen = \"127.0.0.1:0\"\n[[route]]\nkind = \"sql_export\"\npath = \"{path}\"\n\
          database = \"{database}\"\nquery = \"\"\"{query}\"\"\"\n{extra}\n"
     );
     let config = ServeConfig::parse(&toml).expect("test config");

@@ -22,6 +22,7 @@
 //! the cursor: the transaction is rolled back and the connection goes back to its pool.
 //! The admission ticket and export slot are released with the body.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -31,6 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::DropGuard;
 use weir_runtime::{BoxError, Pipeline, PipelineError, Report, Sink};
 
+use super::metrics::{ExportMetrics, ExportOutcome};
 use crate::serve::admission::Ticket;
 
 /// Hands each chunk to the response body, waiting until the body has taken the last.
@@ -65,6 +67,7 @@ pub(super) struct ExportBody {
     _cancel_on_drop: DropGuard,
     _held: Held,
     route: String,
+    metrics: Arc<ExportMetrics>,
     started: Instant,
     bytes: u64,
     finished: bool,
@@ -83,6 +86,7 @@ impl ExportBody {
         chunks: mpsc::Receiver<Bytes>,
         held: Held,
         route: String,
+        metrics: Arc<ExportMetrics>,
     ) -> Self {
         let cancel = pipeline.cancel_token();
         ExportBody {
@@ -91,6 +95,7 @@ impl ExportBody {
             _cancel_on_drop: cancel.drop_guard(),
             _held: held,
             route,
+            metrics,
             started: Instant::now(),
             bytes: 0,
             finished: false,
@@ -104,6 +109,7 @@ impl ExportBody {
             }
             if let Some(chunk) = body.chunks.recv().await {
                 body.bytes += chunk.len() as u64;
+                body.metrics.bytes.increment(chunk.len() as u64);
                 return Some((Ok(chunk), body));
             }
             body.finished = true;
@@ -119,6 +125,7 @@ impl ExportBody {
                         route = %body.route, batches = rows, bytes = body.bytes, secs,
                         "export completed"
                     );
+                    body.metrics.ended(ExportOutcome::Completed);
                     None
                 }
                 Err(cause) => {
@@ -126,6 +133,7 @@ impl ExportBody {
                         route = %body.route, bytes = body.bytes, secs,
                         "export failed, response aborted: {cause}"
                     );
+                    body.metrics.ended(ExportOutcome::Failed);
                     Some((Err(std::io::Error::other(cause)), body))
                 }
             }
@@ -141,6 +149,7 @@ impl Drop for ExportBody {
                 secs = self.started.elapsed().as_secs_f64(),
                 "export cancelled: the client went away"
             );
+            self.metrics.ended(ExportOutcome::ClientGone);
         }
     }
 }

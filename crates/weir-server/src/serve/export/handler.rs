@@ -13,6 +13,7 @@ use weir_stages::transforms::gzip::{Gzip, GzipConfig};
 use weir_stages::transforms::ndjson::NdjsonEncoder;
 
 use super::body::{ExportBody, Held};
+use super::metrics::ExportOutcome;
 use super::request::{bind_params, choose_format, content_type, wants_gzip, Rejection};
 use super::route::ExportRoute;
 use crate::serve::admission::Refusal;
@@ -25,6 +26,16 @@ const BUFFERS: usize = 4;
 
 /// The axum handler of a `sql_export` route.
 pub async fn handle(State(route): State<Arc<ExportRoute>>, request: Request) -> Response {
+    let response = start(&route, request).await;
+    match response.status() {
+        StatusCode::OK => {}
+        StatusCode::SERVICE_UNAVAILABLE => route.metrics.ended(ExportOutcome::Busy),
+        _ => route.metrics.ended(ExportOutcome::Rejected),
+    }
+    response
+}
+
+async fn start(route: &Arc<ExportRoute>, request: Request) -> Response {
     if let Some(limit) = request.extensions().get::<StallLimit>() {
         limit.set(route.config.client_stall_timeout);
     }
@@ -86,6 +97,7 @@ pub async fn handle(State(route): State<Arc<ExportRoute>>, request: Request) -> 
             _slot: slot,
         },
         route.config.path.clone(),
+        Arc::clone(&route.metrics),
     );
     let mut response = Response::new(Body::from_stream(body.into_stream()));
     let headers = response.headers_mut();

@@ -2,6 +2,7 @@
 
 mod body;
 mod handler;
+mod metrics;
 mod request;
 mod route;
 

@@ -13,6 +13,7 @@ use weir_stages::sources::sql::{
     SqlitePool, SqliteSource,
 };
 
+use super::metrics::ExportMetrics;
 use crate::serve::admission::Admission;
 use crate::serve::config::{DatabaseUrl, SqlExportRoute};
 
@@ -32,6 +33,7 @@ pub struct ExportRoute {
     database: Database,
     exports: Arc<Semaphore>,
     pub(super) admission: Admission,
+    pub(super) metrics: Arc<ExportMetrics>,
     fetched: FetchCounter,
 }
 
@@ -77,6 +79,7 @@ impl ExportRoute {
         };
         Ok(ExportRoute {
             exports: Arc::new(Semaphore::new(config.max_exports())),
+            metrics: Arc::new(ExportMetrics::new(&config.path)),
             config,
             query,
             sql,
