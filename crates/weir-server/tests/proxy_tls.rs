@@ -3,16 +3,18 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use common::*;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use weir_server::serve::{ServeConfig, Server};
@@ -158,6 +160,103 @@ async fn a_stream_from_an_https_upstream_arrives_complete_and_redacted() {
         assert!(!through_tls.contains(&p.value), "{p:?} leaked");
     }
     assert!(through_tls.contains("[EMAIL]"), "{through_tls}");
+}
+
+/// Bytes in the kernel receive queues of loopback TCP sockets whose peer is `peer`,
+/// from /proc/net/tcp; `None` if there is no such socket.
+fn receive_queue_to(peer: SocketAddr) -> Option<u64> {
+    let IpAddr::V4(ip) = peer.ip() else {
+        panic!("IPv4 only: {peer}");
+    };
+    // The kernel prints the address as the u32 it holds in network order.
+    let wanted = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(ip.octets()),
+        peer.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let queues: Vec<u64> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            (cols.get(2) == Some(&wanted.as_str())).then(|| {
+                let (_, rx) = cols[4].split_once(':').expect("tx:rx");
+                u64::from_str_radix(rx, 16).expect("hex queue")
+            })
+        })
+        .collect();
+    (!queues.is_empty()).then(|| queues.iter().sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_pauses_an_https_upstream_within_receive_buffer() {
+    let pki = pki();
+    let ca = write_ca(&pki);
+    let mock = start().await;
+    let front = TlsFront::start(Arc::clone(&pki.server), mock.local_addr()).await;
+    let receive_buffer = 8 << 10;
+    let proxy = start_proxy(
+        "openai",
+        &front.url("/v1/chat/completions?tokens=0&token_size=1000"),
+        "",
+        &format!(
+            "receive_buffer = {receive_buffer}\nupstream_ca = {:?}",
+            ca.path()
+        ),
+    )
+    .await;
+
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut tcp = socket.connect(proxy.local_addr()).await.expect("connect");
+    let body = r#"{"model":"m","stream":true,"messages":[]}"#;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\nauthorization: Bearer key-1\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.expect("request");
+    let mut head = [0u8; 1024];
+    let n = tcp.read(&mut head).await.expect("response head");
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+
+    // The client reads no more: once every buffer on the way is full, the endless
+    // upstream's writes block and no token gets out while it stays blocked.
+    let start = Instant::now();
+    let mut last = mock.stats();
+    let paused = loop {
+        let next = wait_for(
+            || mock.stats(),
+            "the upstream's writes to block",
+            |s| s.time_blocked_ms > last.time_blocked_ms + 300.0,
+        )
+        .await;
+        if next.tokens_sent == last.tokens_sent {
+            break next;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "upstream never paused: {next:?}"
+        );
+        last = next;
+    };
+    assert!(paused.tokens_sent > 0, "{paused:?}");
+    // weir's TLS socket to the upstream parks at most its SO_RCVBUF (doubled by Linux).
+    let queued = receive_queue_to(front.addr).expect("weir's socket to the upstream");
+    eprintln!(
+        "upstream paused at {} tokens ({} bytes); weir's TLS socket to it holds {queued} B",
+        paused.tokens_sent, paused.bytes_sent
+    );
+    assert!(
+        queued > 0 && queued <= 2 * receive_buffer,
+        "{queued} bytes queued on weir's upstream socket (receive_buffer {receive_buffer})"
+    );
+    assert_eq!(front.handshakes(), 1);
 }
 
 #[tokio::test]
