@@ -45,7 +45,8 @@ const EXAMPLE: &str = r#"CONFIGURATION (weir.toml):
   kind = "llm_proxy"
   path = "/v1/chat/completions"
   protocol = "openai"            # or "anthropic" (POST /v1/messages)
-  upstream = "http://127.0.0.1:8081/v1/chat/completions"
+  upstream = "http://127.0.0.1:8081/v1/chat/completions"   # or https://…
+  # upstream_ca = "gateway-ca.pem"   # https: extra PEM roots besides Mozilla's
   upstream_key_env = "OPENAI_API_KEY"
   client_keys = ["key-1"]        # Bearer or x-api-key; none = open route
   buffer = "64KiB"               # per-stream share of memory_budget
