@@ -371,3 +371,25 @@ async fn metrics_count_exports_by_outcome_and_bytes_sent() {
         body.len() as u64
     );
 }
+
+#[tokio::test]
+async fn a_client_leaving_before_the_first_row_interrupts_the_statement() {
+    let db = database(20_000);
+    // 400 million row pairs: seconds of stepping before the first (only) row.
+    let query = "SELECT count(*) AS n FROM t a, t b WHERE a.id >= :min_id";
+    let server = start_export(&url(&db), query, "").await;
+    let route = server.export("/export").unwrap();
+    let tcp = raw_get(server.local_addr(), "/export?min_id=1", "").await;
+    poll_until(DEADLINE, "the statement to start", || async {
+        (route.busy_connections() == 1).then_some(())
+    })
+    .await;
+    drop(tcp);
+    poll_until(
+        Duration::from_millis(100),
+        "the interrupted statement to give its connection back",
+        || async { (route.busy_connections() == 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(route.running_exports(), 0);
+}
