@@ -9,22 +9,26 @@
 //! # Cancel safety
 //!
 //! Dropping the source drops the channel's receiver, which fails the thread's next send,
-//! and interrupts a statement still stepping (a long sort, say); the thread then drops
-//! the statement and gives the connection back to its pool.
+//! and raises a flag that SQLite's progress handler checks while a statement steps (a
+//! long sort, say), which interrupts it; the thread then drops the statement and gives
+//! the connection back to its pool.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, InterruptHandle, OpenFlags};
+use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use weir_runtime::channel::{channel, Receiver, Sender};
 use weir_runtime::{BoxError, Source};
 
 use super::rows::{push_timestamp, Columns, RowBatch, Value};
 use super::{CursorSettings, FetchCounter, SqlError};
+
+/// SQLite VM instructions between two checks of whether the source was dropped.
+const PROGRESS_OPS: std::ffi::c_int = 10_000;
 
 /// Connections to one SQLite file, at most `size` open at once, read-only.
 #[derive(Clone)]
@@ -124,9 +128,8 @@ impl Drop for PooledSqlite {
 pub struct SqliteSource {
     rows: Receiver<RowBatch>,
     failure: Arc<Mutex<Option<SqlError>>>,
-    /// `None` once the thread has let go of the connection (it may then serve another
-    /// export, which an interrupt must not hit).
-    interrupt: Arc<Mutex<Option<InterruptHandle>>>,
+    /// Set on drop; SQLite's progress handler then stops the statement mid-step.
+    abandoned: Arc<AtomicBool>,
     first: Option<RowBatch>,
 }
 
@@ -134,7 +137,7 @@ impl SqliteSource {
     /// Starts `sql` (numbered `?N` parameters, bound as text from `params`) and waits for
     /// its first batch, so that a query that fails at once fails before any response.
     pub async fn start(
-        conn: PooledSqlite,
+        mut conn: PooledSqlite,
         sql: String,
         params: Vec<String>,
         settings: CursorSettings,
@@ -142,12 +145,15 @@ impl SqliteSource {
     ) -> Result<Self, SqlError> {
         let (tx, rx) = channel(settings.buffer);
         let failure = Arc::new(Mutex::new(None));
-        let handle = conn.conn.as_ref().map(Connection::get_interrupt_handle);
-        let interrupt = Arc::new(Mutex::new(handle));
+        let abandoned = Arc::new(AtomicBool::new(false));
         let thread_failure = Arc::clone(&failure);
-        let thread_interrupt = Arc::clone(&interrupt);
+        let stop = Arc::clone(&abandoned);
         tokio::task::spawn_blocking(move || {
-            if let Some(c) = conn.conn.as_ref() {
+            if let Some(c) = conn.conn.as_mut() {
+                // Checked every few thousand VM steps, also before the first row: unlike
+                // sqlite3_interrupt, it cannot miss a statement that has not started yet.
+                let _ =
+                    c.progress_handler(PROGRESS_OPS, Some(move || stop.load(Ordering::Relaxed)));
                 let mut cursor = Cursor {
                     tx,
                     batch_rows: settings.batch_rows.max(1),
@@ -160,16 +166,14 @@ impl SqliteSource {
                         .unwrap_or_else(PoisonError::into_inner) = Some(e);
                 }
                 drop(cursor);
+                let _ = c.progress_handler(0, None::<fn() -> bool>);
             }
-            *thread_interrupt
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = None;
             drop(conn);
         });
         let mut source = SqliteSource {
             rows: rx,
             failure,
-            interrupt,
+            abandoned,
             first: None,
         };
         source.first = Some(source.fetch().await?.ok_or_else(|| {
@@ -207,13 +211,7 @@ impl Source for SqliteSource {
 
 impl Drop for SqliteSource {
     fn drop(&mut self) {
-        let held = self
-            .interrupt
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(handle) = held.as_ref() {
-            handle.interrupt();
-        }
+        self.abandoned.store(true, Ordering::Relaxed);
     }
 }
 
