@@ -293,3 +293,48 @@ async fn an_unreachable_database_is_a_503_with_retry_after() {
     let message = response.text().await.unwrap();
     assert!(message.contains("no database connection"), "{message}");
 }
+
+#[tokio::test]
+async fn a_client_leaving_before_the_first_row_cancels_the_query() {
+    let Some(url) = pg_url() else { return };
+    let app = "weir_test_cancel";
+    let server = start_export(
+        &tagged(&url, app),
+        "SELECT 1 AS one FROM pg_sleep(:seconds)",
+        "",
+    )
+    .await;
+    let route = server.export("/export").unwrap();
+    let admin = connect(&url).await;
+    let tcp = raw_get(server.local_addr(), "/export?seconds=30", "").await;
+    poll_until(DEADLINE, "the query to run", || async {
+        let b = backends(&admin, app).await;
+        b.iter()
+            .any(|(state, query)| state == "active" && query.contains("pg_sleep"))
+            .then_some(())
+    })
+    .await;
+    drop(tcp);
+    poll_until(
+        Duration::from_millis(100),
+        "the connection to leave the pool's busy ones",
+        || async { (route.busy_connections() == 0).then_some(()) },
+    )
+    .await;
+    poll_until(
+        Duration::from_secs(2),
+        "the sleeping query to be cancelled",
+        || async {
+            let b = backends(&admin, app).await;
+            (!b.iter().any(|(state, _)| state == "active")).then_some(())
+        },
+    )
+    .await;
+    let again = client()
+        .get(server.url("/export?seconds=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.text().await.unwrap(), "one\r\n1\r\n");
+}

@@ -9,8 +9,12 @@
 //!
 //! # Cancel safety
 //!
-//! Dropping the source drops the transaction (tokio-postgres then sends `ROLLBACK`,
-//! which closes the portal) and the pooled connection, which goes back to its pool.
+//! Dropped between fetches (the usual case: a slow client went away), the source drops
+//! the transaction (tokio-postgres then sends `ROLLBACK`, which closes the portal) and
+//! the pooled connection goes back to its pool. Dropped while the server works on a
+//! request (a long sort before the first row), it sends the backend a cancel request and
+//! closes the connection instead of pooling it, so that the cancel cannot reach the
+//! query of the connection's next user.
 //!
 //! # Types
 //!
@@ -21,7 +25,7 @@
 //! the first row, naming it, so the query can cast it to text.
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -29,7 +33,7 @@ use deadpool_postgres::Object;
 use futures::{Stream, StreamExt};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{Format, FromSql, IsNull, ToSql, Type};
-use tokio_postgres::Row;
+use tokio_postgres::{NoTls, Row};
 use weir_runtime::{BoxError, Source};
 
 use super::rows::{push_date, push_timestamp, Columns, RowBatch, Value};
@@ -77,14 +81,43 @@ impl Source for PostgresSource {
     }
 }
 
+/// The export's pooled connection, and whether the server is working on a request of it.
+struct Lease {
+    client: Option<Object>,
+    busy: Arc<AtomicBool>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.busy.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(client) = self.client.take() {
+            let token = client.cancel_token();
+            drop(Object::take(client));
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = token.cancel_query(NoTls).await;
+                });
+            }
+        }
+    }
+}
+
 fn cursor(
-    mut client: Object,
+    client: Object,
     sql: String,
     params: Vec<String>,
     batch_rows: usize,
     fetched: FetchCounter,
 ) -> impl Stream<Item = Result<RowBatch, SqlError>> + Send {
     async_stream::try_stream! {
+        let busy = Arc::new(AtomicBool::new(true));
+        let mut lease = Lease { client: Some(client), busy: Arc::clone(&busy) };
+        let client = lease
+            .client
+            .as_mut()
+            .ok_or_else(|| SqlError::Failed("the connection was already given back".into()))?;
         let tx = client
             .build_transaction()
             .read_only(true)
@@ -112,7 +145,9 @@ fn cursor(
                 let batch = decode(&columns, &kinds, &rows)?;
                 fetched.fetch_add(rows.len() as u64, Ordering::Relaxed);
                 first = false;
+                busy.store(false, Ordering::Relaxed);
                 yield batch;
+                busy.store(true, Ordering::Relaxed);
             }
             if done {
                 break;
@@ -120,6 +155,7 @@ fn cursor(
         }
         drop(portal);
         tx.commit().await.map_err(classify)?;
+        busy.store(false, Ordering::Relaxed);
     }
 }
 
