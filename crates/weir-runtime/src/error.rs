@@ -5,6 +5,19 @@ use std::fmt;
 /// The error type stages return: any error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// An error and its sources joined by `: `, for messages that must say why in one line
+/// (the detail of an I/O or parse failure often sits in a source).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
 /// A stage tried to emit after the stage below it had stopped.
 #[derive(Debug, thiserror::Error)]
 #[error("downstream stage stopped")]

@@ -69,7 +69,7 @@ mod stage;
 mod stats;
 
 pub use budget::{Admission, BudgetExhausted, MemoryBudget, Reservation};
-pub use error::{BoxError, DownstreamClosed, FailureKind, PipelineError};
+pub use error::{error_chain, BoxError, DownstreamClosed, FailureKind, PipelineError};
 pub use pipeline::{Pipeline, PipelineBuilder, PipelineStart, DEFAULT_BUFFER};
 pub use stage::{Emit, Sink, Source, Transform, Weighted};
 pub use stats::{Report, StageKind, StageSnapshot, StageStats};

@@ -7,6 +7,7 @@ use regex_automata::dfa::{dense, Automaton, StartKind};
 use regex_automata::util::primitives::StateID;
 use regex_automata::util::start;
 use regex_automata::{Anchored, MatchKind};
+use weir_runtime::error_chain;
 
 /// The held-back tail cap when none is given, in bytes.
 pub const DEFAULT_MAX_HOLD: usize = 256;
@@ -277,18 +278,6 @@ pub enum RedactConfigError {
     BadPattern { name: String, reason: String },
     #[error("the detectors together do not compile: {0}")]
     Compile(String),
-}
-
-/// An error and its sources, joined: the syntax detail sits in a source.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 struct Detector {

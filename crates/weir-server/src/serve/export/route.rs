@@ -7,7 +7,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::NoTls;
-use weir_runtime::{BoxError, Source};
+use weir_runtime::{error_chain, BoxError, Source};
 use weir_stages::sources::sql::{
     CursorSettings, FetchCounter, NamedQuery, Placeholder, PostgresSource, RowBatch, SqlError,
     SqlitePool, SqliteSource,
@@ -165,15 +165,4 @@ impl Source for RowSource {
             RowSource::Postgres(s) => s.next().await,
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

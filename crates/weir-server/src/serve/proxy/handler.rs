@@ -16,6 +16,7 @@ use crate::serve::config::{LlmProxyRoute, Protocol};
 use crate::serve::metrics::RouteMetrics;
 use crate::serve::stall::StallLimit;
 use crate::serve::stream_stats::{Outcome, StreamStats};
+use weir_runtime::error_chain;
 
 /// Headers of the client's request passed on to the upstream.
 const FORWARDED_HEADERS: [&str; 4] = [
@@ -278,15 +279,4 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
 
 fn secs(d: Duration) -> String {
     format!("{} s", d.as_secs_f64())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
