@@ -122,16 +122,34 @@ impl Drop for SpawnedServer {
             .into_iter()
             .map(|pid| (pid, start_time(pid)))
             .collect();
+        // The check must not return while the server still holds its port: wait for
+        // every process of the tree, not only the shell, to be gone.
+        let gone = |child: &mut Child| {
+            let _ = child.try_wait();
+            !tree.iter().any(|&(pid, started)| running(pid, started))
+        };
         self.signal(&tree, Signal::TERM);
         let asked = Instant::now();
-        while asked.elapsed() < GRACE {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                break;
-            }
+        while asked.elapsed() < GRACE && !gone(&mut self.child) {
             std::thread::sleep(POLL);
         }
-        // Children of the shell may outlive it: they all go.
         self.signal(&tree, Signal::KILL);
+        let killed = Instant::now();
+        while killed.elapsed() < GRACE && !gone(&mut self.child) {
+            std::thread::sleep(POLL);
+        }
         let _ = self.child.wait();
     }
+}
+
+/// Whether `pid` is still the process that started at `started` and has not exited (a
+/// zombie has closed its files and sockets already).
+fn running(pid: u32, started: Option<u64>) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    started.is_some() && start_time(pid) == started && !matches!(state, Some("Z" | "X") | None)
 }
