@@ -114,7 +114,13 @@ fn a_slow_reader_holds_the_source_back() {
         "source ran {} bytes ahead",
         seen.widest_gap
     );
-    assert!(seen.peak_rss_kib < 16 * 1024);
+    // Most of the RSS is the debug binary's own pages (TLS, SQLite and plotting are linked
+    // in); without backpressure it would also hold the 96 MiB file.
+    assert!(
+        seen.peak_rss_kib < 24 * 1024,
+        "peak RSS {} KiB",
+        seen.peak_rss_kib
+    );
 }
 
 #[test]
