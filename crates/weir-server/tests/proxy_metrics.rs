@@ -151,6 +151,18 @@ async fn metrics_count_streams_by_outcome() {
         .await
         .expect("bind");
     let before = scrape(&server).await;
+    // The process's RSS, for `weir check --metrics-url`: this test process's own, here.
+    let rss = value(&before, "process_resident_memory_bytes", &[]).expect("an RSS gauge");
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let vm_rss: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(
+        rss > 1e6 && (rss - vm_rss * 1024.0).abs() < 64e6,
+        "gauge {rss} B, /proc says {vm_rss} KiB"
+    );
     let rejected_before = |reason: &str| value(&before, REJECTED, &[("reason", reason)]);
     assert_eq!(
         value(

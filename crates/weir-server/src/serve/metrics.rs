@@ -21,6 +21,8 @@ pub const UPSTREAM_PAUSED: &str = "weir_upstream_paused_seconds_total";
 pub const TIME_TO_FIRST_TOKEN: &str = "weir_time_to_first_token_seconds";
 pub const REDACTIONS: &str = "weir_redactions_total";
 pub const MEMORY_BUDGET: &str = "weir_memory_budget_bytes";
+/// The name Prometheus' process collectors use, so `weir check --metrics-url` can watch weir.
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 
 const TTFT_BUCKETS: [f64; 14] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
@@ -109,6 +111,24 @@ fn describe() {
         Unit::Bytes,
         "The global memory budget: bytes reserved by open streams, and its limit."
     );
+    describe_gauge!(
+        PROCESS_RSS,
+        Unit::Bytes,
+        "Resident set size of the process, read at each scrape."
+    );
+}
+
+/// VmRSS of this process from /proc; `None` where there is no /proc.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Renders every metric, with the gauges read from `admission` now.
@@ -119,6 +139,9 @@ pub fn render(admission: &Admission) -> Option<String> {
     let budget = admission.budget();
     metrics::gauge!(MEMORY_BUDGET, "state" => "reserved").set(budget.reserved() as f64);
     metrics::gauge!(MEMORY_BUDGET, "state" => "limit").set(budget.limit() as f64);
+    if let Some(rss) = resident_bytes() {
+        metrics::gauge!(PROCESS_RSS).set(rss as f64);
+    }
     Some(handle.render())
 }
 
