@@ -95,6 +95,22 @@ pub fn chunked_complete(raw: &[u8]) -> bool {
 }
 
 /// Polls `probe` until it returns `Some`, panicking after `within`.
+/// A response that began as a 200 with `first_rows` in its body, then stopped without the
+/// chunked encoding's last chunk: a failed export that does not look like a complete file.
+pub fn assert_truncated_after(raw: &[u8], first_rows: &str) {
+    let text = String::from_utf8_lossy(raw);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(300)]
+    );
+    assert!(text.contains(first_rows), "the first rows did not arrive");
+    assert!(
+        !chunked_complete(raw),
+        "a failed export ended like a complete file"
+    );
+}
+
 pub async fn poll_until<T, F, Fut>(within: Duration, what: &str, probe: F) -> T
 where
     F: Fn() -> Fut,
