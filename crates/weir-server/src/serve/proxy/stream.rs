@@ -171,7 +171,7 @@ impl ProxyStream {
         let mut malformed = None;
         let decoded = decoder.feed(data, |event| {
             if malformed.is_none() {
-                malformed = self.forward(&event).err();
+                malformed = self.forward(event).err();
             }
         });
         self.decoder = decoder;
@@ -197,7 +197,7 @@ impl ProxyStream {
         }
     }
 
-    fn forward(&mut self, event: &SseEvent) -> Result<(), String> {
+    fn forward(&mut self, event: SseEvent) -> Result<(), String> {
         if self.saw_terminal {
             return Ok(());
         }
@@ -205,25 +205,25 @@ impl ProxyStream {
         let Some(filter) = self
             .filter
             .as_mut()
-            .filter(|_| protocol.may_carry_text(event))
+            .filter(|_| protocol.may_carry_text(&event))
         else {
             let mut token = false;
-            if is_terminal_unparsed(protocol, event) {
+            if is_terminal_unparsed(protocol, &event) {
                 self.saw_terminal = true;
-            } else if protocol.may_carry_json(event) {
-                token = protocol.check_json(event).map_err(|e| {
+            } else if protocol.may_carry_json(&event) {
+                token = protocol.check_json(&event).map_err(|e| {
                     format!("upstream event is not JSON ({e}): {:.200}", event.data)
                 })?;
             }
-            return self.emit(event, token);
+            return self.emit(&event, token);
         };
-        let (role, text) = match protocol.classify(event) {
+        let (role, text) = match protocol.classify(&event) {
             Some(classified) => classified,
             None => {
                 let mut json: Value = serde_json::from_str(&event.data).map_err(|e| {
                     format!("upstream event is not JSON ({e}): {:.200}", event.data)
                 })?;
-                let role = protocol.role(event, Some(&json));
+                let role = protocol.role(&event, Some(&json));
                 let text = protocol.text_mut(&mut json).map(|t| {
                     TokenText::unplaced(Cow::Owned(t.as_str().unwrap_or_default().to_string()))
                 });
@@ -242,17 +242,18 @@ impl ProxyStream {
         match role {
             EventRole::Token { block } => {
                 let token_text = text.unwrap_or_else(|| TokenText::unplaced(Cow::Borrowed("")));
-                let text = &token_text.text;
-                let released = filter.push(block, text);
+                let released = filter.push(block, &token_text.text);
                 let token = !released.is_empty();
-                let template = self.templates.entry(block).or_default();
-                template.clear();
-                template.push_str(&event.data);
-                if released == **text {
-                    return self.emit(event, token);
-                }
-                let rewritten = protocol.with_text(event, &token_text, &released)?;
-                self.emit(&rewritten, token)
+                let rewritten = if released == *token_text.text {
+                    None
+                } else {
+                    Some(protocol.with_text(&event, &token_text, &released)?)
+                };
+                drop(token_text);
+                self.emit(rewritten.as_ref().unwrap_or(&event), token)?;
+                // The shape for releasing held-back text later: moved in, not copied.
+                self.templates.insert(block, event.data);
+                Ok(())
             }
             EventRole::EndOfBlock { block } => {
                 let rest = filter.flush(block);
@@ -261,13 +262,13 @@ impl ProxyStream {
                     let release = protocol.token_event(template, block, &rest);
                     self.emit(&release, true)?;
                 }
-                self.emit(event, false)
+                self.emit(&event, false)
             }
             EventRole::Terminal => {
                 self.saw_terminal = true;
-                self.emit(event, false)
+                self.emit(&event, false)
             }
-            EventRole::Other => self.emit(event, false),
+            EventRole::Other => self.emit(&event, false),
         }
     }
 
