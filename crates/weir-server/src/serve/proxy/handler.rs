@@ -7,10 +7,10 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 
 use super::stream::{ProxyStream, StreamTiming, TextFilter};
-use super::upstream::{client, tls_failure, UpstreamClient};
+use super::upstream::{tls_failure, SendError, Upstream};
 use crate::serve::admission::{Admission, Refusal};
 use crate::serve::config::{LlmProxyRoute, Protocol};
 use crate::serve::metrics::RouteMetrics;
@@ -32,9 +32,8 @@ pub type FilterFactory = Arc<dyn Fn() -> Box<dyn TextFilter> + Send + Sync>;
 /// A configured `llm_proxy` route, shared by its requests.
 pub struct ProxyRoute {
     config: LlmProxyRoute,
-    upstream: Uri,
+    upstream: Upstream,
     upstream_key: Option<HeaderValue>,
-    client: UpstreamClient,
     admission: Admission,
     max_request_body: usize,
     filter: Option<FilterFactory>,
@@ -76,14 +75,14 @@ impl ProxyRoute {
                 Some(value)
             }
         };
-        let client = client(
+        let upstream = Upstream::new(
+            &upstream,
             config.receive_buffer as usize,
             config.connect_timeout,
             config.upstream_ca.as_deref(),
         )
         .map_err(|e| format!("route {}: {e}", config.path))?;
         Ok(ProxyRoute {
-            client,
             upstream,
             upstream_key,
             admission,
@@ -176,35 +175,20 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
             );
         }
     };
-    let mut upstream_request = hyper::Request::builder()
-        .method(parts.method.clone())
-        .uri(route.upstream.clone());
-    for name in FORWARDED_HEADERS {
-        if let Some(v) = parts.headers.get(name) {
-            upstream_request = upstream_request.header(name, v);
-        }
-    }
+    let mut headers: Vec<(&str, &[u8])> = FORWARDED_HEADERS
+        .iter()
+        .filter_map(|&name| parts.headers.get(name).map(|v| (name, v.as_bytes())))
+        .collect();
     if let Some(key) = &route.upstream_key {
         let name = match route.config.protocol {
             Protocol::Openai => header::AUTHORIZATION.as_str(),
             Protocol::Anthropic => "x-api-key",
         };
-        upstream_request = upstream_request.header(name, key);
+        headers.push((name, key.as_bytes()));
     }
-    let upstream_request = match upstream_request.body(Full::new(body)) {
-        Ok(r) => r,
-        Err(e) => {
-            stats.refuse(
-                Outcome::RejectedInvalid,
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-            );
-            return route.error(StatusCode::BAD_REQUEST, "invalid_request", &e.to_string());
-        }
-    };
     let timeout = route.config.first_byte_timeout;
-    let upstream = match tokio::time::timeout(timeout, route.client.request(upstream_request)).await
-    {
+    let sent = route.upstream.send(parts.method.as_str(), &headers, &body);
+    let upstream = match tokio::time::timeout(timeout, sent).await {
         Err(_) => {
             stats.finish(Outcome::UpstreamTimeout, StatusCode::GATEWAY_TIMEOUT);
             return route.error(
@@ -215,40 +199,44 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
         }
         Ok(Err(e)) => {
             stats.finish(Outcome::UpstreamError, StatusCode::BAD_GATEWAY);
-            if let Some(message) = tls_failure(&e) {
-                return route.error(StatusCode::BAD_GATEWAY, "upstream_tls", &message);
-            }
-            return route.error(
-                StatusCode::BAD_GATEWAY,
-                "upstream_unreachable",
-                &format!("cannot reach the upstream: {}", error_chain(&e)),
-            );
+            let (kind, message) = match &e {
+                SendError::Tls { source, .. } => (
+                    "upstream_tls",
+                    tls_failure(source).unwrap_or_else(|| e.to_string()),
+                ),
+                SendError::Malformed(_) => ("upstream_malformed", e.to_string()),
+                _ => (
+                    "upstream_unreachable",
+                    format!("cannot reach the upstream: {}", error_chain(&e)),
+                ),
+            };
+            return route.error(StatusCode::BAD_GATEWAY, kind, &message);
         }
         Ok(Ok(r)) => r,
     };
-    let (head, upstream_body) = upstream.into_parts();
-    let streaming = head
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if !streaming || !head.status.is_success() {
+    let status = StatusCode::from_u16(upstream.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let streaming = upstream
+        .content_type
+        .as_deref()
+        .is_some_and(|v| v.starts_with(b"text/event-stream"));
+    if !streaming || !status.is_success() {
         // Not a stream: pass it on as it comes, within the size limit.
-        let limited = Limited::new(upstream_body, route.config.max_response_body as usize);
-        let mut response = Response::new(Body::new(limited.map_err(axum::Error::new)));
-        *response.status_mut() = head.status;
-        if let Some(ct) = head.headers.get(header::CONTENT_TYPE) {
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, ct.clone());
+        let body = upstream.body.into_stream(route.config.max_response_body);
+        let mut response = Response::new(Body::from_stream(body));
+        *response.status_mut() = status;
+        if let Some(ct) = upstream
+            .content_type
+            .and_then(|v| HeaderValue::from_bytes(&v).ok())
+        {
+            response.headers_mut().insert(header::CONTENT_TYPE, ct);
         }
         drop(ticket);
-        let outcome = if head.status.is_success() {
+        let outcome = if status.is_success() {
             Outcome::Completed
         } else {
             Outcome::UpstreamStatus
         };
-        stats.finish(outcome, head.status);
+        stats.finish(outcome, status);
         return response;
     }
     let timing = StreamTiming {
@@ -259,14 +247,14 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
     let mut stats = stats;
     stats.streaming(StatusCode::OK);
     let stream = ProxyStream::new(
-        upstream_body,
+        upstream.body,
         route.config.protocol,
         timing,
         filter,
         ticket,
         stats,
     );
-    let mut response = Response::new(Body::from_stream(stream.into_body_stream()));
+    let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -2,10 +2,11 @@
 //!
 //! # What
 //!
-//! Each poll of the response body reads at most one upstream frame, decodes its events,
-//! rewrites token text (redaction) and encodes them again. Nothing reads ahead: while
-//! the client does not read, the body is not polled, the upstream socket is not read,
-//! and TCP flow control pauses the upstream server.
+//! Each poll of the response body reads the upstream socket at most once, decodes the
+//! events in what it read, rewrites token text (redaction) and encodes them again, all
+//! within the poll. Nothing reads ahead: while the client does not read, the body is not
+//! polled, the upstream socket is not read, and TCP flow control pauses the upstream
+//! server.
 //!
 //! # Failure
 //!
@@ -15,7 +16,7 @@
 //!
 //! # Cancel safety
 //!
-//! Dropping the body (the client went away) drops the upstream response, which closes
+//! Dropping the body (the client went away) drops the upstream body reader, which closes
 //! the upstream connection, and the admission ticket, which frees the stream's share.
 //!
 //! # Telemetry
@@ -27,17 +28,19 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde_json::Value;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use weir_stages::codec::sse::{SseDecoder, SseEncoder, SseEvent, SseLimits};
 
 use super::protocol::{EventRole, TokenText};
+use super::upstream::{BodyError, BodyReader};
 use crate::serve::admission::Ticket;
 use crate::serve::config::Protocol;
 use crate::serve::stream_stats::{Outcome, StreamStats};
@@ -70,9 +73,19 @@ const SSE_LIMITS: SseLimits = SseLimits {
 };
 
 pub struct ProxyStream {
-    upstream: Incoming,
-    protocol: Protocol,
+    upstream: BodyReader,
+    relay: Relay,
     timing: StreamTiming,
+    /// Wakes the stream for a keep-alive comment or the idle timeout; it may fire
+    /// early (it is moved only forward, lazily) and is then set again.
+    timer: Pin<Box<Sleep>>,
+    last_upstream: Instant,
+    last_keepalive: Instant,
+}
+
+/// Turns the upstream's bytes into the client's: events decoded, filtered, encoded.
+struct Relay {
+    protocol: Protocol,
     decoder: SseDecoder,
     encoder: SseEncoder,
     filter: Option<Box<dyn TextFilter>>,
@@ -81,90 +94,125 @@ pub struct ProxyStream {
     out: Vec<u8>,
     saw_terminal: bool,
     done: bool,
-    last_upstream: Instant,
     stats: StreamStats,
     _ticket: Ticket,
 }
 
 impl ProxyStream {
     pub fn new(
-        upstream: Incoming,
+        upstream: BodyReader,
         protocol: Protocol,
         timing: StreamTiming,
         filter: Option<Box<dyn TextFilter>>,
         ticket: Ticket,
         stats: StreamStats,
     ) -> Self {
+        let now = Instant::now();
         ProxyStream {
             upstream,
-            protocol,
+            relay: Relay {
+                protocol,
+                decoder: SseDecoder::new(SSE_LIMITS),
+                encoder: SseEncoder::new(),
+                filter,
+                templates: HashMap::new(),
+                out: Vec::new(),
+                saw_terminal: false,
+                done: false,
+                stats,
+                _ticket: ticket,
+            },
             timing,
-            decoder: SseDecoder::new(SSE_LIMITS),
-            encoder: SseEncoder::new(),
-            filter,
-            templates: HashMap::new(),
-            out: Vec::new(),
-            saw_terminal: false,
-            done: false,
-            last_upstream: Instant::now(),
-            stats,
-            _ticket: ticket,
+            timer: Box::pin(tokio::time::sleep_until(now + timing.keepalive)),
+            last_upstream: now,
+            last_keepalive: now,
         }
     }
 
-    /// The response body: one chunk per poll, each made from at most one upstream frame.
-    pub fn into_body_stream(self) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
-        futures::stream::unfold(self, |mut s| async move {
-            s.stats.polled();
-            let Some(chunk) = s.next_chunk().await else {
-                s.stats.delivered();
-                return None;
-            };
-            s.stats.chunk_out(chunk.len());
-            Some((Ok(chunk), s))
-        })
+    /// Nothing from the upstream yet: whether the timer has something to say (a keep-alive
+    /// comment, or the end of the wait), or Pending until it has.
+    fn poll_quiet(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let idle_deadline = self.last_upstream + self.timing.idle_timeout;
+        let keepalive_due = self.last_upstream.max(self.last_keepalive) + self.timing.keepalive;
+        let wake = idle_deadline.min(keepalive_due);
+        if self.timer.deadline() > wake {
+            self.timer.as_mut().reset(wake);
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if now >= idle_deadline {
+                let secs = self.timing.idle_timeout.as_secs_f64();
+                self.relay.fail(
+                    Outcome::UpstreamTimeout,
+                    &format!("upstream sent nothing for {secs} s"),
+                );
+                return Poll::Ready(());
+            }
+            if now >= keepalive_due {
+                self.relay.out.extend_from_slice(b": keep-alive\n\n");
+                self.last_keepalive = now;
+                return Poll::Ready(());
+            }
+            self.timer.as_mut().reset(wake);
+        }
+        Poll::Pending
     }
+}
 
-    async fn next_chunk(&mut self) -> Option<Bytes> {
+/// The response body: each item is what one upstream read (or the timer) produced.
+impl Stream for ProxyStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        this.relay.stats.polled();
         loop {
-            if !self.out.is_empty() {
+            if !this.relay.out.is_empty() {
                 // The chunk may wait in hyper's write queue while the client is slow:
                 // it should hold its bytes, not the doubling growth of the vector.
-                let mut chunk = std::mem::take(&mut self.out);
+                let mut chunk = std::mem::take(&mut this.relay.out);
                 chunk.shrink_to_fit();
-                return Some(Bytes::from(chunk));
+                this.relay.stats.chunk_out(chunk.len());
+                return Poll::Ready(Some(Ok(Bytes::from(chunk))));
             }
-            if self.done {
-                return None;
+            if this.relay.done {
+                this.relay.stats.delivered();
+                return Poll::Ready(None);
             }
-            let idle_deadline = self.last_upstream + self.timing.idle_timeout;
-            let wake = idle_deadline.min(Instant::now() + self.timing.keepalive);
-            match tokio::time::timeout_at(wake, self.upstream.frame()).await {
-                Err(_) if Instant::now() >= idle_deadline => {
-                    let secs = self.timing.idle_timeout.as_secs_f64();
-                    self.fail(
-                        Outcome::UpstreamTimeout,
-                        &format!("upstream sent nothing for {secs} s"),
-                    );
+            let relay = &mut this.relay;
+            match this
+                .upstream
+                .poll_read_body(cx, |data| relay.take_upstream(data))
+            {
+                Poll::Ready(Ok(ended)) => {
+                    this.last_upstream = Instant::now();
+                    if ended && !relay.done {
+                        relay.upstream_ended();
+                    }
                 }
-                Err(_) => self.out.extend_from_slice(b": keep-alive\n\n"),
-                Ok(None) => self.upstream_ended(),
-                Ok(Some(Err(e))) => self.fail(
-                    Outcome::UpstreamError,
-                    &format!("upstream connection failed: {e}"),
-                ),
-                Ok(Some(Ok(frame))) => {
-                    self.last_upstream = Instant::now();
-                    if let Ok(data) = frame.into_data() {
-                        self.stats.upstream_read(data.len());
-                        self.take_upstream(&data);
+                Poll::Ready(Err(e)) => {
+                    let outcome = match e {
+                        BodyError::Malformed(_) => Outcome::UpstreamMalformed,
+                        _ => Outcome::UpstreamError,
+                    };
+                    relay.fail(outcome, &e.to_string());
+                }
+                Poll::Pending => {
+                    if this.poll_quiet(cx).is_pending() {
+                        return Poll::Pending;
                     }
                 }
             }
         }
     }
+}
 
+impl Relay {
     fn take_upstream(&mut self, data: &[u8]) {
+        if self.done {
+            return;
+        }
+        self.stats.upstream_read(data.len());
         // Each event is forwarded as it is decoded: a list of a whole read's events
         // would keep its capacity for the life of the stream.
         let mut decoder = std::mem::take(&mut self.decoder);
@@ -291,7 +339,7 @@ impl ProxyStream {
     }
 }
 
-impl Drop for ProxyStream {
+impl Drop for Relay {
     fn drop(&mut self) {
         if let Some(filter) = &self.filter {
             let stats = &mut self.stats;

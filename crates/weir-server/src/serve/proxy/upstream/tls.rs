@@ -1,56 +1,20 @@
-//! The HTTP(S) client to the upstream API, with small socket and read buffers.
+//! TLS to `https://` upstreams: which roots are trusted, and what to say when a
+//! handshake fails.
 
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// hyper's smallest allowed read buffer; its default grows to about 400 KiB per connection.
-const READ_BUFFER: usize = 8 * 1024;
-
 /// Largest `upstream_ca` file read: a few roots fit in kilobytes.
 const MAX_CA_FILE: u64 = 1 << 20;
 
-/// A client whose sockets receive at most `receive_buffer` bytes into the kernel, so a
-/// paused upstream parks a known amount here, and whose read buffer stays small.
-/// `https://` upstreams are verified against Mozilla's roots plus those of `extra_roots`.
-pub fn client(
-    receive_buffer: usize,
-    connect_timeout: Duration,
-    extra_roots: Option<&Path>,
-) -> Result<UpstreamClient, String> {
-    let mut connector = HttpConnector::new();
-    connector.set_recv_buffer_size(Some(receive_buffer));
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    // The TLS layer hands `https://` destinations down for the TCP connection.
-    connector.enforce_http(false);
-    // No ALPN offer (HTTP/1.1): one connection per stream keeps the pull-based body
-    // and the per-socket bounds; HTTP/2 would multiplex streams on one socket.
-    let https = HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(extra_roots)?)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
-    Ok(Client::builder(TokioExecutor::new())
-        .http1_max_buf_size(READ_BUFFER)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(https))
-}
-
-fn tls_config(extra_roots: Option<&Path>) -> Result<ClientConfig, String> {
+/// The client side of TLS to upstreams: HTTP/1.1 (no ALPN offer), one connection per
+/// stream, so that each stream's body is paced by its own socket.
+pub(super) fn tls_config(extra_roots: Option<&Path>) -> Result<ClientConfig, String> {
     // Compiled-in Mozilla roots: the same trust on every machine, slim containers
     // without ca-certificates included; private CAs go in `upstream_ca`.
     let mut roots = RootCertStore {

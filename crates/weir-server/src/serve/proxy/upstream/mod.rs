@@ -1,0 +1,336 @@
+//! The HTTP/1.1 client to the upstream API, driven by the stream that reads it.
+//!
+//! A response body is read inside the client's stream (no connection task between the
+//! two, so a token crosses no extra task) into a buffer on the stack of the read: a
+//! stream waiting on its client holds no read buffer at all. Sockets receive at most
+//! `receive_buffer` bytes into the kernel, so a paused upstream parks a known amount.
+
+mod conn;
+mod http1;
+mod tls;
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use axum::http::Uri;
+use bytes::Bytes;
+use futures::Stream;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpSocket;
+use tokio_rustls::TlsConnector;
+
+use conn::{Io, Pool};
+use http1::{BodyDecoder, MAX_HEAD};
+pub use tls::tls_failure;
+
+/// Bytes taken from the socket per read, on the reader's stack.
+const READ_SIZE: usize = 16 * 1024;
+
+/// Why a request got no response head.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("cannot connect to {authority}: {source}")]
+    Connect {
+        authority: String,
+        source: io::Error,
+    },
+    #[error("TLS handshake with {authority}: {source}")]
+    Tls {
+        authority: String,
+        source: io::Error,
+    },
+    #[error("upstream connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("upstream sent a malformed response: {0}")]
+    Malformed(String),
+}
+
+/// Why a body ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("upstream connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Closed(String),
+    #[error("upstream sent a malformed body: {0}")]
+    Malformed(String),
+    #[error("upstream response over {0} bytes")]
+    TooLarge(u64),
+}
+
+/// One route's upstream: where it is, how to reach it, and its idle connections.
+pub struct Upstream {
+    host: String,
+    port: u16,
+    /// `host[:port]` as the Host header and error messages give it.
+    authority: String,
+    path: String,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    receive_buffer: u32,
+    connect_timeout: Duration,
+    pool: Arc<Pool>,
+}
+
+pub struct UpstreamResponse {
+    pub status: u16,
+    pub content_type: Option<Vec<u8>>,
+    pub body: BodyReader,
+}
+
+impl Upstream {
+    /// `https://` upstreams are verified against Mozilla's roots plus those of `extra_roots`.
+    pub fn new(
+        uri: &Uri,
+        receive_buffer: usize,
+        connect_timeout: Duration,
+        extra_roots: Option<&std::path::Path>,
+    ) -> Result<Self, String> {
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                return Err(format!(
+                    "upstream `{uri}`: only http:// and https:// are supported"
+                ))
+            }
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("upstream `{uri}` has no host"))?;
+        let host = authority.host().trim_matches(['[', ']']).to_string();
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls = if https {
+            let name =
+                ServerName::try_from(host.clone()).map_err(|e| format!("upstream `{uri}`: {e}"))?;
+            let config = tls::tls_config(extra_roots)?;
+            Some((TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        Ok(Upstream {
+            host,
+            port,
+            authority: authority.as_str().to_string(),
+            path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+            tls,
+            receive_buffer: u32::try_from(receive_buffer).unwrap_or(u32::MAX),
+            connect_timeout,
+            pool: Arc::default(),
+        })
+    }
+
+    /// Sends a request and reads the response head; the body is left to the caller.
+    pub async fn send(
+        &self,
+        method: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+    ) -> Result<UpstreamResponse, SendError> {
+        let mut request =
+            http1::request_head(method, &self.path, &self.authority, headers, body.len());
+        request.extend_from_slice(body);
+        if let Some(io) = self.pool.take() {
+            match self.exchange(io, &request).await {
+                // The upstream closed the idle connection as the request went out: it
+                // saw nothing, so a new connection may carry the same request.
+                Err(SendError::Io(e)) if closed_unused(&e) => {}
+                done => return done,
+            }
+        }
+        let io = self.connect().await?;
+        self.exchange(io, &request).await
+    }
+
+    async fn exchange(&self, mut io: Io, request: &[u8]) -> Result<UpstreamResponse, SendError> {
+        io.write_all(request).await?;
+        io.flush().await?;
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            if buf.len() == buf.capacity() {
+                buf.reserve(4096.min(MAX_HEAD + 1 - buf.len()));
+            }
+            if io.read_buf(&mut buf).await? == 0 {
+                let e = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("closed after {} bytes of the response head", buf.len()),
+                );
+                return Err(SendError::Io(e));
+            }
+            if let Some((head, len)) =
+                http1::parse_response_head(&buf).map_err(SendError::Malformed)?
+            {
+                return Ok(UpstreamResponse {
+                    status: head.status,
+                    content_type: head.content_type,
+                    body: BodyReader {
+                        io: Some(io),
+                        decoder: BodyDecoder::new(head.framing),
+                        leftover: buf[len..].to_vec(),
+                        keep_alive: head.keep_alive,
+                        pool: Arc::clone(&self.pool),
+                    },
+                });
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Io, SendError> {
+        let connect_error = |source| SendError::Connect {
+            authority: self.authority.clone(),
+            source,
+        };
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(connect_error)?
+            .collect();
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
+        for addr in addrs {
+            match self.connect_to(addr).await {
+                Ok(tcp) => return self.secure(tcp).await,
+                Err(e) => last = e,
+            }
+        }
+        Err(connect_error(last))
+    }
+
+    async fn connect_to(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // Before connect: the window offered in the handshake follows this size.
+        socket.set_recv_buffer_size(self.receive_buffer)?;
+        socket.set_nodelay(true)?;
+        match tokio::time::timeout(self.connect_timeout, socket.connect(addr)).await {
+            Ok(connected) => connected,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{addr}: no answer within {} s",
+                    self.connect_timeout.as_secs_f64()
+                ),
+            )),
+        }
+    }
+
+    async fn secure(&self, tcp: tokio::net::TcpStream) -> Result<Io, SendError> {
+        let Some((connector, name)) = &self.tls else {
+            return Ok(Io::Plain(tcp));
+        };
+        match connector.connect(name.clone(), tcp).await {
+            Ok(tls) => Ok(Io::Tls(Box::new(tls))),
+            Err(source) => Err(SendError::Tls {
+                authority: self.authority.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+/// The error of a request written to a pooled connection the upstream had closed.
+fn closed_unused(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// A response body, read only when asked to; its connection goes back to the pool when
+/// the body ends cleanly, and is closed if it is dropped before.
+pub struct BodyReader {
+    io: Option<Io>,
+    decoder: BodyDecoder,
+    /// Body bytes that came in with the head.
+    leftover: Vec<u8>,
+    keep_alive: bool,
+    pool: Arc<Pool>,
+}
+
+impl BodyReader {
+    /// Reads once from the upstream, handing the body data in it to `data`; `true` when
+    /// the body has ended. Pending (having read nothing) while the socket has nothing.
+    pub fn poll_read_body(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut data: impl FnMut(&[u8]),
+    ) -> Poll<Result<bool, BodyError>> {
+        if !self.leftover.is_empty() {
+            let leftover = std::mem::take(&mut self.leftover);
+            let taken = self
+                .decoder
+                .decode(&leftover, &mut data)
+                .map_err(BodyError::Malformed)?;
+            return Poll::Ready(Ok(self.after_read(taken < leftover.len())));
+        }
+        let Some(io) = self.io.as_mut() else {
+            return Poll::Ready(Ok(true));
+        };
+        if self.decoder.is_done() {
+            return Poll::Ready(Ok(self.after_read(false)));
+        }
+        let mut scratch = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+        let mut buf = ReadBuf::uninit(&mut scratch);
+        ready!(Pin::new(io).poll_read(cx, &mut buf))?;
+        let read = buf.filled();
+        if read.is_empty() {
+            self.decoder.end_of_input().map_err(BodyError::Closed)?;
+            self.io = None;
+            return Poll::Ready(Ok(true));
+        }
+        let taken = self
+            .decoder
+            .decode(read, &mut data)
+            .map_err(BodyError::Malformed)?;
+        Poll::Ready(Ok(self.after_read(taken < read.len())))
+    }
+
+    /// Whether the body has ended; if it has, the connection goes back to the pool
+    /// unless the upstream sent more than the body or asked for the close.
+    fn after_read(&mut self, extra_bytes: bool) -> bool {
+        if !self.decoder.is_done() {
+            return false;
+        }
+        if let Some(io) = self.io.take() {
+            if self.keep_alive && !extra_bytes {
+                self.pool.put(io);
+            }
+        }
+        true
+    }
+
+    /// The body as a stream of chunks, one per read, failing past `limit` bytes.
+    pub fn into_stream(mut self, limit: u64) -> impl Stream<Item = Result<Bytes, BodyError>> {
+        let mut total = 0u64;
+        let mut ended = false;
+        futures::stream::poll_fn(move |cx| loop {
+            if ended {
+                return Poll::Ready(None);
+            }
+            let mut chunk = Vec::new();
+            match ready!(self.poll_read_body(cx, |d| chunk.extend_from_slice(d))) {
+                Err(e) => {
+                    ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Ok(done) => {
+                    ended = done;
+                    total += chunk.len() as u64;
+                    if total > limit {
+                        ended = true;
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
+                    }
+                    if !chunk.is_empty() {
+                        return Poll::Ready(Some(Ok(Bytes::from(chunk))));
+                    }
+                }
+            }
+        })
+    }
+}
