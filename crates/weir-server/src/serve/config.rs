@@ -50,6 +50,13 @@ impl RouteConfig {
             RouteConfig::SqlExport(r) => &r.path,
         }
     }
+
+    pub fn cors_origins(&self) -> &[String] {
+        match self {
+            RouteConfig::LlmProxy(r) => &r.cors_origins,
+            RouteConfig::SqlExport(r) => &r.cors_origins,
+        }
+    }
 }
 
 /// The wire format of an LLM API.
@@ -110,6 +117,9 @@ pub struct LlmProxyRoute {
     /// Largest non-streaming upstream response forwarded.
     #[serde(default = "defaults::max_response_body", deserialize_with = "size")]
     pub max_response_body: u64,
+    /// Web origins (`scheme://host[:port]`, or `*`) whose pages may call this route; empty = no CORS.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
 }
 
 /// A format an export can be streamed in.
@@ -192,6 +202,9 @@ pub struct SqlExportRoute {
         deserialize_with = "duration"
     )]
     pub client_stall_timeout: Duration,
+    /// Web origins (`scheme://host[:port]`, or `*`) whose pages may call this route; empty = no CORS.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
 }
 
 impl SqlExportRoute {
@@ -341,8 +354,54 @@ impl ServeConfig {
                 RouteConfig::LlmProxy(r) => r.check(&at)?,
                 RouteConfig::SqlExport(r) => r.check(&at)?,
             }
+            for origin in route.cors_origins() {
+                check_origin(origin).map_err(|why| {
+                    format!(
+                        "{at}: cors_origins: `{origin}` is not an origin: {why} \
+                         (write scheme://host[:port], as in `http://localhost:5173`, or `*`)"
+                    )
+                })?;
+            }
         }
         Ok(())
+    }
+}
+
+/// Whether `origin` is written as a browser sends it in `Origin`: `scheme://host[:port]`, or `*`.
+fn check_origin(origin: &str) -> Result<(), &'static str> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let (scheme, authority) = origin.split_once("://").ok_or("no `://`")?;
+    let mut scheme_chars = scheme.chars();
+    let scheme_ok = scheme_chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme_chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    if !scheme_ok {
+        return Err("the scheme is not a URL scheme");
+    }
+    if authority.contains(['/', '?', '#']) {
+        return Err("an origin has no path, query or fragment, not even a trailing `/`");
+    }
+    if authority.contains('@') {
+        return Err("an origin has no user name or password");
+    }
+    let authority: hyper::http::uri::Authority = authority
+        .parse()
+        .map_err(|_| "the host or port is not valid")?;
+    if authority.host().is_empty() {
+        return Err("it has no host");
+    }
+    // `Authority` takes any digits after the colon but reads a port only up to 65535.
+    let port_written = authority.as_str() != authority.host();
+    match (port_written, authority.port_u16()) {
+        (true, None) => Err("the port is not a number from 0 to 65535"),
+        (_, Some(80)) if scheme.eq_ignore_ascii_case("http") => {
+            Err("browsers leave out the default port 80 of http://")
+        }
+        (_, Some(443)) if scheme.eq_ignore_ascii_case("https") => {
+            Err("browsers leave out the default port 443 of https://")
+        }
+        _ => Ok(()),
     }
 }
 
@@ -516,6 +575,58 @@ redact = ["email", "phone", "card", "iban", "ipv4", "secret"]
             .unwrap_err()
             .contains("ftp_proxy"));
     }
+
+    #[test]
+    fn cors_origins_default_to_none_and_take_origins_or_a_star() {
+        let c = ServeConfig::parse(EXAMPLE).unwrap();
+        assert!(c.routes[0].cors_origins().is_empty());
+        let origins =
+            r#"["http://localhost:5173", "https://app.example.com", "http://[::1]:8080", "*"]"#;
+        let c = ServeConfig::parse(&format!("{EXAMPLE}cors_origins = {origins}\n")).unwrap();
+        assert_eq!(
+            c.routes[0].cors_origins(),
+            [
+                "http://localhost:5173",
+                "https://app.example.com",
+                "http://[::1]:8080",
+                "*"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_cors_origins_name_the_route_and_the_value() {
+        let cases = [
+            ("http://localhost:5173/", "no path"),
+            ("http://localhost:5173/app", "no path"),
+            ("http://localhost?x=1", "no path, query"),
+            ("localhost:5173", "no `://`"),
+            ("http://", "not valid"),
+            ("http://user@localhost", "no user name"),
+            ("http://localhost:99999", "port is not a number"),
+            ("http://local host", "not valid"),
+            ("https://example.com:443", "default port 443"),
+            ("http://example.com:80", "default port 80"),
+            ("1http://example.com", "not a URL scheme"),
+            ("", "no `://`"),
+        ];
+        for (origin, why) in cases {
+            let text = format!("{EXAMPLE}cors_origins = [\"*\", \"{origin}\"]\n");
+            let err = ServeConfig::parse(&text).unwrap_err();
+            assert!(
+                err.starts_with("route #1 (/v1/chat/completions): cors_origins: ")
+                    && err.contains(&format!("`{origin}` is not an origin"))
+                    && err.contains(why),
+                "{origin}: {err}"
+            );
+        }
+        let not_strings = format!("{EXAMPLE}cors_origins = \"*\"\n");
+        let err = ServeConfig::parse(&not_strings).unwrap_err();
+        assert!(
+            err.contains("line 6") && err.contains("expected a sequence"),
+            "{err}"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -545,6 +656,9 @@ query = "SELECT id, customer, amount, created_at FROM orders WHERE amount >= :mi
             (r.batch_rows, r.pool_size, r.max_exports(), r.gzip_level),
             (1000, 4, 4, 1)
         );
+        let cors = format!("{EXPORT}cors_origins = [\"http://localhost:5173\"]\n");
+        let c = ServeConfig::parse(&cors).unwrap();
+        assert_eq!(c.routes[0].cors_origins(), ["http://localhost:5173"]);
     }
 
     #[test]
@@ -575,6 +689,12 @@ query = "SELECT id, customer, amount, created_at FROM orders WHERE amount >= :mi
         assert!(ServeConfig::parse(&level)
             .unwrap_err()
             .contains("gzip_level"));
+        let origin = format!("{EXPORT}cors_origins = [\"https://app.example.com/\"]\n");
+        let err = ServeConfig::parse(&origin).unwrap_err();
+        assert!(
+            err.contains("route #1 (/export/orders): cors_origins: `https://app.example.com/`"),
+            "{err}"
+        );
         let format = format!("{EXPORT}formats = [\"xml\"]\n");
         let err = ServeConfig::parse(&format).unwrap_err();
         assert!(
