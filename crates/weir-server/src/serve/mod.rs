@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod config;
+mod cors;
 pub mod export;
 pub mod metrics;
 pub mod proxy;

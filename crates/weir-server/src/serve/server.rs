@@ -19,6 +19,7 @@ use weir_runtime::MemoryBudget;
 
 use super::admission::Admission;
 use super::config::{RouteConfig, ServeConfig};
+use super::cors::Cors;
 use super::export::{self, ExportRoute};
 use super::metrics;
 use super::proxy::{self, ProxyRoute};
@@ -69,12 +70,15 @@ impl Server {
                         config.max_request_body as usize,
                         filter,
                     )?);
-                    router = router.route(&r.path, post(proxy::handle).with_state(state));
+                    let methods = post(proxy::handle).with_state(state);
+                    router = router.route(&r.path, Cors::apply(&r.cors_origins, "POST", methods));
                 }
                 RouteConfig::SqlExport(r) => {
                     let state = Arc::new(ExportRoute::new(r.clone(), admission.clone())?);
                     exports.push(Arc::clone(&state));
-                    router = router.route(&r.path, get(export::handle).with_state(state));
+                    let methods = get(export::handle).with_state(state);
+                    router =
+                        router.route(&r.path, Cors::apply(&r.cors_origins, "GET, HEAD", methods));
                 }
             }
         }
