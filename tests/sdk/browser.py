@@ -8,9 +8,11 @@ many reads.
 Why not `--dump-dom --virtual-time-budget`: virtual time does not wait for a response
 body still streaming, so Chromium dumped the page before the first token (seen here).
 
-The page's origin (http.server's port) is not weir's, and weir sends no CORS headers
-(its routes answer the preflight of a JSON POST with an API key header with 405), so
-Chromium runs with --disable-web-security. Run by crates/weir/tests/proxy_sdk.rs."""
+The page's origin (http.server on WEIR_PAGE_PORT) is not weir's: Chromium enforces CORS
+as for any web page (no --disable-web-security), so each fetch() is preceded by a
+preflight (a JSON POST with an API key header) and its response must carry the page's
+origin. The Rust test chooses the port and lists http://127.0.0.1:PORT in the routes'
+cors_origins. Run by crates/weir/tests/proxy_sdk.rs."""
 
 import json
 import os
@@ -28,6 +30,7 @@ from weirenv import KNOBS, MOCK_URL, TIMEOUT, WEIR_KEY, WEIR_URL, check
 
 CHROMIUM = os.environ.get("WEIR_CHROMIUM", "chromium")
 PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "browser")
+PAGE_PORT = int(os.environ["WEIR_PAGE_PORT"])
 DEADLINE_S = 60
 
 
@@ -44,7 +47,7 @@ class PageServer(ThreadingHTTPServer):
     """Serves the page, and takes the one report the page POSTs to /result."""
 
     def __init__(self):
-        super().__init__(("127.0.0.1", 0), PageHandler)
+        super().__init__(("127.0.0.1", PAGE_PORT), PageHandler)
         self.result = None
         self.reported = threading.Event()
 
@@ -72,7 +75,7 @@ def run_page(url, server):
     profile = tempfile.mkdtemp(prefix="weir-chromium-")
     args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", f"--user-data-dir={profile}", "--disable-web-security", url]
+            "--disable-sync", f"--user-data-dir={profile}", url]
     # Its own process group, so that the browser's helper processes are stopped with it.
     with tempfile.TemporaryFile() as log:
         chromium = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log,

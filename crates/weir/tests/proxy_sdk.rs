@@ -170,10 +170,12 @@ impl Stack {
         }
     }
 
-    /// Runs `tests/sdk/SCRIPT` against this stack; panics with its output unless it exits 0.
-    fn run(&self, script: &str) {
+    /// Runs `tests/sdk/SCRIPT` against this stack, `env` added to its environment; panics
+    /// with its output unless it exits 0.
+    fn run(&self, script: &str, env: &[(&str, String)]) {
         let mut command = Command::new("python3");
         command
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg(script)
             .current_dir(sdk_dir())
             .env("WEIR_URL", format!("http://{}", self.weir_addr))
@@ -247,14 +249,14 @@ fn sdks_available() -> bool {
 #[test]
 fn openai_sdk_streams_through_weir_unchanged() {
     if sdks_available() {
-        Stack::start(&plain_routes()).run("openai_sdk.py");
+        Stack::start(&plain_routes()).run("openai_sdk.py", &[]);
     }
 }
 
 #[test]
 fn anthropic_sdk_streams_through_weir_unchanged() {
     if sdks_available() {
-        Stack::start(&plain_routes()).run("anthropic_sdk.py");
+        Stack::start(&plain_routes()).run("anthropic_sdk.py", &[]);
     }
 }
 
@@ -262,7 +264,7 @@ fn anthropic_sdk_streams_through_weir_unchanged() {
 fn both_sdks_through_a_redacting_route_see_no_planted_pii() {
     if sdks_available() {
         let route = ("/pii", PII_KNOBS.to_string(), format!("redact = {REDACT}"));
-        Stack::start(&[route]).run("redact_sdk.py");
+        Stack::start(&[route]).run("redact_sdk.py", &[]);
     }
 }
 
@@ -281,6 +283,18 @@ fn a_browser_fetch_reader_streams_through_weir() {
             "Chromium (Debian package chromium)",
         )
     {
-        Stack::start(&plain_routes()).run("browser.py");
+        // The page's port is chosen here, so that weir's routes can list its origin.
+        let page_addr = free_addr();
+        let routes: Vec<_> = plain_routes()
+            .into_iter()
+            .map(|(prefix, query, extra)| {
+                let cors = format!("cors_origins = [\"http://{page_addr}\"]");
+                (prefix, query, format!("{extra}\n{cors}"))
+            })
+            .collect();
+        Stack::start(&routes).run(
+            "browser.py",
+            &[("WEIR_PAGE_PORT", page_addr.port().to_string())],
+        );
     }
 }
