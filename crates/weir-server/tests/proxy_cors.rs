@@ -13,6 +13,10 @@ use reqwest::Method;
 const PAGE: &str = "http://localhost:5173";
 const ROUTE: &str = "/v1/chat/completions";
 
+type RunningMock = weir_server::mock_llm::RunningMockLlm;
+type RunningServer = weir_server::serve::RunningServer;
+
+/// A mock upstream and a proxy route listing [`PAGE`] and one more origin.
 async fn cors_proxy(upstream_query: &str, server_extra: &str) -> (RunningMock, RunningServer) {
     let mock = start().await;
     let proxy = start_proxy(
@@ -24,9 +28,6 @@ async fn cors_proxy(upstream_query: &str, server_extra: &str) -> (RunningMock, R
     .await;
     (mock, proxy)
 }
-
-type RunningMock = weir_server::mock_llm::RunningMockLlm;
-type RunningServer = weir_server::serve::RunningServer;
 
 /// A browser's preflight of a JSON POST with an API key, from `origin`.
 async fn preflight(url: &str, origin: &str) -> reqwest::Response {

@@ -32,7 +32,7 @@ const MAX_AGE: &str = "600";
 /// The origins of one route and the methods it answers.
 #[derive(Debug)]
 pub struct Cors {
-    /// Lower-cased, as browsers serialise scheme and host.
+    /// Compared ignoring ASCII case: scheme and host are case-insensitive.
     origins: Vec<String>,
     any_origin: bool,
     methods: HeaderValue,
@@ -43,7 +43,7 @@ impl Cors {
     fn new(origins: &[String], methods: &'static str) -> Self {
         Cors {
             any_origin: origins.iter().any(|o| o == "*"),
-            origins: origins.iter().map(|o| o.to_ascii_lowercase()).collect(),
+            origins: origins.to_vec(),
             methods: HeaderValue::from_static(methods),
         }
     }
