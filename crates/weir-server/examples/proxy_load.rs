@@ -56,6 +56,10 @@ enum Mode {
         /// Tokens arriving in the first second are not counted (connections warming up).
         #[arg(long, default_value_t = 1)]
         skip_seconds: u64,
+        /// Start the streams evenly over this many milliseconds (their tokens then fall
+        /// due at different times); 0 starts them together, so tokens come in bursts.
+        #[arg(long, default_value_t = 0)]
+        spread_ms: u64,
     },
     Ttft {
         url: Uri,
@@ -89,12 +93,14 @@ async fn main() {
             streams,
             seconds,
             skip_seconds,
+            spread_ms,
         } => {
             latency(
                 url,
                 streams,
                 Duration::from_secs(seconds),
                 Duration::from_secs(skip_seconds),
+                Duration::from_millis(spread_ms),
             )
             .await
         }
@@ -237,15 +243,19 @@ async fn latency(
     streams: usize,
     seconds: Duration,
     skip: Duration,
+    spread: Duration,
 ) -> Result<String, Error> {
-    let deadline = tokio::time::Instant::now() + seconds;
+    let start = tokio::time::Instant::now();
+    let deadline = start + seconds;
     let counted_from = monotonic_ns() + skip.as_nanos() as u64;
     let mut tasks = Vec::new();
-    for _ in 0..streams {
+    for i in 0..streams {
         let url = url.clone();
+        let starts_at = start + spread * i as u32 / streams as u32;
         tasks.push(tokio::spawn(async move {
             let mut micros: Vec<u64> = Vec::new();
             let run = async {
+                tokio::time::sleep_until(starts_at).await;
                 let mut sender = connect(&url).await?;
                 let mut body = post(&mut sender, &url).await?;
                 let mut frames = Frames::default();
@@ -280,6 +290,7 @@ async fn latency(
     all.sort_unstable();
     Ok(json!({
         "mode": "latency", "url": url.to_string(), "streams": streams, "tokens": all.len(),
+        "spread_ms": spread.as_millis() as u64,
         "errors": errors, "p50_us": quantile(&all, 0.5), "p90_us": quantile(&all, 0.9),
         "p99_us": quantile(&all, 0.99), "p999_us": quantile(&all, 0.999), "max_us": all[all.len() - 1],
     })

@@ -1,5 +1,6 @@
 //! `kind = "llm_proxy"`: an LLM API's token stream, forwarded at the client's pace.
 
+mod blocks;
 mod handler;
 mod protocol;
 mod redaction;

@@ -1,31 +1,30 @@
 //! Redaction of token text, one redacting stream per text block of the response.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use weir_stages::codec::redact::{RedactConfig, RedactStream, Redactor};
 
+use super::blocks::Blocks;
 use super::handler::FilterFactory;
 use super::stream::TextFilter;
 
 /// The redacting streams of one response, keyed by text block (choice or content index).
 pub struct Redaction {
     redactor: Arc<Redactor>,
-    blocks: HashMap<u64, RedactStream>,
+    blocks: Blocks<RedactStream>,
 }
 
 impl TextFilter for Redaction {
     fn push(&mut self, block: u64, text: &str) -> String {
         let redactor = &self.redactor;
         self.blocks
-            .entry(block)
-            .or_insert_with(|| redactor.stream())
+            .get_or_insert_with(block, || redactor.stream())
             .push(text)
     }
 
     fn flush(&mut self, block: u64) -> String {
         self.blocks
-            .get_mut(&block)
+            .get_mut(block)
             .map(RedactStream::finish)
             .unwrap_or_default()
     }
@@ -46,7 +45,7 @@ pub fn factory(kinds: &[String]) -> Result<FilterFactory, String> {
     Ok(Arc::new(move || {
         Box::new(Redaction {
             redactor: Arc::clone(&redactor),
-            blocks: HashMap::new(),
+            blocks: Blocks::default(),
         }) as Box<dyn TextFilter>
     }))
 }

@@ -27,7 +27,6 @@
 //! once, when the body is dropped.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -39,6 +38,7 @@ use serde_json::Value;
 use tokio::time::{Instant, Sleep};
 use weir_stages::codec::sse::{SseDecoder, SseEncoder, SseEvent, SseLimits};
 
+use super::blocks::Blocks;
 use super::protocol::{EventRole, TokenText};
 use super::upstream::{BodyError, BodyReader};
 use crate::serve::admission::Ticket;
@@ -90,12 +90,13 @@ struct Relay {
     encoder: SseEncoder,
     filter: Option<Box<dyn TextFilter>>,
     /// The data of the last token event of each block: the shape for releasing held-back text.
-    templates: HashMap<u64, String>,
+    templates: Blocks<String>,
     out: Vec<u8>,
     saw_terminal: bool,
     done: bool,
-    stats: StreamStats,
+    // Dropped before the stats: a stream counted as ended no longer holds its admission.
     _ticket: Ticket,
+    stats: StreamStats,
 }
 
 impl ProxyStream {
@@ -115,12 +116,12 @@ impl ProxyStream {
                 decoder: SseDecoder::new(SSE_LIMITS),
                 encoder: SseEncoder::new(),
                 filter,
-                templates: HashMap::new(),
+                templates: Blocks::default(),
                 out: Vec::new(),
                 saw_terminal: false,
                 done: false,
-                stats,
                 _ticket: ticket,
+                stats,
             },
             timing,
             timer: Box::pin(tokio::time::sleep_until(now + timing.keepalive)),
@@ -306,7 +307,7 @@ impl Relay {
             EventRole::EndOfBlock { block } => {
                 let rest = filter.flush(block);
                 if !rest.is_empty() {
-                    let template = self.templates.get(&block).map_or("null", String::as_str);
+                    let template = self.templates.get(block).map_or("null", String::as_str);
                     let release = protocol.token_event(template, block, &rest);
                     self.emit(&release, true)?;
                 }

@@ -31,6 +31,8 @@ pub use tls::tls_failure;
 
 /// Bytes taken from the socket per read, on the reader's stack.
 const READ_SIZE: usize = 16 * 1024;
+/// Steps in which the buffer of a response head grows: most heads fit in the first.
+const HEAD_READ: usize = 2048;
 
 /// Why a request got no response head.
 #[derive(Debug, thiserror::Error)]
@@ -150,10 +152,10 @@ impl Upstream {
     async fn exchange(&self, mut io: Io, request: &[u8]) -> Result<UpstreamResponse, SendError> {
         io.write_all(request).await?;
         io.flush().await?;
-        let mut buf = Vec::with_capacity(4096);
+        let mut buf = Vec::with_capacity(HEAD_READ);
         loop {
             if buf.len() == buf.capacity() {
-                buf.reserve(4096.min(MAX_HEAD + 1 - buf.len()));
+                buf.reserve(HEAD_READ.min(MAX_HEAD + 1 - buf.len()));
             }
             if io.read_buf(&mut buf).await? == 0 {
                 let e = io::Error::new(
