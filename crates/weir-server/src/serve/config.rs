@@ -22,7 +22,8 @@ pub struct ServeConfig {
     /// Streams open at once; past it new ones are refused (503).
     #[serde(default = "defaults::max_streams")]
     pub max_streams: usize,
-    /// SO_SNDBUF of accepted client sockets: bounds what a slow client parks in the kernel.
+    /// Kernel send buffer of accepted client sockets (SO_SNDBUF, bookkeeping included):
+    /// bounds what a slow client parks in the kernel.
     #[serde(default = "defaults::socket_buffer", deserialize_with = "size")]
     pub send_buffer: u64,
     /// How long a client may take to send its request headers (slowloris).
@@ -91,7 +92,8 @@ pub struct LlmProxyRoute {
     /// Bytes of one stream's buffers, reserved from `memory_budget` when it starts.
     #[serde(default = "defaults::stream_buffer", deserialize_with = "size")]
     pub buffer: u64,
-    /// SO_RCVBUF of the upstream socket: what a paused upstream can park in our kernel.
+    /// Kernel receive buffer of the upstream socket (SO_RCVBUF, bookkeeping included): what
+    /// a paused upstream can park in our kernel.
     #[serde(default = "defaults::socket_buffer", deserialize_with = "size")]
     pub receive_buffer: u64,
     #[serde(default = "defaults::connect_timeout", deserialize_with = "duration")]

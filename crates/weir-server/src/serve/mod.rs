@@ -7,6 +7,7 @@ pub mod export;
 pub mod metrics;
 pub mod proxy;
 mod server;
+mod socket_buffer;
 mod stall;
 pub mod stream_stats;
 

@@ -23,6 +23,7 @@ use super::cors::Cors;
 use super::export::{self, ExportRoute};
 use super::metrics;
 use super::proxy::{self, ProxyRoute};
+use super::socket_buffer;
 use super::stall::{StallGuard, StallLimit};
 
 /// hyper's smallest allowed connection buffer (it panics below); also caps the request head.
@@ -120,8 +121,8 @@ impl Server {
             let _ = tcp.set_nodelay(true);
             // Bounds what a slow client parks in our kernel: the heap is bounded by the
             // body's pull, the send queue by this.
-            let _ =
-                socket2::SockRef::from(&tcp).set_send_buffer_size(self.config.send_buffer as usize);
+            let _ = socket2::SockRef::from(&tcp)
+                .set_send_buffer_size(socket_buffer::request_for(self.config.send_buffer));
             let limit = StallLimit::new(Duration::from_secs(60));
             let io = TokioIo::new(StallGuard::new(tcp, limit.clone()));
             let router = self.router.clone();

@@ -37,7 +37,7 @@ const EXAMPLE: &str = r#"CONFIGURATION (weir.toml):
   listen = "127.0.0.1:8080"
   memory_budget = "256MiB"       # all streams' buffers together; past it: 503
   max_streams = 10000            # past it: 503 + Retry-After
-  send_buffer = "64KiB"          # SO_SNDBUF of client sockets
+  send_buffer = "64KiB"          # kernel send buffer per client socket
   header_timeout = "10s"         # slowloris guard
   max_request_body = "1MiB"
 
@@ -50,7 +50,7 @@ const EXAMPLE: &str = r#"CONFIGURATION (weir.toml):
   upstream_key_env = "OPENAI_API_KEY"
   client_keys = ["key-1"]        # Bearer or x-api-key; none = open route
   buffer = "64KiB"               # per-stream share of memory_budget
-  receive_buffer = "64KiB"       # SO_RCVBUF of the upstream socket
+  receive_buffer = "64KiB"       # kernel receive buffer per upstream socket
   connect_timeout = "5s"
   first_byte_timeout = "60s"     # upstream response headers (504 past it)
   idle_timeout = "60s"           # gap between upstream frames

@@ -77,7 +77,7 @@ impl ProxyRoute {
         };
         let upstream = Upstream::new(
             &upstream,
-            config.receive_buffer as usize,
+            config.receive_buffer,
             config.connect_timeout,
             config.upstream_ca.as_deref(),
         )

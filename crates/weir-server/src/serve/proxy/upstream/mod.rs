@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpSocket;
 use tokio_rustls::TlsConnector;
 
+use crate::serve::socket_buffer;
 use conn::{Io, Pool};
 use http1::{BodyDecoder, MAX_HEAD};
 pub use tls::tls_failure;
@@ -89,7 +90,7 @@ impl Upstream {
     /// `https://` upstreams are verified against Mozilla's roots plus those of `extra_roots`.
     pub fn new(
         uri: &Uri,
-        receive_buffer: usize,
+        receive_buffer: u64,
         connect_timeout: Duration,
         extra_roots: Option<&std::path::Path>,
     ) -> Result<Self, String> {
@@ -121,7 +122,8 @@ impl Upstream {
             authority: authority.as_str().to_string(),
             path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
             tls,
-            receive_buffer: u32::try_from(receive_buffer).unwrap_or(u32::MAX),
+            receive_buffer: u32::try_from(socket_buffer::request_for(receive_buffer))
+                .unwrap_or(u32::MAX),
             connect_timeout,
             pool: Arc::default(),
         })
