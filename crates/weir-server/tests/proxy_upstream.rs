@@ -24,11 +24,14 @@ enum Framing {
     Length,
     /// No length, `connection: close`: the body ends where the connection does.
     UntilClose,
+    /// Chunked and kept; the second request on a connection gets half a head, then a close.
+    HalfHeadOnSecond,
 }
 
 struct Upstream {
     url: String,
     connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
 }
 
 async fn upstream(framing: Framing) -> Upstream {
@@ -38,24 +41,35 @@ async fn upstream(framing: Framing) -> Upstream {
         listener.local_addr().unwrap()
     );
     let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&connections);
+    let requested = Arc::clone(&requests);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve_connection(tcp, framing));
+            tokio::spawn(serve_connection(tcp, framing, Arc::clone(&requested)));
         }
     });
-    Upstream { url, connections }
+    Upstream {
+        url,
+        connections,
+        requests,
+    }
 }
 
 /// Answers each request on `tcp` with the same three-token stream.
-async fn serve_connection(mut tcp: TcpStream, framing: Framing) {
+async fn serve_connection(mut tcp: TcpStream, framing: Framing, requests: Arc<AtomicUsize>) {
     let mut buf = Vec::new();
-    loop {
+    for nth in 0.. {
         let Some(request_len) = read_request(&mut tcp, &mut buf).await else {
             return;
         };
         buf.drain(..request_len);
+        requests.fetch_add(1, Ordering::SeqCst);
+        if nth == 1 && matches!(framing, Framing::HalfHeadOnSecond) {
+            let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-").await;
+            return;
+        }
         let events: Vec<String> = TOKENS
             .iter()
             .map(|t| {
@@ -65,7 +79,7 @@ async fn serve_connection(mut tcp: TcpStream, framing: Framing) {
             .collect();
         let sse = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n";
         let reply = match framing {
-            Framing::Chunked | Framing::ChunkedThenClose => {
+            Framing::Chunked | Framing::ChunkedThenClose | Framing::HalfHeadOnSecond => {
                 let mut r = format!("{sse}transfer-encoding: chunked\r\n\r\n");
                 for e in &events {
                     r += &format!("{:x}\r\n{e}\r\n", e.len());
@@ -145,4 +159,21 @@ async fn connections_the_upstream_closed_are_not_reused() {
 #[tokio::test]
 async fn a_body_that_ends_with_its_connection_is_whole() {
     assert_eq!(streams_in_a_row(Framing::UntilClose, 2).await, 2);
+}
+
+#[tokio::test]
+async fn a_request_the_upstream_began_to_answer_is_not_sent_again() {
+    let upstream = upstream(Framing::HalfHeadOnSecond).await;
+    let proxy = start_proxy("openai", &upstream.url, "", "").await;
+    let client = client();
+    let url = proxy.url("/v1/chat/completions");
+    let first = proxy_request(&client, &url, false).send().await.unwrap();
+    let (body, _) = read_all(first).await;
+    assert_eq!(openai_tokens(&parse_sse(&body)), TOKENS);
+    let second = proxy_request(&client, &url, false).send().await.unwrap();
+    assert_eq!(second.status(), 502);
+    // The second request went out once, on the kept connection: part of an answer came
+    // back, so the upstream may have acted on it.
+    assert_eq!(upstream.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
 }

@@ -141,46 +141,59 @@ impl Upstream {
         request.extend_from_slice(body);
         if let Some(io) = self.pool.take() {
             match self.exchange(io, &request).await {
-                // The upstream closed the idle connection as the request went out: it
-                // saw nothing, so a new connection may carry the same request.
-                Err(SendError::Io(e)) if closed_unused(&e) => {}
-                done => return done,
+                // The upstream closed the idle connection as the request went out: not a
+                // byte came back, so a new connection may carry the same request.
+                Err((SendError::Io(e), 0)) if closed_unused(&e) => {}
+                done => return done.map_err(|(e, _)| e),
             }
         }
         let io = self.connect().await?;
-        self.exchange(io, &request).await
+        self.exchange(io, &request).await.map_err(|(e, _)| e)
     }
 
-    async fn exchange(&self, mut io: Io, request: &[u8]) -> Result<UpstreamResponse, SendError> {
-        io.write_all(request).await?;
-        io.flush().await?;
+    /// Writes the request and reads the response head; an error comes with the count of
+    /// response bytes that arrived before it.
+    async fn exchange(
+        &self,
+        mut io: Io,
+        request: &[u8],
+    ) -> Result<UpstreamResponse, (SendError, usize)> {
+        let sent = async {
+            io.write_all(request).await?;
+            io.flush().await
+        };
+        sent.await.map_err(|e| (SendError::Io(e), 0))?;
         let mut buf = Vec::with_capacity(HEAD_READ);
         loop {
             if buf.len() == buf.capacity() {
                 buf.reserve(HEAD_READ.min(MAX_HEAD + 1 - buf.len()));
             }
-            if io.read_buf(&mut buf).await? == 0 {
-                let e = io::Error::new(
+            let read = io.read_buf(&mut buf).await;
+            if read.as_ref().is_ok_and(|&n| n > 0) {
+                let parsed = http1::parse_response_head(&buf)
+                    .map_err(|e| (SendError::Malformed(e), buf.len()))?;
+                if let Some((head, len)) = parsed {
+                    return Ok(UpstreamResponse {
+                        status: head.status,
+                        content_type: head.content_type,
+                        body: BodyReader {
+                            io: Some(io),
+                            decoder: BodyDecoder::new(head.framing),
+                            leftover: buf[len..].to_vec(),
+                            keep_alive: head.keep_alive,
+                            pool: Arc::clone(&self.pool),
+                        },
+                    });
+                }
+                continue;
+            }
+            let e = read.err().unwrap_or_else(|| {
+                io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!("closed after {} bytes of the response head", buf.len()),
-                );
-                return Err(SendError::Io(e));
-            }
-            if let Some((head, len)) =
-                http1::parse_response_head(&buf).map_err(SendError::Malformed)?
-            {
-                return Ok(UpstreamResponse {
-                    status: head.status,
-                    content_type: head.content_type,
-                    body: BodyReader {
-                        io: Some(io),
-                        decoder: BodyDecoder::new(head.framing),
-                        leftover: buf[len..].to_vec(),
-                        keep_alive: head.keep_alive,
-                        pool: Arc::clone(&self.pool),
-                    },
-                });
-            }
+                )
+            });
+            return Err((SendError::Io(e), buf.len()));
         }
     }
 
