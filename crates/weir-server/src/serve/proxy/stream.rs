@@ -63,10 +63,10 @@ pub struct StreamTiming {
     pub keepalive: Duration,
 }
 
-/// Upstream events are at most this long (tool calls can be large, tokens are not).
 /// Text blocks (choices, content blocks) one stream may use when its text is filtered.
 const MAX_TEXT_BLOCKS: u64 = 64;
 
+/// Upstream events are at most this long (tool calls can be large, tokens are not).
 const SSE_LIMITS: SseLimits = SseLimits {
     max_line: 1 << 20,
     max_event: 4 << 20,
@@ -76,8 +76,8 @@ pub struct ProxyStream {
     upstream: BodyReader,
     relay: Relay,
     timing: StreamTiming,
-    /// Wakes the stream for a keep-alive comment or the idle timeout; it may fire
-    /// early (it is moved only forward, lazily) and is then set again.
+    /// Wakes the stream for a keep-alive comment or the idle timeout. Upstream data moves
+    /// both deadlines later without touching the timer: it fires early, and is set again.
     timer: Pin<Box<Sleep>>,
     last_upstream: Instant,
     last_keepalive: Instant,

@@ -86,6 +86,7 @@ fn head_of(
 ) -> Result<ResponseHead, String> {
     let mut content_type = None;
     let mut chunked = false;
+    let mut encoded = false;
     let mut length = None;
     let mut keep_alive = version == Some(1);
     for h in headers {
@@ -94,6 +95,7 @@ fn head_of(
             content_type = Some(h.value.to_vec());
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             // Only the last coding says how the message ends.
+            encoded = true;
             chunked = value
                 .rsplit(',')
                 .next()
@@ -121,7 +123,7 @@ fn head_of(
         Framing::Length(0)
     } else if chunked {
         Framing::Chunked
-    } else if let Some(n) = length {
+    } else if let Some(n) = length.filter(|_| !encoded) {
         Framing::Length(n)
     } else {
         keep_alive = false;
@@ -460,6 +462,17 @@ mod tests {
         assert_eq!(
             (head.status, head.framing, head.keep_alive),
             (502, Framing::Length(3), false)
+        );
+
+        // A coding other than chunked last: the length is of the encoded body, if at all.
+        let (head, _) = parse_response_head(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ncontent-length: 3\r\n\r\n",
+        )
+        .expect("valid")
+        .expect("complete");
+        assert_eq!(
+            (head.framing, head.keep_alive),
+            (Framing::UntilClose, false)
         );
 
         let (head, _) = parse_response_head(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n")
