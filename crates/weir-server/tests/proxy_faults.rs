@@ -127,44 +127,65 @@ async fn no_upstream_is_502_and_no_headers_in_time_is_504() {
     assert_eq!(resp.status(), 504);
 }
 
-#[tokio::test]
-async fn an_upstream_cannot_open_unbounded_text_blocks() {
+/// A hand-written upstream that answers one request with `body` as an event stream.
+async fn one_shot_upstream(body: String) -> (String, tokio::task::JoinHandle<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // A hand-written upstream: one token event in text block 1000, then the end.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let url = format!(
+        "http://{}/v1/chat/completions",
+        listener.local_addr().unwrap()
+    );
     let upstream = tokio::spawn(async move {
         let (mut tcp, _) = listener.accept().await.unwrap();
         let mut buf = [0u8; 4096];
         let _ = tcp.read(&mut buf).await.unwrap();
-        let body = "data: {\"choices\":[{\"index\":1000,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\ndata: [DONE]\n\n";
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n",
             body.len()
         );
-        tcp.write_all(head.as_bytes()).await.unwrap();
-        tcp.write_all(body.as_bytes()).await.unwrap();
+        // The client may stop reading once it has seen enough.
+        let _ = tcp.write_all(head.as_bytes()).await;
+        let _ = tcp.write_all(body.as_bytes()).await;
     });
-    let proxy = start_proxy(
-        "openai",
-        &format!("http://{addr}/v1/chat/completions"),
-        "",
-        "redact = [\"email\"]",
-    )
-    .await;
+    (url, upstream)
+}
+
+/// The last event weir sends for a one-shot upstream's `body`, through a route with `extra`.
+async fn last_event_through(body: String, extra: &str) -> Event {
+    let (url, upstream) = one_shot_upstream(body).await;
+    let proxy = start_proxy("openai", &url, "", extra).await;
     let resp = proxy_request(&client(), &proxy.url("/v1/chat/completions"), false)
         .send()
         .await
         .unwrap();
     let (body, _) = read_all(resp).await;
-    let last = last_event(&body).json();
-    assert_eq!(last["error"]["code"], "upstream_malformed", "{body}");
-    assert!(
-        last["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("text block 1000"),
-        "{body}"
-    );
     upstream.await.unwrap();
+    last_event(&body)
+}
+
+#[tokio::test]
+async fn an_upstream_cannot_open_unbounded_text_blocks() {
+    let body = "data: {\"choices\":[{\"index\":1000,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\ndata: [DONE]\n\n";
+    let last = last_event_through(body.to_string(), "redact = [\"email\"]")
+        .await
+        .json();
+    assert_eq!(last["error"]["code"], "upstream_malformed", "{last}");
+    let message = last["error"]["message"].as_str().unwrap();
+    assert!(message.contains("text block 1000"), "{last}");
+}
+
+#[tokio::test]
+async fn an_upstream_event_must_fit_in_half_the_stream_buffer() {
+    let token = "x".repeat(3000);
+    let body = format!(
+        "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{token}\"}},\"finish_reason\":null}}]}}\n\ndata: [DONE]\n\n"
+    );
+    let last = last_event_through(body.clone(), "buffer = \"4KiB\"")
+        .await
+        .json();
+    assert_eq!(last["error"]["code"], "upstream_malformed", "{last}");
+    let message = last["error"]["message"].as_str().unwrap();
+    assert!(message.contains("2048 bytes"), "{last}");
+    // The default share (64 KiB) takes the same event.
+    assert_eq!(last_event_through(body, "").await.data, "[DONE]");
 }

@@ -49,7 +49,7 @@ const EXAMPLE: &str = r#"CONFIGURATION (weir.toml):
   # upstream_ca = "gateway-ca.pem"   # https: extra PEM roots besides Mozilla's
   upstream_key_env = "OPENAI_API_KEY"
   client_keys = ["key-1"]        # Bearer or x-api-key; none = open route
-  buffer = "64KiB"               # per-stream share of memory_budget
+  buffer = "64KiB"               # per-stream share of memory_budget (upstream events up to half)
   receive_buffer = "64KiB"       # kernel receive buffer per upstream socket
   connect_timeout = "5s"
   first_byte_timeout = "60s"     # upstream response headers (504 past it)

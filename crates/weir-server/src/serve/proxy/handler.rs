@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Limited};
 
-use super::stream::{ProxyStream, StreamTiming, TextFilter};
+use super::stream::{sse_limits, ProxyStream, StreamTiming, TextFilter};
 use super::upstream::{tls_failure, SendError, Upstream};
 use crate::serve::admission::{Admission, Refusal};
 use crate::serve::config::{LlmProxyRoute, Protocol};
@@ -250,6 +250,7 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
         upstream.body,
         route.config.protocol,
         timing,
+        sse_limits(route.config.buffer),
         filter,
         ticket,
         stats,

@@ -63,14 +63,18 @@ pub struct StreamTiming {
     pub keepalive: Duration,
 }
 
+/// The decoder's limits for a stream whose share of the memory budget is `buffer`: a
+/// partial line and an event's data are what it holds, so each may take half.
+pub fn sse_limits(buffer: u64) -> SseLimits {
+    let half = usize::try_from(buffer / 2).unwrap_or(usize::MAX);
+    SseLimits {
+        max_line: half,
+        max_event: half,
+    }
+}
+
 /// Text blocks (choices, content blocks) one stream may use when its text is filtered.
 const MAX_TEXT_BLOCKS: u64 = 64;
-
-/// Upstream events are at most this long (tool calls can be large, tokens are not).
-const SSE_LIMITS: SseLimits = SseLimits {
-    max_line: 1 << 20,
-    max_event: 4 << 20,
-};
 
 pub struct ProxyStream {
     upstream: BodyReader,
@@ -104,6 +108,7 @@ impl ProxyStream {
         upstream: BodyReader,
         protocol: Protocol,
         timing: StreamTiming,
+        limits: SseLimits,
         filter: Option<Box<dyn TextFilter>>,
         ticket: Ticket,
         stats: StreamStats,
@@ -113,7 +118,7 @@ impl ProxyStream {
             upstream,
             relay: Relay {
                 protocol,
-                decoder: SseDecoder::new(SSE_LIMITS),
+                decoder: SseDecoder::new(limits),
                 encoder: SseEncoder::new(),
                 filter,
                 templates: Blocks::default(),
