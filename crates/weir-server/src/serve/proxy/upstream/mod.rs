@@ -30,8 +30,10 @@ use conn::{Io, Pool};
 use http1::{BodyDecoder, MAX_HEAD};
 pub use tls::tls_failure;
 
-/// Bytes taken from the socket per read, on the reader's stack.
-const READ_SIZE: usize = 16 * 1024;
+/// Bytes taken from the socket per read, on the reader's stack. A streamed read becomes one
+/// chunk of the response, and hyper takes the next chunk while less than 8 KiB wait in its
+/// write buffer: a slow client's connection holds up to 8 KiB plus one read in the heap.
+const READ_SIZE: usize = 4 * 1024;
 /// Steps in which the buffer of a response head grows: most heads fit in the first.
 const HEAD_READ: usize = 2048;
 
