@@ -348,7 +348,7 @@ async fn slow(url: Uri, conns: usize, seconds: Duration, rate: u64) -> Result<St
         let (addr, request, read) = (addr.clone(), request.clone(), read.clone());
         tasks.push(tokio::spawn(async move {
             let run = async {
-                let mut tcp = TcpStream::connect(&addr).await?;
+                let mut tcp = connect_with_small_window(&addr).await?;
                 tcp.write_all(request.as_bytes()).await?;
                 let mut buf = vec![0; rate.max(1) as usize];
                 let mut status_ok = None;
@@ -385,6 +385,18 @@ async fn slow(url: Uri, conns: usize, seconds: Duration, rate: u64) -> Result<St
         "errors": errors, "ended_early": ended_early, "ended_not_200": not_ok,
     })
     .to_string())
+}
+
+/// Loopback carries up to 64 KiB in one segment, and a receiver frees a segment's memory
+/// only once it has read all of it: with a large window, a reader of 1 KB/s opens it
+/// about once a minute and looks stalled to the server, which cuts it off. A small
+/// receive buffer keeps segments small, as a network path's MTU does.
+async fn connect_with_small_window(addr: &str) -> Result<TcpStream, Error> {
+    const RECEIVE_BUFFER: usize = 8 * 1024;
+    let addr: std::net::SocketAddr = addr.parse()?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(RECEIVE_BUFFER as u32)?;
+    Ok(socket.connect(addr).await?)
 }
 
 /// How a slow connection ended.
