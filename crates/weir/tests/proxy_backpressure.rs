@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use weir_server::mock_llm::{MockLlm, MockLlmConfig};
+use weir_server::mock_llm::{MockLlm, MockLlmConfig, RunningMockLlm};
 
 const CLIENTS: usize = 20;
 
@@ -27,8 +27,9 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// Bytes queued in the kernel for the TCP sockets `pid` holds: (send queues, receive queues).
-fn socket_queues(pid: u32) -> (u64, u64) {
+/// The kernel queues of the connected TCP sockets `pid` holds: (local port, send queue,
+/// receive queue).
+fn socket_queues(pid: u32) -> Vec<(u16, u64, u64)> {
     let mut inodes = std::collections::HashSet::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -41,21 +42,33 @@ fn socket_queues(pid: u32) -> (u64, u64) {
             }
         }
     }
-    let (mut tx, mut rx) = (0, 0);
+    let mut sockets = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
         };
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() > 9 && inodes.contains(cols[9]) {
+            // State 01: established.
+            if cols.len() > 9 && cols[3] == "01" && inodes.contains(cols[9]) {
+                let port = cols[1].rsplit_once(':').unwrap().1;
                 let (t, r) = cols[4].split_once(':').unwrap();
-                tx += u64::from_str_radix(t, 16).unwrap();
-                rx += u64::from_str_radix(r, 16).unwrap();
+                sockets.push((
+                    u16::from_str_radix(port, 16).unwrap(),
+                    u64::from_str_radix(t, 16).unwrap(),
+                    u64::from_str_radix(r, 16).unwrap(),
+                ));
             }
         }
     }
-    (tx, rx)
+    sockets
+}
+
+/// Total bytes in the send and in the receive queues of `pid`'s TCP sockets.
+fn queue_totals(pid: u32) -> (u64, u64) {
+    socket_queues(pid)
+        .iter()
+        .fold((0, 0), |(tx, rx), s| (tx + s.1, rx + s.2))
 }
 
 async fn start_weir(upstream: &str, dir: &std::path::Path) -> (Serve, SocketAddr) {
@@ -90,10 +103,13 @@ async fn start_weir(upstream: &str, dir: &std::path::Path) -> (Serve, SocketAddr
     (serve, addr)
 }
 
-/// A client with a small receive window that reads the headers and a little, then stops.
-async fn stalled_client(addr: SocketAddr) -> TcpStream {
+/// A client that reads the headers and a little, then stops; with a small receive window
+/// if `recv_buffer` is set, else with the kernel's default.
+async fn stalled_client(addr: SocketAddr, recv_buffer: Option<u32>) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
     let mut tcp = socket.connect(addr).await.unwrap();
     let body = r#"{"model":"m","stream":true,"messages":[]}"#;
     let request = format!(
@@ -112,6 +128,24 @@ async fn stalled_client(addr: SocketAddr) -> TcpStream {
     tcp
 }
 
+/// Kernel buffers along the way fill, then the mock's writes block: waits for that.
+async fn until_upstream_pauses(mock: &RunningMockLlm) {
+    let settle = Instant::now();
+    let mut last = mock.stats().tokens_sent;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = mock.stats().tokens_sent;
+        if now == last {
+            return;
+        }
+        assert!(
+            settle.elapsed() < Duration::from_secs(20),
+            "upstream never paused: {now} tokens"
+        );
+        last = now;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_stop_reading_pause_the_upstream_and_rss_stays_flat() {
     let mock = MockLlm::bind("127.0.0.1:0".parse().unwrap(), MockLlmConfig::default())
@@ -122,26 +156,12 @@ async fn clients_that_stop_reading_pause_the_upstream_and_rss_stays_flat() {
     let (serve, addr) = start_weir(&upstream, dir.path()).await;
     let pid = serve.0.id();
     // RSS with one stream open: what the first request sets up once is not per stream.
-    let mut clients = vec![stalled_client(addr).await];
+    let mut clients = vec![stalled_client(addr, Some(4096)).await];
     let rss_one = rss_kib(pid);
     for _ in 1..CLIENTS {
-        clients.push(stalled_client(addr).await);
+        clients.push(stalled_client(addr, Some(4096)).await);
     }
-    // Kernel buffers along the way fill, then the mock's writes block.
-    let settle = Instant::now();
-    let mut last = mock.stats().tokens_sent;
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = mock.stats().tokens_sent;
-        if now == last {
-            break;
-        }
-        assert!(
-            settle.elapsed() < Duration::from_secs(20),
-            "upstream never paused: {now} tokens"
-        );
-        last = now;
-    }
+    until_upstream_pauses(&mock).await;
     let paused = mock.stats();
     let rss_before = rss_kib(pid);
     let mut rss_peak = rss_before;
@@ -150,7 +170,7 @@ async fn clients_that_stop_reading_pause_the_upstream_and_rss_stays_flat() {
         rss_peak = rss_peak.max(rss_kib(pid));
     }
     let later = mock.stats();
-    let (send_q, recv_q) = socket_queues(pid);
+    let (send_q, recv_q) = queue_totals(pid);
     eprintln!(
         "upstream paused at {} tokens ({} bytes) for {CLIENTS} clients; weir RSS with one stream {rss_one}, {rss_before} -> peak {rss_peak} KiB; \
          weir's sockets hold {send_q} B to send, {recv_q} B received; mock blocked {} ms -> {} ms",
@@ -189,4 +209,55 @@ async fn clients_that_stop_reading_pause_the_upstream_and_rss_stays_flat() {
         "the queues did fill: {send_q} / {recv_q}"
     );
     drop(clients);
+}
+
+/// Linux checks SO_SNDBUF only before it starts a segment and appends small writes to the
+/// last one regardless, up to half the client's largest window: with slow readers whose
+/// window opens a little at a time, send queues reach up to 64 KiB past the buffer. weir
+/// cuts its writes to the room left, so none does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_send_queues_stay_within_the_send_buffer() {
+    let mock = MockLlm::bind("127.0.0.1:0".parse().unwrap(), MockLlmConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = mock.url("/v1/chat/completions?tokens=0&rate=0&token_size=16");
+    let (serve, addr) = start_weir(&upstream, dir.path()).await;
+    let mut readers = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut tcp = stalled_client(addr, None).await;
+        readers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tick.tick().await;
+                if tcp.read(&mut buf).await.unwrap() == 0 {
+                    return;
+                }
+            }
+        }));
+    }
+    let mut largest = 0;
+    let mut filled = 0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let queues: Vec<u64> = socket_queues(serve.0.id())
+            .into_iter()
+            .filter(|&(port, _, _)| port == addr.port())
+            .map(|(_, send_q, _)| send_q)
+            .collect();
+        filled = filled.max(queues.iter().filter(|&&q| q > (32 << 10)).count());
+        largest = largest.max(queues.into_iter().max().unwrap_or(0));
+    }
+    eprintln!(
+        "largest send queue to a slow client: {largest} B; {filled} queues past 32 KiB at once"
+    );
+    assert!(filled > CLIENTS / 2, "the send queues did not fill");
+    assert!(
+        largest <= 64 << 10,
+        "a send queue held {largest} B, past the 64 KiB send_buffer"
+    );
+    for r in readers {
+        r.abort();
+    }
 }

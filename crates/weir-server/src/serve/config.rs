@@ -9,6 +9,8 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use weir_runtime::size::{parse_duration, parse_size};
 
+use super::send_queue::MIN_SEND_BUFFER;
+
 /// The whole server.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -340,6 +342,12 @@ impl ServeConfig {
         if self.routes.is_empty() {
             return Err("no [[route]]: nothing to serve".to_string());
         }
+        if self.send_buffer < MIN_SEND_BUFFER {
+            return Err(format!(
+                "send_buffer must be at least {} KiB",
+                MIN_SEND_BUFFER >> 10
+            ));
+        }
         let mut paths = HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             let at = format!("route #{} ({})", i + 1, route.path());
@@ -571,6 +579,13 @@ redact = ["email", "phone", "card", "iban", "ipv4", "secret"]
         let taken = EXAMPLE.replace("\"/v1/chat/completions\"", "\"/metrics\"");
         let err = ServeConfig::parse(&taken).unwrap_err();
         assert!(err.contains("answers /metrics itself"), "{err}");
+
+        let tiny_send_buffer = EXAMPLE.replace(
+            "max_streams = 10000",
+            "max_streams = 10000\nsend_buffer = 4096",
+        );
+        let err = ServeConfig::parse(&tiny_send_buffer).unwrap_err();
+        assert!(err.contains("send_buffer must be at least 16 KiB"), "{err}");
 
         let bad_kind = EXAMPLE.replace("llm_proxy", "ftp_proxy");
         assert!(ServeConfig::parse(&bad_kind)
