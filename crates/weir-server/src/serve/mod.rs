@@ -6,7 +6,7 @@ mod cors;
 pub mod export;
 pub mod metrics;
 pub mod proxy;
-mod send_queue;
+pub mod send_queue;
 mod server;
 mod socket_buffer;
 mod stall;

@@ -5,11 +5,20 @@
 //! loopback, half the client's largest window on a network). So each write is cut to
 //! the room the queue has left (SIOCOUTQ: bytes written and not yet acknowledged), and
 //! with no room the socket waits for the kernel to report space.
+//!
+//! hyper takes another chunk of a response body while under 8 KiB wait in its write
+//! buffer, so a slow client's connection could hold 8 KiB plus a chunk in the heap.
+//! [`Backlog`] tells the body when the bytes already given have all reached the kernel;
+//! a body that waits for that leaves hyper one chunk at most.
 
 use std::io;
 use std::os::fd::AsFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+
+use futures::task::AtomicWaker;
 
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::ioctl::{ioctl, Getter};
@@ -23,23 +32,75 @@ pub const MIN_SEND_BUFFER: u64 = 16 * 1024;
 /// Linux's TIOCOUTQ, which sockets answer as SIOCOUTQ.
 const SIOCOUTQ: rustix::ioctl::Opcode = 0x5411;
 
+/// Whether a connection has bytes its socket would not take yet; shared between the
+/// socket and the response body.
+#[derive(Clone, Debug, Default)]
+pub struct Backlog(Arc<BacklogState>);
+
+#[derive(Debug, Default)]
+struct BacklogState {
+    waiting: AtomicBool,
+    drained: AtomicWaker,
+}
+
+impl Backlog {
+    fn hold(&self) {
+        self.0.waiting.store(true, Ordering::Release);
+    }
+
+    fn drain(&self) {
+        if self.0.waiting.swap(false, Ordering::AcqRel) {
+            self.0.drained.wake();
+        }
+    }
+
+    /// Ready once every byte written to the connection so far has reached the kernel.
+    pub fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.0.waiting.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.0.drained.register(cx.waker());
+        if self.0.waiting.load(Ordering::Acquire) {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+}
+
 pub struct BoundedSendQueue {
     tcp: TcpStream,
     limit: usize,
     /// What may still be written without asking the kernel: the queue only shrinks
     /// between our writes, so room seen at the last look is there still.
     room: usize,
+    backlog: Backlog,
 }
 
 impl BoundedSendQueue {
     /// `tcp`'s SO_SNDBUF should already hold `limit` (see `socket_buffer`): the kernel
     /// then reports the socket writable only once the queue is below the limit.
-    pub fn new(tcp: TcpStream, limit: u64) -> Self {
+    pub fn new(tcp: TcpStream, limit: u64, backlog: Backlog) -> Self {
         BoundedSendQueue {
             tcp,
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
             room: 0,
+            backlog,
         }
+    }
+
+    fn poll_write_within_room(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.room < buf.len() {
+            self.room = ready!(self.poll_room(cx, buf.len()))?;
+        }
+        let n = buf.len().min(self.room);
+        let written = ready!(Pin::new(&mut self.tcp).poll_write(cx, &buf[..n]))?;
+        self.room = self.room.saturating_sub(written);
+        Poll::Ready(Ok(written))
     }
 
     /// Ready with the room in the queue once there is some (for a write of `want` bytes).
@@ -96,20 +157,78 @@ impl AsyncWrite for BoundedSendQueue {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.room < buf.len() {
-            this.room = ready!(this.poll_room(cx, buf.len()))?;
+        let written = this.poll_write_within_room(cx, buf);
+        if written.is_pending() {
+            this.backlog.hold();
         }
-        let n = buf.len().min(this.room);
-        let written = ready!(Pin::new(&mut this.tcp).poll_write(cx, &buf[..n]))?;
-        this.room = this.room.saturating_sub(written);
-        Poll::Ready(Ok(written))
+        written
     }
 
+    /// hyper flushes once its write buffer has all gone to the socket.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.backlog.drain();
         Pin::new(&mut self.tcp).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::socket_buffer;
+    use futures::future::poll_fn;
+    use futures::FutureExt;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    const LIMIT: u64 = 32 << 10;
+
+    async fn connected() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let server = accepted.unwrap().0;
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(socket_buffer::request_for(LIMIT))
+            .unwrap();
+        (client.unwrap(), server)
+    }
+
+    #[tokio::test]
+    async fn writes_stop_at_the_limit_and_the_backlog_drains_when_all_reached_the_kernel() {
+        let (mut client, server) = connected().await;
+        let backlog = Backlog::default();
+        let mut socket = BoundedSendQueue::new(server, LIMIT, backlog.clone());
+        let chunk = [7u8; 1000];
+        let mut sent = 0;
+        while let Some(n) = socket.write(&chunk).now_or_never() {
+            sent += n.unwrap();
+        }
+        assert!(sent > 0);
+        assert!(queued(&socket.tcp).unwrap() <= LIMIT as usize);
+        assert!(poll_fn(|cx| Poll::Ready(backlog.poll_drained(cx).is_pending())).await);
+
+        let waiter = tokio::spawn({
+            let backlog = backlog.clone();
+            async move { poll_fn(|cx| backlog.poll_drained(cx)).await }
+        });
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all.len()
+        });
+        socket.write_all(&chunk).await.unwrap();
+        assert!(!waiter.is_finished(), "drained before the flush");
+        socket.flush().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("the body waiting on the backlog was not woken")
+            .unwrap();
+        socket.shutdown().await.unwrap();
+        assert_eq!(reader.await.unwrap(), sent + chunk.len());
     }
 }

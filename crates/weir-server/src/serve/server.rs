@@ -23,7 +23,7 @@ use super::cors::Cors;
 use super::export::{self, ExportRoute};
 use super::metrics;
 use super::proxy::{self, ProxyRoute};
-use super::send_queue::BoundedSendQueue;
+use super::send_queue::{Backlog, BoundedSendQueue};
 use super::socket_buffer;
 use super::stall::{StallGuard, StallLimit};
 
@@ -125,11 +125,13 @@ impl Server {
             let _ = socket2::SockRef::from(&tcp)
                 .set_send_buffer_size(socket_buffer::request_for(self.config.send_buffer));
             let limit = StallLimit::new(Duration::from_secs(60));
-            let tcp = BoundedSendQueue::new(tcp, self.config.send_buffer);
+            let backlog = Backlog::default();
+            let tcp = BoundedSendQueue::new(tcp, self.config.send_buffer, backlog.clone());
             let io = TokioIo::new(StallGuard::new(tcp, limit.clone()));
             let router = self.router.clone();
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(limit.clone());
+                req.extensions_mut().insert(backlog.clone());
                 router.clone().oneshot(req)
             });
             let conn = graceful.watch(http.serve_connection(io, service));

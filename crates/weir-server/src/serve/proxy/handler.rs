@@ -14,6 +14,7 @@ use super::upstream::{tls_failure, SendError, Upstream};
 use crate::serve::admission::{Admission, Refusal};
 use crate::serve::config::{LlmProxyRoute, Protocol};
 use crate::serve::metrics::RouteMetrics;
+use crate::serve::send_queue::Backlog;
 use crate::serve::stall::StallLimit;
 use crate::serve::stream_stats::{Outcome, StreamStats};
 use weir_runtime::error_chain;
@@ -124,6 +125,7 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
     if let Some(limit) = request.extensions().get::<StallLimit>() {
         limit.set(route.config.client_stall_timeout);
     }
+    let request_backlog = request.extensions().get::<Backlog>().cloned();
     if !route.authorised(request.headers()) {
         stats.refuse(
             Outcome::RejectedAuth,
@@ -254,7 +256,8 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
         filter,
         ticket,
         stats,
-    );
+    )
+    .waiting_on(request_backlog);
     let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
     headers.insert(

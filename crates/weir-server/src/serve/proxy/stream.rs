@@ -29,7 +29,7 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -43,6 +43,7 @@ use super::protocol::{EventRole, TokenText};
 use super::upstream::{BodyError, BodyReader};
 use crate::serve::admission::Ticket;
 use crate::serve::config::Protocol;
+use crate::serve::send_queue::Backlog;
 use crate::serve::stream_stats::{Outcome, StreamStats};
 
 /// Rewrites token text as it streams, holding back what it cannot decide yet.
@@ -85,6 +86,8 @@ pub struct ProxyStream {
     timer: Pin<Box<Sleep>>,
     last_upstream: Instant,
     last_keepalive: Instant,
+    /// The client connection's unsent bytes: no new chunk until they reach the kernel.
+    backlog: Option<Backlog>,
 }
 
 /// Turns the upstream's bytes into the client's: events decoded, filtered, encoded.
@@ -132,7 +135,14 @@ impl ProxyStream {
             timer: Box::pin(tokio::time::sleep_until(now + timing.keepalive)),
             last_upstream: now,
             last_keepalive: now,
+            backlog: None,
         }
+    }
+
+    /// Makes no new chunk while the client connection has bytes its socket has not taken.
+    pub fn waiting_on(mut self, backlog: Option<Backlog>) -> Self {
+        self.backlog = backlog;
+        self
     }
 
     /// Nothing from the upstream yet: whether the timer has something to say (a keep-alive
@@ -171,6 +181,9 @@ impl Stream for ProxyStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if let Some(backlog) = &this.backlog {
+            ready!(backlog.poll_drained(cx));
+        }
         this.relay.stats.polled();
         loop {
             if !this.relay.out.is_empty() {
