@@ -128,6 +128,18 @@ async fn stalled_client(addr: SocketAddr, recv_buffer: Option<u32>) -> TcpStream
     tcp
 }
 
+/// The mock sending 16-byte tokens as fast as it can, and weir in front of it.
+async fn weir_before_an_endless_upstream() -> (RunningMockLlm, tempfile::TempDir, Serve, SocketAddr)
+{
+    let mock = MockLlm::bind("127.0.0.1:0".parse().unwrap(), MockLlmConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = mock.url("/v1/chat/completions?tokens=0&rate=0&token_size=16");
+    let (serve, addr) = start_weir(&upstream, dir.path()).await;
+    (mock, dir, serve, addr)
+}
+
 /// Kernel buffers along the way fill, then the mock's writes block: waits for that.
 async fn until_upstream_pauses(mock: &RunningMockLlm) {
     let settle = Instant::now();
@@ -148,12 +160,7 @@ async fn until_upstream_pauses(mock: &RunningMockLlm) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_stop_reading_pause_the_upstream_and_rss_stays_flat() {
-    let mock = MockLlm::bind("127.0.0.1:0".parse().unwrap(), MockLlmConfig::default())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = mock.url("/v1/chat/completions?tokens=0&rate=0&token_size=16");
-    let (serve, addr) = start_weir(&upstream, dir.path()).await;
+    let (mock, _dir, serve, addr) = weir_before_an_endless_upstream().await;
     let pid = serve.0.id();
     // RSS with one stream open: what the first request sets up once is not per stream.
     let mut clients = vec![stalled_client(addr, Some(4096)).await];
@@ -217,12 +224,7 @@ async fn clients_that_stop_reading_pause_the_upstream_and_rss_stays_flat() {
 /// cuts its writes to the room left, so none does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_send_queues_stay_within_the_send_buffer() {
-    let mock = MockLlm::bind("127.0.0.1:0".parse().unwrap(), MockLlmConfig::default())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let upstream = mock.url("/v1/chat/completions?tokens=0&rate=0&token_size=16");
-    let (serve, addr) = start_weir(&upstream, dir.path()).await;
+    let (_mock, _dir, serve, addr) = weir_before_an_endless_upstream().await;
     let mut readers = Vec::new();
     for _ in 0..CLIENTS {
         let mut tcp = stalled_client(addr, None).await;
