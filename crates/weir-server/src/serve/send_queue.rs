@@ -29,8 +29,9 @@ use tokio::net::TcpStream;
 /// bytes) the kernel could report space the bound does not have.
 pub const MIN_SEND_BUFFER: u64 = 16 * 1024;
 
-/// Linux's TIOCOUTQ, which sockets answer as SIOCOUTQ.
-const SIOCOUTQ: rustix::ioctl::Opcode = 0x5411;
+/// TIOCOUTQ, which Linux sockets answer as SIOCOUTQ; its number differs between
+/// architectures.
+const SIOCOUTQ: rustix::ioctl::Opcode = libc::TIOCOUTQ as rustix::ioctl::Opcode;
 
 /// Whether a connection has bytes its socket would not take yet; shared between the
 /// socket and the response body.
