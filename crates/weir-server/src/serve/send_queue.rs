@@ -11,7 +11,7 @@
 //! [`Backlog`] tells the body when the bytes already given have all reached the kernel;
 //! a body that waits for that leaves hyper one chunk at most.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +28,9 @@ use tokio::net::TcpStream;
 /// The smallest bound weir accepts: below the kernel's own floor for SO_SNDBUF (4608
 /// bytes) the kernel could report space the bound does not have.
 pub const MIN_SEND_BUFFER: u64 = 16 * 1024;
+
+/// As many slices as hyper gives one vectored write.
+const MAX_SLICES: usize = 64;
 
 /// TIOCOUTQ, which Linux sockets answer as SIOCOUTQ; its number differs between
 /// architectures.
@@ -93,13 +96,25 @@ impl BoundedSendQueue {
     fn poll_write_within_room(
         &mut self,
         cx: &mut Context<'_>,
-        buf: &[u8],
+        bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.room < buf.len() {
-            self.room = ready!(self.poll_room(cx, buf.len()))?;
+        let want = bufs.iter().map(|b| b.len()).sum();
+        if self.room < want {
+            self.room = ready!(self.poll_room(cx, want))?;
         }
-        let n = buf.len().min(self.room);
-        let written = ready!(Pin::new(&mut self.tcp).poll_write(cx, &buf[..n]))?;
+        let mut cut = [IoSlice::new(&[]); MAX_SLICES];
+        let mut slices = 0;
+        let mut left = self.room;
+        for buf in bufs.iter().take(MAX_SLICES) {
+            if left == 0 {
+                break;
+            }
+            let n = buf.len().min(left);
+            cut[slices] = IoSlice::new(&buf[..n]);
+            slices += 1;
+            left -= n;
+        }
+        let written = ready!(Pin::new(&mut self.tcp).poll_write_vectored(cx, &cut[..slices]))?;
         self.room = self.room.saturating_sub(written);
         Poll::Ready(Ok(written))
     }
@@ -157,12 +172,26 @@ impl AsyncWrite for BoundedSendQueue {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = this.poll_write_within_room(cx, buf);
+        let written = this.poll_write_within_room(cx, bufs);
         if written.is_pending() {
             this.backlog.hold();
         }
         written
+    }
+
+    /// Vectored, so that hyper queues a body's chunks instead of copying them into a
+    /// buffer of its own, which would keep its largest size for the connection's life.
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     /// hyper flushes once its write buffer has all gone to the socket.
@@ -197,6 +226,30 @@ mod tests {
             .set_send_buffer_size(socket_buffer::request_for(LIMIT))
             .unwrap();
         (client.unwrap(), server)
+    }
+
+    #[tokio::test]
+    async fn a_vectored_write_is_cut_to_the_room_and_keeps_the_order_of_its_slices() {
+        let (mut client, server) = connected().await;
+        let mut socket = BoundedSendQueue::new(server, LIMIT, Backlog::default());
+        assert!(socket.is_write_vectored());
+        let slices: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 20 << 10]).collect();
+        let bufs: Vec<IoSlice<'_>> = slices.iter().map(|s| IoSlice::new(s)).collect();
+        let whole = slices.concat();
+        let mut expected = Vec::new();
+        while let Some(written) = socket.write_vectored(&bufs).now_or_never() {
+            let written = written.unwrap();
+            if expected.is_empty() {
+                assert!(written > 20 << 10, "only the first slice went: {written}");
+            }
+            assert!(written <= LIMIT as usize);
+            expected.extend_from_slice(&whole[..written]);
+        }
+        assert!(queued(&socket.tcp).unwrap() <= LIMIT as usize);
+        drop(socket);
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.unwrap();
+        assert!(all == expected, "the bytes arrived out of order");
     }
 
     #[tokio::test]
