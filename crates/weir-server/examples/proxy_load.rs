@@ -369,6 +369,7 @@ async fn slow(url: Uri, conns: usize, seconds: Duration, rate: u64) -> Result<St
         }));
     }
     let (mut errors, mut ended_early, mut not_ok) = (0, 0, 0);
+    let mut error_kinds = std::collections::BTreeMap::<String, usize>::new();
     for t in tasks {
         match t.await? {
             Ok(Ended::Held) => {}
@@ -376,13 +377,17 @@ async fn slow(url: Uri, conns: usize, seconds: Duration, rate: u64) -> Result<St
                 ended_early += 1;
                 not_ok += usize::from(status_ok != Some(true));
             }
-            Err(_) => errors += 1,
+            Err(e) => {
+                errors += 1;
+                *error_kinds.entry(e.to_string()).or_default() += 1;
+            }
         }
     }
     Ok(json!({
         "mode": "slow", "url": url.to_string(), "conns": conns, "seconds": seconds.as_secs(),
         "bytes_per_s_each": rate, "bytes_read": read.load(Ordering::Relaxed),
-        "errors": errors, "ended_early": ended_early, "ended_not_200": not_ok,
+        "errors": errors, "error_kinds": error_kinds, "ended_early": ended_early,
+        "ended_not_200": not_ok,
     })
     .to_string())
 }
