@@ -28,8 +28,8 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// The kernel queues of the connected TCP sockets `pid` holds: (local port, send queue,
-/// receive queue).
-fn socket_queues(pid: u32) -> Vec<(u16, u64, u64)> {
+/// receive queue, remote port).
+fn socket_queues(pid: u32) -> Vec<(u16, u64, u64, u16)> {
     let mut inodes = std::collections::HashSet::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -51,12 +51,13 @@ fn socket_queues(pid: u32) -> Vec<(u16, u64, u64)> {
             let cols: Vec<&str> = line.split_whitespace().collect();
             // State 01: established.
             if cols.len() > 9 && cols[3] == "01" && inodes.contains(cols[9]) {
-                let port = cols[1].rsplit_once(':').unwrap().1;
+                let port = |col: &str| u16::from_str_radix(col.rsplit_once(':').unwrap().1, 16);
                 let (t, r) = cols[4].split_once(':').unwrap();
                 sockets.push((
-                    u16::from_str_radix(port, 16).unwrap(),
+                    port(cols[1]).unwrap(),
                     u64::from_str_radix(t, 16).unwrap(),
                     u64::from_str_radix(r, 16).unwrap(),
+                    port(cols[2]).unwrap(),
                 ));
             }
         }
@@ -245,8 +246,8 @@ async fn slow_clients_send_queues_stay_within_the_send_buffer() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let queues: Vec<u64> = socket_queues(serve.0.id())
             .into_iter()
-            .filter(|&(port, _, _)| port == addr.port())
-            .map(|(_, send_q, _)| send_q)
+            .filter(|&(port, _, _, _)| port == addr.port())
+            .map(|(_, send_q, _, _)| send_q)
             .collect();
         filled = filled.max(queues.iter().filter(|&&q| q > (32 << 10)).count());
         largest = largest.max(queues.into_iter().max().unwrap_or(0));
@@ -262,4 +263,64 @@ async fn slow_clients_send_queues_stay_within_the_send_buffer() {
     for r in readers {
         r.abort();
     }
+}
+
+/// The sum of a counter's series in weir's /metrics.
+async fn counter(addr: SocketAddr, name: &str) -> u64 {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: weir\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+        .sum()
+}
+
+/// hyper takes body chunks until 8 KiB wait in its write buffer, and refills it whenever
+/// the socket takes some; a body that makes no chunk while the connection has unsent
+/// bytes leaves it one chunk (from 4 KiB of upstream body) at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_leaves_at_most_one_chunk_in_weirs_heap() {
+    let (_mock, _dir, serve, addr) = weir_before_an_endless_upstream().await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(addr).await.unwrap();
+    let body = r#"{"model":"m","stream":true,"messages":[]}"#;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let port = client.local_addr().unwrap().port();
+    let (mut read, mut most_in_weir, mut filled) = (0, 0, 0);
+    let mut buf = [0u8; 1024];
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        read += client.read(&mut buf).await.unwrap() as u64;
+        // Counted before the queues, so a chunk made in between is not taken for one held.
+        let handed_to_hyper = counter(addr, "weir_client_bytes_total").await;
+        let sockets = socket_queues(serve.0.id());
+        let Some(&(_, weir_send_q, _, _)) = sockets.iter().find(|s| s.3 == port) else {
+            panic!("weir has no socket to the client: {sockets:?}");
+        };
+        let client_recv_q = socket_queues(std::process::id())
+            .into_iter()
+            .find(|s| s.0 == port)
+            .map_or(0, |s| s.2);
+        // The sockets took the response head and chunk sizes too, so this undercounts
+        // what waits in weir by a few hundred bytes.
+        let sent = weir_send_q + client_recv_q + read;
+        most_in_weir = most_in_weir.max(handed_to_hyper.saturating_sub(sent));
+        filled = filled.max(weir_send_q);
+    }
+    eprintln!("{read} B read; most waiting in weir at once: {most_in_weir} B");
+    assert!(filled > 16 << 10, "the send queue did not fill: {filled} B");
+    assert!(
+        most_in_weir < 6 << 10,
+        "{most_in_weir} B of response waited in weir's heap for a slow client"
+    );
 }

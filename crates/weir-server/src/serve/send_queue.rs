@@ -7,9 +7,10 @@
 //! with no room the socket waits for the kernel to report space.
 //!
 //! hyper takes another chunk of a response body while under 8 KiB wait in its write
-//! buffer, so a slow client's connection could hold 8 KiB plus a chunk in the heap.
-//! [`Backlog`] tells the body when the bytes already given have all reached the kernel;
-//! a body that waits for that leaves hyper one chunk at most.
+//! buffer, and tops it up whenever the socket takes some, so a slow client's connection
+//! could hold 8 KiB plus a chunk in the heap. [`Backlog`] tells the body when the chunk
+//! it gave last has all reached the kernel; a body that waits for that before it makes
+//! the next leaves hyper one chunk at most.
 
 use std::io::{self, IoSlice};
 use std::os::fd::AsFd;
@@ -48,7 +49,8 @@ struct BacklogState {
 }
 
 impl Backlog {
-    fn hold(&self) {
+    /// The body gave the connection a chunk: it is held until all of it reached the kernel.
+    pub fn hold(&self) {
         self.0.waiting.store(true, Ordering::Release);
     }
 
@@ -180,12 +182,7 @@ impl AsyncWrite for BoundedSendQueue {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let written = this.poll_write_within_room(cx, bufs);
-        if written.is_pending() {
-            this.backlog.hold();
-        }
-        written
+        self.get_mut().poll_write_within_room(cx, bufs)
     }
 
     /// Vectored, so that hyper queues a body's chunks instead of copying them into a
@@ -253,7 +250,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_stop_at_the_limit_and_the_backlog_drains_when_all_reached_the_kernel() {
+    async fn writes_stop_at_the_limit_and_a_held_chunk_drains_once_flushed() {
         let (mut client, server) = connected().await;
         let backlog = Backlog::default();
         let mut socket = BoundedSendQueue::new(server, LIMIT, backlog.clone());
@@ -264,6 +261,8 @@ mod tests {
         }
         assert!(sent > 0);
         assert!(queued(&socket.tcp).unwrap() <= LIMIT as usize);
+        assert!(poll_fn(|cx| Poll::Ready(backlog.poll_drained(cx).is_ready())).await);
+        backlog.hold();
         assert!(poll_fn(|cx| Poll::Ready(backlog.poll_drained(cx).is_pending())).await);
 
         let waiter = tokio::spawn({

@@ -142,7 +142,7 @@ impl ProxyStream {
         }
     }
 
-    /// Makes no new chunk while the client connection has bytes its socket has not taken.
+    /// Makes no new chunk until the connection has given the last one to its socket.
     pub fn waiting_on(mut self, backlog: Option<Backlog>) -> Self {
         self.backlog = backlog;
         self
@@ -191,6 +191,9 @@ impl Stream for ProxyStream {
         loop {
             if !this.relay.out.is_empty() {
                 let chunk = settled(std::mem::take(&mut this.relay.out));
+                if let Some(backlog) = &this.backlog {
+                    backlog.hold();
+                }
                 this.relay.stats.chunk_out(chunk.len());
                 return Poll::Ready(Some(Ok(chunk)));
             }
