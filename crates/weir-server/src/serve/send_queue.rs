@@ -8,9 +8,10 @@
 //!
 //! hyper takes another chunk of a response body while under 8 KiB wait in its write
 //! buffer, and tops it up whenever the socket takes some, so a slow client's connection
-//! could hold 8 KiB plus a chunk in the heap. [`Backlog`] tells the body when the chunk
-//! it gave last has all reached the kernel; a body that waits for that before it makes
-//! the next leaves hyper one chunk at most.
+//! could hold 8 KiB plus a chunk in the heap. [`Backlog`] lets the body give a slow
+//! connection (one whose send queue was over half full at its last flush) one chunk at a
+//! time: the next only once all of the last has reached the kernel. A connection that
+//! keeps up is not held, since each hold costs its task a wake-up per chunk.
 
 use std::io::{self, IoSlice};
 use std::os::fd::AsFd;
@@ -37,30 +38,51 @@ const MAX_SLICES: usize = 64;
 /// architectures.
 const SIOCOUTQ: rustix::ioctl::Opcode = libc::TIOCOUTQ as rustix::ioctl::Opcode;
 
-/// Whether a connection has bytes its socket would not take yet; shared between the
-/// socket and the response body.
+/// Whether a connection still has bytes of the body's last chunk to give its socket;
+/// shared between the socket and the response body.
 #[derive(Clone, Debug, Default)]
 pub struct Backlog(Arc<BacklogState>);
 
 #[derive(Debug, Default)]
 struct BacklogState {
+    /// The body waits for the connection's next flush.
     waiting: AtomicBool,
+    /// Bytes were written since the last flush.
+    wrote: AtomicBool,
+    /// The send queue was over half full at the last flush that ended some writes.
+    slow: AtomicBool,
     drained: AtomicWaker,
 }
 
 impl Backlog {
-    /// The body gave the connection a chunk: it is held until all of it reached the kernel.
-    pub fn hold(&self) {
+    /// The body gave the connection a chunk: if the connection is slow, the chunk is
+    /// held until all of it has reached the kernel.
+    pub fn handed_a_chunk(&self) {
+        if self.0.slow.load(Ordering::Acquire) {
+            self.0.waiting.store(true, Ordering::Release);
+        }
+    }
+
+    fn blocked(&self) {
         self.0.waiting.store(true, Ordering::Release);
     }
 
-    fn drain(&self) {
+    fn wrote(&self) {
+        self.0.wrote.store(true, Ordering::Release);
+    }
+
+    /// hyper flushes whenever its write buffer is empty, most times with nothing written
+    /// since the last: only a flush that ends some writes looks at the queue (`slow`).
+    fn drain(&self, slow: impl FnOnce() -> bool) {
+        if self.0.wrote.swap(false, Ordering::AcqRel) {
+            self.0.slow.store(slow(), Ordering::Release);
+        }
         if self.0.waiting.swap(false, Ordering::AcqRel) {
             self.0.drained.wake();
         }
     }
 
-    /// Ready once every byte written to the connection so far has reached the kernel.
+    /// Ready once the chunk the body is held on has all reached the kernel.
     pub fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<()> {
         if !self.0.waiting.load(Ordering::Acquire) {
             return Poll::Ready(());
@@ -182,7 +204,14 @@ impl AsyncWrite for BoundedSendQueue {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_within_room(cx, bufs)
+        let this = self.get_mut();
+        let written = this.poll_write_within_room(cx, bufs);
+        match written {
+            Poll::Pending => this.backlog.blocked(),
+            Poll::Ready(Ok(n)) if n > 0 => this.backlog.wrote(),
+            Poll::Ready(_) => {}
+        }
+        written
     }
 
     /// Vectored, so that hyper queues a body's chunks instead of copying them into a
@@ -193,7 +222,10 @@ impl AsyncWrite for BoundedSendQueue {
 
     /// hyper flushes once its write buffer has all gone to the socket.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.backlog.drain();
+        let half = self.limit / 2;
+        let tcp = &self.tcp;
+        self.backlog
+            .drain(|| queued(tcp).map_or(true, |bytes| bytes > half));
         Pin::new(&mut self.tcp).poll_flush(cx)
     }
 
@@ -250,10 +282,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_stop_at_the_limit_and_a_held_chunk_drains_once_flushed() {
+    async fn writes_stop_at_the_limit_and_a_slow_connection_gets_one_chunk_at_a_time() {
         let (mut client, server) = connected().await;
         let backlog = Backlog::default();
         let mut socket = BoundedSendQueue::new(server, LIMIT, backlog.clone());
+        let held = || poll_fn(|cx| Poll::Ready(backlog.poll_drained(cx).is_pending()));
         let chunk = [7u8; 1000];
         let mut sent = 0;
         while let Some(n) = socket.write(&chunk).now_or_never() {
@@ -261,27 +294,44 @@ mod tests {
         }
         assert!(sent > 0);
         assert!(queued(&socket.tcp).unwrap() <= LIMIT as usize);
-        assert!(poll_fn(|cx| Poll::Ready(backlog.poll_drained(cx).is_ready())).await);
-        backlog.hold();
-        assert!(poll_fn(|cx| Poll::Ready(backlog.poll_drained(cx).is_pending())).await);
+        assert!(
+            held().await,
+            "a write waits for room, and the body was not held"
+        );
 
         let waiter = tokio::spawn({
             let backlog = backlog.clone();
             async move { poll_fn(|cx| backlog.poll_drained(cx)).await }
         });
-        let reader = tokio::spawn(async move {
-            let mut all = Vec::new();
-            client.read_to_end(&mut all).await.unwrap();
-            all.len()
-        });
-        socket.write_all(&chunk).await.unwrap();
+        tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "drained before the flush");
         socket.flush().await.unwrap();
         tokio::time::timeout(Duration::from_secs(10), waiter)
             .await
             .expect("the body waiting on the backlog was not woken")
             .unwrap();
+
+        // The queue was full at that flush: the connection is slow, its next chunk held.
+        backlog.handed_a_chunk();
+        assert!(held().await, "a slow connection's chunk was not held");
+        socket.flush().await.unwrap();
+        assert!(!held().await);
+        // A flush with nothing written since the last tells nothing: still slow.
+        backlog.handed_a_chunk();
+        assert!(held().await, "an empty flush made the connection fast");
+        socket.flush().await.unwrap();
+
+        // Once the client has read it all, the queue is nearly empty at the next flush
+        // that ends a write: the connection keeps up, and is not held.
+        let mut all = vec![0u8; sent];
+        client.read_exact(&mut all).await.unwrap();
+        socket.write_all(&chunk[..10]).await.unwrap();
+        socket.flush().await.unwrap();
+        backlog.handed_a_chunk();
+        assert!(!held().await, "a connection that keeps up was held");
         socket.shutdown().await.unwrap();
-        assert_eq!(reader.await.unwrap(), sent + chunk.len());
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest.len(), 10);
     }
 }

@@ -142,7 +142,7 @@ impl ProxyStream {
         }
     }
 
-    /// Makes no new chunk until the connection has given the last one to its socket.
+    /// Makes no new chunk for a slow connection until it has given the last to its socket.
     pub fn waiting_on(mut self, backlog: Option<Backlog>) -> Self {
         self.backlog = backlog;
         self
@@ -192,7 +192,7 @@ impl Stream for ProxyStream {
             if !this.relay.out.is_empty() {
                 let chunk = settled(std::mem::take(&mut this.relay.out));
                 if let Some(backlog) = &this.backlog {
-                    backlog.hold();
+                    backlog.handed_a_chunk();
                 }
                 this.relay.stats.chunk_out(chunk.len());
                 return Poll::Ready(Some(Ok(chunk)));
