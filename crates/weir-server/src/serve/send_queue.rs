@@ -222,10 +222,18 @@ impl AsyncWrite for BoundedSendQueue {
 
     /// hyper flushes once its write buffer has all gone to the socket.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let half = self.limit / 2;
-        let tcp = &self.tcp;
-        self.backlog
-            .drain(|| queued(tcp).map_or(true, |bytes| bytes > half));
+        let this = &mut *self;
+        let half = this.limit / 2;
+        this.backlog.drain(|| {
+            // The room known from the last look is there still: ask the kernel (a system
+            // call per chunk would show in a burst's latency) only when it is under half.
+            if this.room < half {
+                if let Ok(bytes) = queued(&this.tcp) {
+                    this.room = this.limit.saturating_sub(bytes);
+                }
+            }
+            this.room < half
+        });
         Pin::new(&mut self.tcp).poll_flush(cx)
     }
 
