@@ -104,9 +104,9 @@ async fn start_weir(upstream: &str, dir: &std::path::Path) -> (Serve, SocketAddr
     (serve, addr)
 }
 
-/// A client that reads the headers and a little, then stops; with a small receive window
-/// if `recv_buffer` is set, else with the kernel's default.
-async fn stalled_client(addr: SocketAddr, recv_buffer: Option<u32>) -> TcpStream {
+/// A connection that has asked for a stream; with a small receive window if
+/// `recv_buffer` is set, else with the kernel's default.
+async fn ask_for_a_stream(addr: SocketAddr, recv_buffer: Option<u32>) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     if let Some(size) = recv_buffer {
         socket.set_recv_buffer_size(size).unwrap();
@@ -119,6 +119,12 @@ async fn stalled_client(addr: SocketAddr, recv_buffer: Option<u32>) -> TcpStream
         body.len()
     );
     tcp.write_all(request.as_bytes()).await.unwrap();
+    tcp
+}
+
+/// A client that reads the headers and a little, then stops.
+async fn stalled_client(addr: SocketAddr, recv_buffer: Option<u32>) -> TcpStream {
+    let mut tcp = ask_for_a_stream(addr, recv_buffer).await;
     let mut buf = [0u8; 1024];
     let n = tcp.read(&mut buf).await.unwrap();
     assert!(
@@ -285,16 +291,7 @@ async fn counter(addr: SocketAddr, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_leaves_at_most_one_chunk_in_weirs_heap() {
     let (_mock, _dir, serve, addr) = weir_before_an_endless_upstream().await;
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut client = socket.connect(addr).await.unwrap();
-    let body = r#"{"model":"m","stream":true,"messages":[]}"#;
-    let request = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    client.write_all(request.as_bytes()).await.unwrap();
+    let mut client = ask_for_a_stream(addr, Some(4096)).await;
     let port = client.local_addr().unwrap().port();
     let (mut read, mut most_in_weir, mut filled) = (0, 0, 0);
     let mut buf = [0u8; 1024];
