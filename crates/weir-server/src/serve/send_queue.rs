@@ -47,9 +47,7 @@ pub struct Backlog(Arc<BacklogState>);
 struct BacklogState {
     /// The body waits for the connection's next flush.
     waiting: AtomicBool,
-    /// Bytes were written since the last flush.
-    wrote: AtomicBool,
-    /// The send queue was over half full at the last flush that ended some writes.
+    /// The send queue was over half full at the last flush.
     slow: AtomicBool,
     drained: AtomicWaker,
 }
@@ -67,16 +65,8 @@ impl Backlog {
         self.0.waiting.store(true, Ordering::Release);
     }
 
-    fn wrote(&self) {
-        self.0.wrote.store(true, Ordering::Release);
-    }
-
-    /// hyper flushes whenever its write buffer is empty, most times with nothing written
-    /// since the last: only a flush that ends some writes looks at the queue (`slow`).
-    fn drain(&self, slow: impl FnOnce() -> bool) {
-        if self.0.wrote.swap(false, Ordering::AcqRel) {
-            self.0.slow.store(slow(), Ordering::Release);
-        }
+    fn drain(&self, slow: bool) {
+        self.0.slow.store(slow, Ordering::Release);
         if self.0.waiting.swap(false, Ordering::AcqRel) {
             self.0.drained.wake();
         }
@@ -206,10 +196,8 @@ impl AsyncWrite for BoundedSendQueue {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = this.poll_write_within_room(cx, bufs);
-        match written {
-            Poll::Pending => this.backlog.blocked(),
-            Poll::Ready(Ok(n)) if n > 0 => this.backlog.wrote(),
-            Poll::Ready(_) => {}
+        if written.is_pending() {
+            this.backlog.blocked();
         }
         written
     }
@@ -222,18 +210,15 @@ impl AsyncWrite for BoundedSendQueue {
 
     /// hyper flushes once its write buffer has all gone to the socket.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let half = this.limit / 2;
-        this.backlog.drain(|| {
-            // The room known from the last look is there still: ask the kernel (a system
-            // call per chunk would show in a burst's latency) only when it is under half.
-            if this.room < half {
-                if let Ok(bytes) = queued(&this.tcp) {
-                    this.room = this.limit.saturating_sub(bytes);
-                }
+        let half = self.limit / 2;
+        // The room known from the last look is there still: ask the kernel (a system call
+        // per chunk would show in a burst's latency) only when it is under half.
+        if self.room < half {
+            if let Ok(bytes) = queued(&self.tcp) {
+                self.room = self.limit.saturating_sub(bytes);
             }
-            this.room < half
-        });
+        }
+        self.backlog.drain(self.room < half);
         Pin::new(&mut self.tcp).poll_flush(cx)
     }
 
@@ -324,13 +309,9 @@ mod tests {
         assert!(held().await, "a slow connection's chunk was not held");
         socket.flush().await.unwrap();
         assert!(!held().await);
-        // A flush with nothing written since the last tells nothing: still slow.
-        backlog.handed_a_chunk();
-        assert!(held().await, "an empty flush made the connection fast");
-        socket.flush().await.unwrap();
 
-        // Once the client has read it all, the queue is nearly empty at the next flush
-        // that ends a write: the connection keeps up, and is not held.
+        // Once the client has read it all, the queue is nearly empty at the next flush:
+        // the connection keeps up, and is not held.
         let mut all = vec![0u8; sent];
         client.read_exact(&mut all).await.unwrap();
         socket.write_all(&chunk[..10]).await.unwrap();

@@ -89,7 +89,7 @@ pub struct ProxyStream {
     timer: Pin<Box<Sleep>>,
     last_upstream: Instant,
     last_keepalive: Instant,
-    /// The client connection's unsent bytes: no new chunk until they reach the kernel.
+    /// A slow client connection's last chunk: no new one until it has reached the kernel.
     backlog: Option<Backlog>,
 }
 
