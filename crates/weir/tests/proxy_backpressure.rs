@@ -285,9 +285,11 @@ async fn counter(addr: SocketAddr, name: &str) -> u64 {
         .sum()
 }
 
-/// hyper takes body chunks until 8 KiB wait in its write buffer, and refills it whenever
-/// the socket takes some; a body that makes no chunk while the connection has unsent
-/// bytes leaves it one chunk (from 4 KiB of upstream body) at most.
+/// hyper takes body chunks until 8 KiB wait in its write buffer, and asks for a second
+/// before it writes the first. A slow connection's body makes no chunk until the last
+/// has reached the kernel, which reports room in large steps (a third of the send queue),
+/// so the socket takes each chunk whole and nothing waits in weir; a second chunk taken
+/// early waits whole (3,948 B here without the hold).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_leaves_at_most_one_chunk_in_weirs_heap() {
     let (_mock, _dir, serve, addr) = weir_before_an_endless_upstream().await;
@@ -317,7 +319,7 @@ async fn a_slow_client_leaves_at_most_one_chunk_in_weirs_heap() {
     eprintln!("{read} B read; most waiting in weir at once: {most_in_weir} B");
     assert!(filled > 16 << 10, "the send queue did not fill: {filled} B");
     assert!(
-        most_in_weir < 6 << 10,
+        most_in_weir < 2 << 10,
         "{most_in_weir} B of response waited in weir's heap for a slow client"
     );
 }
