@@ -205,6 +205,11 @@ impl<T> Receiver<T> {
         occupancy_of(&self.shared)
     }
 
+    /// Whether no item is waiting right now.
+    pub fn is_empty(&self) -> bool {
+        self.shared.lock().queue.is_empty()
+    }
+
     pub fn gauge(&self) -> Gauge
     where
         T: Send + 'static,

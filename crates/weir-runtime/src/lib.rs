@@ -60,6 +60,7 @@
 //! # });
 //! ```
 
+pub mod ack;
 pub mod budget;
 pub mod channel;
 mod error;
@@ -68,6 +69,7 @@ pub mod size;
 mod stage;
 mod stats;
 
+pub use ack::{AckToken, Ledger};
 pub use budget::{Admission, BudgetExhausted, MemoryBudget, Reservation};
 pub use error::{error_chain, BoxError, DownstreamClosed, FailureKind, PipelineError};
 pub use pipeline::{Pipeline, PipelineBuilder, PipelineStart, DEFAULT_BUFFER};

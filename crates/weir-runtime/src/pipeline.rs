@@ -309,7 +309,13 @@ impl<T: Weighted + Send + 'static> PipelineBuilder<T> {
             index,
             stats,
             future: Box::pin(async move {
-                while let Some(item) = recv_counted(&mut rx, &s).await {
+                loop {
+                    if rx.is_empty() {
+                        sink.flush().await?;
+                    }
+                    let Some(item) = recv_counted(&mut rx, &s).await else {
+                        break;
+                    };
                     sink.write(item).await?;
                 }
                 sink.finish().await

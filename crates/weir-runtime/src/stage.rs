@@ -78,6 +78,12 @@ pub trait Sink: Send + 'static {
 
     fn write(&mut self, item: Self::Item) -> impl Future<Output = Result<(), BoxError>> + Send;
 
+    /// Called whenever no item is waiting for the sink: the moment to make what it has
+    /// written durable (and ack it) rather than hold it until more items come.
+    fn flush(&mut self) -> impl Future<Output = Result<(), BoxError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Called once after the last item: flush and close.
     fn finish(&mut self) -> impl Future<Output = Result<(), BoxError>> + Send {
         async { Ok(()) }
@@ -86,13 +92,30 @@ pub trait Sink: Send + 'static {
 
 /// A transform's handle on its downstream channel.
 pub struct Emit<'a, T> {
-    tx: &'a mut Sender<T>,
-    stats: &'a Arc<StageStats>,
+    target: Target<'a, T>,
+}
+
+enum Target<'a, T> {
+    Channel {
+        tx: &'a mut Sender<T>,
+        stats: &'a Arc<StageStats>,
+    },
+    Collect(&'a mut Vec<T>),
 }
 
 impl<'a, T: Weighted + Send> Emit<'a, T> {
     pub(crate) fn new(tx: &'a mut Sender<T>, stats: &'a Arc<StageStats>) -> Self {
-        Emit { tx, stats }
+        Emit {
+            target: Target::Channel { tx, stats },
+        }
+    }
+
+    /// An `Emit` that collects into `items`, so that one transform can run inside another
+    /// (the outer one applies the inner to a part of each of its items).
+    pub fn collect(items: &'a mut Vec<T>) -> Self {
+        Emit {
+            target: Target::Collect(items),
+        }
     }
 
     /// Sends an item downstream, waiting while the channel is full.
@@ -100,7 +123,13 @@ impl<'a, T: Weighted + Send> Emit<'a, T> {
     /// Fails with [`DownstreamClosed`] once the downstream stage has stopped; return
     /// that error (with `?`) so the stage stops too.
     pub async fn send(&mut self, item: T) -> Result<(), BoxError> {
-        send_counted(self.tx, self.stats, item).await
+        match &mut self.target {
+            Target::Channel { tx, stats } => send_counted(tx, stats, item).await,
+            Target::Collect(items) => {
+                items.push(item);
+                Ok(())
+            }
+        }
     }
 }
 
