@@ -2,6 +2,7 @@
 //! them on the way (`transforms`), where they go (`sinks`); `codec` holds the
 //! runtime-free format logic the transforms are built on.
 
+pub mod catalogue;
 pub mod codec;
 pub mod sinks;
 pub mod sources;

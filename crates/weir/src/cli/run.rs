@@ -8,9 +8,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use weir_runtime::{Pipeline, Report, StageStats};
 
-use super::stages::{self, CATALOGUE};
+use super::stages;
 use super::Failure;
 use weir_runtime::size::parse_buffer;
+use weir_stages::catalogue::{self, CATALOGUE};
 
 #[derive(Args, Debug)]
 #[command(
@@ -73,7 +74,7 @@ pub fn build(stages: &[String], buffer: usize) -> Result<Built, Failure> {
     let sink_spec = stages::parse_sink(last).map_err(usage)?;
     let transforms = middle
         .iter()
-        .map(|s| stages::parse_transform(s).and_then(|spec| spec.build()))
+        .map(|s| catalogue::parse_transform(s).and_then(|spec| spec.build()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(usage)?;
 
