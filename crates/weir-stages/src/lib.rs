@@ -4,6 +4,7 @@
 
 pub mod catalogue;
 pub mod codec;
+pub mod record;
 pub mod sinks;
 pub mod sources;
 pub mod transforms;

@@ -5,6 +5,7 @@ pub mod gzip;
 pub mod lines;
 pub mod ndjson;
 pub mod pass;
+pub mod per_record;
 pub mod redact;
 pub mod sse_decode;
 pub mod sse_encode;
