@@ -4,6 +4,8 @@
 
 pub mod catalogue;
 pub mod codec;
+#[cfg(feature = "kafka")]
+pub mod kafka_client;
 pub mod record;
 pub mod sinks;
 pub mod sources;

@@ -6,6 +6,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use weir_runtime::{AckToken, Weighted};
 
+/// How each record becomes a line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LineFormat {
+    /// The value as it is, then a newline.
+    #[default]
+    Value,
+    /// One JSON object: value, key, headers, topic, partition, offset, timestamp.
+    Ndjson,
+}
+
 /// What a record costs besides its bytes: the struct itself and its origin, counted so that
 /// a channel of many small records is bounded by what it really holds.
 const OVERHEAD: usize = 128;

@@ -15,9 +15,9 @@ use super::send_queue::MIN_SEND_BUFFER;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
-    /// Address to listen on.
-    #[serde(default = "defaults::listen")]
-    pub listen: SocketAddr,
+    /// Address to listen on; without it, a file of only `[[pipeline]]`s serves no HTTP
+    /// (and one with routes listens on 127.0.0.1:8080).
+    pub listen: Option<SocketAddr>,
     /// Bytes all streams together may buffer; a stream that cannot get its share is refused (503).
     #[serde(default = "defaults::memory_budget", deserialize_with = "size")]
     pub memory_budget: u64,
@@ -31,11 +31,17 @@ pub struct ServeConfig {
     /// How long a client may take to send its request headers (slowloris).
     #[serde(default = "defaults::header_timeout", deserialize_with = "duration")]
     pub header_timeout: Duration,
+    /// How long streams and pipelines get to finish once SIGTERM or SIGINT came.
+    #[serde(default = "defaults::shutdown_grace", deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
     /// Largest request body accepted (413 past it).
     #[serde(default = "defaults::max_request_body", deserialize_with = "size")]
     pub max_request_body: u64,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// Long-running pipelines (Kafka -> transforms -> sink), run until SIGTERM or SIGINT.
+    #[serde(default, rename = "pipeline")]
+    pub pipelines: Vec<crate::pipeline::PipelineConfig>,
 }
 
 /// One `[[route]]` table.
@@ -227,6 +233,9 @@ mod defaults {
     pub fn memory_budget() -> u64 {
         256 << 20
     }
+    pub fn shutdown_grace() -> Duration {
+        Duration::from_secs(10)
+    }
     pub fn max_streams() -> usize {
         10_000
     }
@@ -282,7 +291,11 @@ mod defaults {
     }
 }
 
-fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub(crate) fn optional_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    size(d).map(Some)
+}
+
+pub(crate) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -295,7 +308,7 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_duration(&String::deserialize(d)?).map_err(D::Error::custom)
 }
 
@@ -338,9 +351,23 @@ impl ServeConfig {
         Ok(config)
     }
 
+    /// Where HTTP is served: `listen`, or its default when there are routes to serve.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen
+            .or_else(|| (!self.routes.is_empty()).then(defaults::listen))
+    }
+
     fn check(&self) -> Result<(), String> {
-        if self.routes.is_empty() {
-            return Err("no [[route]]: nothing to serve".to_string());
+        if self.routes.is_empty() && self.pipelines.is_empty() {
+            return Err("no [[route]] and no [[pipeline]]: nothing to serve".to_string());
+        }
+        let mut names = HashSet::new();
+        for (i, p) in self.pipelines.iter().enumerate() {
+            let at = format!("pipeline #{} ({})", i + 1, p.name);
+            p.check(&at)?;
+            if !names.insert(p.name.as_str()) {
+                return Err(format!("{at}: another pipeline has the same name"));
+            }
         }
         if self.send_buffer < MIN_SEND_BUFFER {
             return Err(format!(

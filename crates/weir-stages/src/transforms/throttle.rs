@@ -6,6 +6,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use weir_runtime::{BoxError, Emit, Transform};
 
+const TIMER_TICK: Duration = Duration::from_millis(1);
+
 /// Emits at most `rate` bytes per second, evenly: items are cut into pieces of a
 /// twentieth of a second's worth, so a large item does not leave in one burst, and time
 /// lost waiting on a slow downstream is not made up later in a burst either.
@@ -41,7 +43,11 @@ impl Transform for Throttle {
         while !item.is_empty() {
             let piece = item.split_to(self.piece.min(item.len()));
             let due = *self.next.get_or_insert_with(Instant::now);
-            tokio::time::sleep_until(due).await;
+            // Timers fire on whole milliseconds: small items (a record each) sleep only once
+            // a millisecond's worth is due, or the rate would fall to one item per tick.
+            if due > Instant::now() + TIMER_TICK {
+                tokio::time::sleep_until(due).await;
+            }
             let len = piece.len();
             out.send(piece).await?;
             self.next = Some(due.max(Instant::now()) + self.time_for(len));
@@ -54,6 +60,21 @@ impl Transform for Throttle {
 mod tests {
     use super::*;
     use crate::test_support::{run_transform, Chunks};
+
+    #[tokio::test]
+    async fn small_items_keep_the_rate() {
+        let started = std::time::Instant::now();
+        let items = vec![vec![1u8; 100]; 2000];
+        let data: Vec<u8> = items.concat();
+        let (ran, out) =
+            run_transform("throttle", Throttle::new(1_000_000), Chunks::of(&data, 100)).await;
+        ran.unwrap();
+        assert_eq!(out.bytes(), data);
+        // 200 kB at 1 MB/s: 0.2 s; a sleep per item would take 2 s at least.
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(190), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn holds_the_rate_in_even_pieces() {

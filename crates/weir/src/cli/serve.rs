@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
+use weir_server::pipeline;
 use weir_server::serve::{ServeConfig, Server};
 
 use super::Failure;
@@ -94,24 +95,80 @@ pub fn init_logs(format: LogFormat) {
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     init_logs(args.log_format);
     let config = ServeConfig::load(&args.config).map_err(|e| Failure::Usage(e.to_string()))?;
-    let listen = config.listen;
+    let listen = config.listen_addr();
+    let pipelines = config.pipelines.clone();
+    let grace = config.shutdown_grace;
     let server = Server::new(config).map_err(Failure::Usage)?;
     if args.check_config {
         println!("{}: ok", args.config.display());
         return Ok(());
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| Failure::Pipeline(format!("cannot listen on {listen}: {e}")))?;
-    tracing::info!("listening on http://{listen}");
     let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        on_signal.cancel();
-    });
-    server
-        .serve(listener, shutdown)
-        .await
-        .map_err(|e| Failure::Pipeline(e.to_string()))
+    tokio::spawn(stop_on_signals(shutdown.clone()));
+    let http = match listen {
+        Some(listen) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| Failure::Pipeline(format!("cannot listen on {listen}: {e}")))?;
+            tracing::info!("listening on http://{listen}");
+            Some(tokio::spawn(server.serve(listener, shutdown.clone())))
+        }
+        None => None,
+    };
+    let mut running = tokio::task::JoinSet::new();
+    for p in pipelines {
+        running.spawn(pipeline::run(p, shutdown.clone(), grace));
+    }
+    let mut failure = None;
+    while let Some(ended) = running.join_next().await {
+        let outcome = ended
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = outcome {
+            // One pipeline stopping on an error stops the process: its supervisor restarts
+            // it, and the other pipelines commit what they acked on the way out.
+            failure.get_or_insert(e);
+            shutdown.cancel();
+        }
+    }
+    if failure.is_some() {
+        shutdown.cancel();
+    }
+    if let Some(http) = http {
+        http.await
+            .map_err(|e| Failure::Pipeline(e.to_string()))?
+            .map_err(|e| Failure::Pipeline(e.to_string()))?;
+    }
+    match failure {
+        Some(e) => Err(Failure::Pipeline(e)),
+        None => Ok(()),
+    }
+}
+
+/// The first SIGTERM or SIGINT starts a graceful stop; a second one exits at once.
+async fn stop_on_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!(
+            "cannot watch SIGTERM/SIGINT: they will stop weir without a graceful shutdown"
+        );
+        return;
+    };
+    for n in 0..2 {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if n == 0 {
+            tracing::info!(
+                "stopping: streams and pipelines get their grace (a second signal exits at once)"
+            );
+            shutdown.cancel();
+        }
+    }
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(130);
 }

@@ -1,0 +1,261 @@
+//! `[[pipeline]]` tables of the `weir serve` configuration: long-running pipelines.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use weir_stages::catalogue::{parse_transform, TransformSpec};
+use weir_stages::record::LineFormat;
+
+use crate::serve::config::{duration, optional_size, size};
+
+/// One `[[pipeline]]`: a source, transforms of `weir run`'s catalogue, a sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub name: String,
+    /// Every buffer of the pipeline together, the Kafka clients' own included.
+    #[serde(default = "defaults::memory_budget", deserialize_with = "size")]
+    pub memory_budget: u64,
+    /// Stages written as for `weir run` (`throttle:2MB`, `redact:email`), applied to each
+    /// record's value.
+    #[serde(default)]
+    pub transforms: Vec<String>,
+    pub source: SourceConfig,
+    pub sink: SinkConfig,
+    /// Largest message accepted; a larger one stops the pipeline, named. Default: 1 MiB,
+    /// or one fetch's share of a smaller budget.
+    #[serde(default, deserialize_with = "optional_size")]
+    pub max_item: Option<u64>,
+    /// How often acked offsets are committed.
+    #[serde(default = "defaults::commit_interval", deserialize_with = "duration")]
+    pub commit_interval: Duration,
+    /// How long a rebalance waits for the acks of partitions taken away.
+    #[serde(default = "defaults::drain_timeout", deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+/// `[pipeline.source]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    Kafka {
+        brokers: String,
+        topics: Vec<String>,
+        group: String,
+        /// Handed to librdkafka as they are (checked against the budget).
+        #[serde(default)]
+        options: BTreeMap<String, OptionValue>,
+    },
+}
+
+/// `[pipeline.sink]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    Kafka {
+        brokers: String,
+        topic: String,
+        #[serde(default)]
+        options: BTreeMap<String, OptionValue>,
+    },
+    /// Appends a line per record, fsync'd before the record is acked.
+    File {
+        path: PathBuf,
+        #[serde(default)]
+        format: Format,
+    },
+    /// POSTs batches of lines (NDJSON), acked on a 2xx; 5xx and connection errors retried.
+    Http {
+        url: String,
+        #[serde(default)]
+        format: Format,
+        #[serde(default = "defaults::batch_bytes", deserialize_with = "size")]
+        batch_bytes: u64,
+        #[serde(default = "defaults::http_timeout", deserialize_with = "duration")]
+        timeout: Duration,
+    },
+}
+
+/// How a record becomes a line in a file or an HTTP batch.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The value as it is.
+    #[default]
+    Value,
+    /// `{"value": …, "key": …, "topic": …, "partition": …, "offset": …, …}`.
+    Ndjson,
+}
+
+impl From<Format> for LineFormat {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Value => LineFormat::Value,
+            Format::Ndjson => LineFormat::Ndjson,
+        }
+    }
+}
+
+/// A librdkafka option: written as a string, a number or a boolean.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OptionValue {
+    Text(String),
+    Integer(i64),
+    Boolean(bool),
+}
+
+impl OptionValue {
+    fn as_text(&self) -> String {
+        match self {
+            OptionValue::Text(t) => t.clone(),
+            OptionValue::Integer(n) => n.to_string(),
+            OptionValue::Boolean(b) => b.to_string(),
+        }
+    }
+}
+
+/// Options as librdkafka takes them.
+pub fn option_pairs(options: &BTreeMap<String, OptionValue>) -> Vec<(String, String)> {
+    options
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_text()))
+        .collect()
+}
+
+/// How a pipeline's `memory_budget` is shared out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetPlan {
+    /// Each channel between two stages.
+    pub channel: u64,
+    /// The Kafka consumer's prefetch queue, and one fetch.
+    pub consumer_queue: u64,
+    pub consumer_fetch: u64,
+    /// The Kafka producer's queue.
+    pub producer_queue: u64,
+}
+
+/// The smallest budget that leaves each part room to work.
+pub const MIN_BUDGET: u64 = 1 << 20;
+
+impl PipelineConfig {
+    /// A quarter for the channels, a quarter for the consumer's queue and an eighth for a
+    /// fetch, a quarter for the producer's queue; the last eighth is librdkafka's per-message
+    /// bookkeeping and the runtime's own.
+    pub fn plan(&self) -> BudgetPlan {
+        let b = self.memory_budget;
+        let channels = self.transforms.len() as u64 + 1;
+        BudgetPlan {
+            channel: b / 4 / channels,
+            consumer_queue: b / 4,
+            consumer_fetch: b / 8,
+            producer_queue: b / 4,
+        }
+    }
+
+    pub fn max_item(&self) -> u64 {
+        self.max_item
+            .unwrap_or_else(|| (1 << 20).min(self.plan().consumer_fetch))
+    }
+
+    pub fn transform_specs(&self) -> Result<Vec<TransformSpec>, String> {
+        self.transforms
+            .iter()
+            .map(|t| parse_transform(t).map_err(|e| format!("transforms: `{t}`: {e}")))
+            .collect()
+    }
+
+    /// Checks what the file's types cannot; `at` names the pipeline in the message.
+    pub fn check(&self, at: &str) -> Result<(), String> {
+        let fail = |m: String| Err(format!("{at}: {m}"));
+        if self.name.trim().is_empty() {
+            return fail("name must not be empty".into());
+        }
+        if self.memory_budget < MIN_BUDGET {
+            return fail(format!(
+                "memory_budget must be at least {} MiB",
+                MIN_BUDGET >> 20
+            ));
+        }
+        self.transform_specs().map_err(|e| format!("{at}: {e}"))?;
+        let plan = self.plan();
+        if self.max_item() > plan.consumer_fetch {
+            return fail(format!(
+                "max_item ({} bytes) is over the {} bytes of one fetch that memory_budget allows; raise memory_budget",
+                self.max_item(),
+                plan.consumer_fetch
+            ));
+        }
+        match &self.source {
+            SourceConfig::Kafka {
+                brokers,
+                topics,
+                group,
+                options,
+            } => {
+                if brokers.trim().is_empty() || topics.is_empty() || group.trim().is_empty() {
+                    return fail("source: brokers, topics and group must not be empty".into());
+                }
+                crate::pipeline::runner::consumer_check(self, brokers, options)
+                    .map_err(|e| format!("{at}: source: {e}"))?;
+            }
+        }
+        match &self.sink {
+            SinkConfig::Kafka {
+                brokers,
+                topic,
+                options,
+            } => {
+                if brokers.trim().is_empty() || topic.trim().is_empty() {
+                    return fail("sink: brokers and topic must not be empty".into());
+                }
+                crate::pipeline::runner::producer_check(self, brokers, options)
+                    .map_err(|e| format!("{at}: sink: {e}"))?;
+            }
+            SinkConfig::File { path, .. } => {
+                if path.as_os_str().is_empty() {
+                    return fail("sink: path must not be empty".into());
+                }
+            }
+            SinkConfig::Http {
+                url, batch_bytes, ..
+            } => {
+                let uri: hyper::Uri = url
+                    .parse()
+                    .map_err(|e| format!("{at}: sink: url `{url}`: {e}"))?;
+                if !matches!(uri.scheme_str(), Some("http" | "https")) {
+                    return fail(format!("sink: url `{url}` must be http:// or https://"));
+                }
+                if *batch_bytes == 0 || *batch_bytes > plan.channel.max(1 << 20) {
+                    return fail(format!(
+                        "sink: batch_bytes must be from 1 to {} bytes",
+                        plan.channel.max(1 << 20)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn memory_budget() -> u64 {
+        64 << 20
+    }
+    pub fn commit_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn drain_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn batch_bytes() -> u64 {
+        1 << 20
+    }
+    pub fn http_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+}

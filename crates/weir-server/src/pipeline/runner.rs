@@ -1,0 +1,268 @@
+//! Runs one `[[pipeline]]` until it is stopped: build, run, drain, commit, leave.
+//!
+//! # Shutdown
+//!
+//! `stop` ends the source (it reads no further message); the records already read flow
+//! on to the sink, which acks them; the committer commits and the consumer leaves its
+//! group at once. Records still in flight after `grace` are dropped unacked (they will be
+//! read again by whoever takes the partition), and what was acked is committed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use weir_runtime::{BoxError, Pipeline, Sink, StageStats};
+use weir_stages::record::Record;
+use weir_stages::sinks::append_file::AppendFile;
+use weir_stages::sinks::http_post::{HttpPost, HttpPostConfig};
+use weir_stages::sinks::kafka::{KafkaSink, KafkaSinkConfig};
+use weir_stages::sources::kafka::{
+    kafka_source, ConsumerFigures, ConsumerMemory, KafkaSourceConfig, Partition,
+};
+use weir_stages::transforms::per_record::PerRecord;
+
+use super::config::{option_pairs, OptionValue, PipelineConfig, SinkConfig, SourceConfig};
+use super::metrics;
+
+/// A pipeline that stopped on its own, and why (the stage and the record named).
+#[derive(Debug, thiserror::Error)]
+#[error("pipeline {name}: {message}")]
+pub struct PipelineFailed {
+    pub name: String,
+    pub message: String,
+}
+
+fn consumer_memory(config: &PipelineConfig) -> ConsumerMemory {
+    let plan = config.plan();
+    ConsumerMemory {
+        queue: plan.consumer_queue,
+        fetch: plan.consumer_fetch,
+    }
+}
+
+fn source_config(config: &PipelineConfig, until_end: bool) -> KafkaSourceConfig {
+    let SourceConfig::Kafka {
+        brokers,
+        topics,
+        group,
+        options,
+    } = &config.source;
+    KafkaSourceConfig {
+        pipeline: config.name.clone(),
+        brokers: brokers.clone(),
+        topics: topics.clone(),
+        group: group.clone(),
+        options: option_pairs(options),
+        memory: consumer_memory(config),
+        max_item: config.max_item() as usize,
+        drain_timeout: config.drain_timeout,
+        until_end,
+    }
+}
+
+/// Checks the source's options against its share of the budget, without connecting.
+pub fn consumer_check(
+    config: &PipelineConfig,
+    brokers: &str,
+    options: &BTreeMap<String, OptionValue>,
+) -> Result<(), String> {
+    let probe = KafkaSourceConfig {
+        brokers: brokers.to_string(),
+        options: option_pairs(options),
+        ..source_config(config, false)
+    };
+    weir_stages::sources::kafka::check_options(&probe).map_err(|e| e.to_string())
+}
+
+/// Checks the sink's options against its share of the budget, without connecting.
+pub fn producer_check(
+    config: &PipelineConfig,
+    brokers: &str,
+    options: &BTreeMap<String, OptionValue>,
+) -> Result<(), String> {
+    let probe = KafkaSinkConfig {
+        pipeline: config.name.clone(),
+        brokers: brokers.to_string(),
+        topic: String::new(),
+        options: option_pairs(options),
+        queue: config.plan().producer_queue,
+    };
+    weir_stages::sinks::kafka::check_options(&probe).map_err(|e| e.to_string())
+}
+
+/// Any sink a pipeline can end in.
+enum AnySink {
+    Kafka(KafkaSink),
+    File(AppendFile),
+    Http(HttpPost),
+}
+
+impl Sink for AnySink {
+    type Item = Record;
+
+    async fn write(&mut self, item: Record) -> Result<(), BoxError> {
+        match self {
+            AnySink::Kafka(s) => s.write(item).await,
+            AnySink::File(s) => s.write(item).await,
+            AnySink::Http(s) => s.write(item).await,
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), BoxError> {
+        match self {
+            AnySink::Kafka(s) => s.flush().await,
+            AnySink::File(s) => s.flush().await,
+            AnySink::Http(s) => s.flush().await,
+        }
+    }
+
+    async fn finish(&mut self) -> Result<(), BoxError> {
+        match self {
+            AnySink::Kafka(s) => s.finish().await,
+            AnySink::File(s) => s.finish().await,
+            AnySink::Http(s) => s.finish().await,
+        }
+    }
+}
+
+fn sink_for(config: &PipelineConfig) -> Result<(String, AnySink), String> {
+    Ok(match &config.sink {
+        SinkConfig::Kafka {
+            brokers,
+            topic,
+            options,
+        } => (
+            format!("kafka:{topic}"),
+            AnySink::Kafka(
+                KafkaSink::new(&KafkaSinkConfig {
+                    pipeline: config.name.clone(),
+                    brokers: brokers.clone(),
+                    topic: topic.clone(),
+                    options: option_pairs(options),
+                    queue: config.plan().producer_queue,
+                })
+                .map_err(|e| e.to_string())?,
+            ),
+        ),
+        SinkConfig::File { path, format } => (
+            format!("file:{}", path.display()),
+            AnySink::File(AppendFile::open(path, (*format).into()).map_err(|e| e.to_string())?),
+        ),
+        SinkConfig::Http {
+            url,
+            format,
+            batch_bytes,
+            timeout,
+        } => (
+            format!("http:{url}"),
+            AnySink::Http(
+                HttpPost::new(HttpPostConfig {
+                    url: url.clone(),
+                    format: (*format).into(),
+                    batch_bytes: *batch_bytes as usize,
+                    timeout: *timeout,
+                })
+                .map_err(|e| e.to_string())?,
+            ),
+        ),
+    })
+}
+
+/// Runs `config` until `stop` (then drains within `grace`) or until it fails.
+pub async fn run(
+    config: PipelineConfig,
+    stop: CancellationToken,
+    grace: Duration,
+) -> Result<(), PipelineFailed> {
+    let failed = |message: String| PipelineFailed {
+        name: config.name.clone(),
+        message,
+    };
+    let source_stop = CancellationToken::new();
+    let (source, committer) = kafka_source(&source_config(&config, false), source_stop.clone())
+        .map_err(|e| failed(e.to_string()))?;
+    let SourceConfig::Kafka { topics, .. } = &config.source;
+    let hard_stop = CancellationToken::new();
+    let mut builder = Pipeline::builder()
+        .buffer(config.plan().channel as usize)
+        .cancel_token(&hard_stop)
+        .source(format!("kafka:{}", topics.join(",")), source);
+    for (name, spec) in config
+        .transforms
+        .iter()
+        .zip(config.transform_specs().map_err(failed)?)
+    {
+        builder = builder.transform(name.clone(), PerRecord::new(spec).map_err(failed)?);
+    }
+    let (sink_name, sink) = sink_for(&config).map_err(failed)?;
+    let pipeline = builder.sink(sink_name, sink);
+
+    let stages: Vec<Arc<StageStats>> = pipeline.stats();
+    let figures: Arc<ConsumerFigures> = committer.figures();
+    let ledger = committer.ledger();
+    let watch_stop = CancellationToken::new();
+    tokio::spawn(metrics::watch(
+        config.name.clone(),
+        stages,
+        figures,
+        ledger,
+        watch_stop.clone(),
+    ));
+    let commit_stop = CancellationToken::new();
+    let committer = Arc::new(committer);
+    let committing = {
+        let committer = Arc::clone(&committer);
+        let interval = config.commit_interval;
+        let stop = commit_stop.clone();
+        tokio::spawn(async move { committer.run(interval, stop).await })
+    };
+    tracing::info!(pipeline = %config.name, "pipeline started");
+
+    let run = pipeline.run();
+    tokio::pin!(run);
+    let outcome = tokio::select! {
+        r = &mut run => r,
+        _ = stop.cancelled() => {
+            source_stop.cancel();
+            match tokio::time::timeout(grace, &mut run).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(pipeline = %config.name, "records still in flight after {grace:?}: stopping without them (they will be read again)");
+                    hard_stop.cancel();
+                    run.await
+                }
+            }
+        }
+    };
+    commit_stop.cancel();
+    let _ = committing.await;
+    watch_stop.cancel();
+    let committed = match Arc::try_unwrap(committer) {
+        Ok(c) => c.close().await,
+        Err(_) => Vec::new(),
+    };
+    let committed: Vec<String> = committed
+        .iter()
+        .map(|((t, p), o): &(Partition, i64)| format!("{t}/{p}@{o}"))
+        .collect();
+    match outcome {
+        Ok(report) => {
+            tracing::info!(
+                pipeline = %config.name,
+                "pipeline stopped; committed {}\n{report}",
+                if committed.is_empty() { "nothing".to_string() } else { committed.join(", ") }
+            );
+            Ok(())
+        }
+        Err(e) if stop.is_cancelled() && matches!(e.kind, weir_runtime::FailureKind::Cancelled) => {
+            tracing::info!(pipeline = %config.name, "pipeline stopped after its grace; committed {}", committed.join(", "));
+            Ok(())
+        }
+        Err(e) => {
+            let message = e.to_string();
+            tracing::error!(pipeline = %config.name, "pipeline failed: {message}; committed only what was acked before it ({})", committed.join(", "));
+            Err(failed(message))
+        }
+    }
+}
