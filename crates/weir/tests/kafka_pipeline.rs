@@ -1,0 +1,219 @@
+//! `[[pipeline]]` from Kafka to Kafka (and to HTTP) against a real broker: a clean stop
+//! commits everything and exits 0; a sink error stops without committing past the record
+//! that failed; kill -9 and rebalances lose nothing; memory stays inside the budget with a
+//! throttled stage and a backlog of hundreds of MB.
+
+mod kafka;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use kafka::{committed_sum, copy_config, tansu, wait_for_count, Broker, Weir};
+
+const PARTITIONS: i32 = 4;
+
+fn broker_with_input(count: u64, size: usize) -> Option<Broker> {
+    let broker = Broker::start(&tansu()?);
+    broker.create_topic("in", PARTITIONS as u32);
+    broker.create_topic("out", PARTITIONS as u32);
+    broker.produce("in", 0..count, size);
+    Some(broker)
+}
+
+#[test]
+fn kafka_clean_stop_commits_everything_and_exits_0() {
+    let Some(broker) = broker_with_input(5_000, 200) else {
+        return;
+    };
+    let weir = Weir::serve(&copy_config(
+        &broker.brokers,
+        "weir-copy",
+        "\"throttle:2MB\"",
+        "16MiB",
+    ));
+    wait_for_count(&broker, "out", PARTITIONS, 5_000, Duration::from_secs(60));
+    weir.signal("-TERM");
+    let (status, log) = weir.wait(Duration::from_secs(20));
+    assert!(status.success(), "exit {status:?}; log:\n{log}");
+    assert!(log.contains("pipeline stopped"), "{log}");
+    assert_eq!(
+        committed_sum(&broker, "weir-copy", "in", PARTITIONS),
+        5_000,
+        "not everything committed after a clean stop: {:?}; log:\n{log}",
+        broker.committed("weir-copy", "in", PARTITIONS)
+    );
+    let ids: BTreeSet<u64> = broker.read_ids("out", PARTITIONS).into_iter().collect();
+    assert_eq!(ids, (0..5_000).collect());
+}
+
+/// Answers every request with `status`, counting them.
+fn http_answering(status: u16) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/ingest", listener.local_addr().expect("addr"));
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut s) = stream else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = vec![0u8; 1 << 20];
+            let _ = s.read(&mut buf);
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = "bad batch";
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} Nope\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn kafka_sink_error_stops_without_committing() {
+    let Some(broker) = broker_with_input(500, 100) else {
+        return;
+    };
+    let (url, seen) = http_answering(400);
+    let config = format!(
+        r#"[[pipeline]]
+name = "to-http"
+memory_budget = "16MiB"
+[pipeline.source]
+kind = "kafka"
+brokers = "{}"
+topics = ["in"]
+group = "weir-http"
+[pipeline.source.options]
+"session.timeout.ms" = "6000"
+[pipeline.sink]
+kind = "http"
+url = "{url}"
+"#,
+        broker.brokers
+    );
+    let weir = Weir::serve(&config);
+    let (status, log) = weir.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "log:\n{log}");
+    assert!(seen.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(log.contains("400"), "the status is named: {log}");
+    assert!(
+        log.contains("topic in partition"),
+        "the record is named: {log}"
+    );
+    let committed = broker.committed("weir-http", "in", PARTITIONS);
+    assert!(
+        committed.iter().all(|&c| c <= 0),
+        "committed past a batch that was refused: {committed:?}; log:\n{log}"
+    );
+}
+
+#[test]
+fn kafka_kill_9_and_rebalances_lose_nothing() {
+    const COUNT: u64 = 20_000;
+    let Some(broker) = broker_with_input(COUNT, 200) else {
+        return;
+    };
+    // Slow enough that every kill catches records in flight; two members share the group.
+    let config = copy_config(&broker.brokers, "weir-group", "\"throttle:300KB\"", "16MiB");
+    let mut members = vec![Weir::serve(&config), Weir::serve(&config)];
+    let deadline = Instant::now() + Duration::from_secs(150);
+    for round in 0..3 {
+        // Let both join and copy a while, then kill one of them without warning.
+        let before = committed_sum(&broker, "weir-group", "in", PARTITIONS);
+        let wait_from = Instant::now();
+        while committed_sum(&broker, "weir-group", "in", PARTITIONS) < before + 1_500 {
+            assert!(
+                wait_from.elapsed() < Duration::from_secs(40),
+                "no progress in round {round}; logs:\n{}\n{}",
+                members[0].log(),
+                members[1].log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let victim = members.remove(round % 2);
+        victim.signal("-KILL");
+        drop(victim);
+        members.insert(round % 2, Weir::serve(&config));
+    }
+    let committed_all = || committed_sum(&broker, "weir-group", "in", PARTITIONS) == COUNT as i64;
+    while !committed_all() {
+        assert!(
+            Instant::now() < deadline,
+            "not every message was copied and committed; committed {:?}",
+            broker.committed("weir-group", "in", PARTITIONS)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for m in members {
+        m.signal("-TERM");
+        let (status, log) = m.wait(Duration::from_secs(30));
+        assert!(status.success(), "{log}");
+    }
+    let ids = broker.read_ids("out", PARTITIONS);
+    let distinct: BTreeSet<u64> = ids.iter().copied().collect();
+    let missing: Vec<u64> = (0..COUNT)
+        .filter(|i| !distinct.contains(i))
+        .take(10)
+        .collect();
+    assert!(missing.is_empty(), "lost ids, first: {missing:?}");
+    eprintln!(
+        "kafka_kill_9: {} copies of {COUNT} messages ({} duplicates, from records in flight at the kills)",
+        ids.len(),
+        ids.len() as u64 - COUNT
+    );
+}
+
+#[test]
+fn kafka_memory_stays_inside_the_budget_at_a_large_lag() {
+    // 300 MB waiting in the topic; weir may hold 16 MiB of it, plus its own 32 MiB.
+    const COUNT: u64 = 300_000;
+    let Some(broker) = broker_with_input(COUNT, 1000) else {
+        return;
+    };
+    let weir = Weir::serve(&copy_config(
+        &broker.brokers,
+        "weir-lag",
+        "\"throttle:1MB\"",
+        "16MiB",
+    ));
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while started.elapsed() < Duration::from_secs(25) {
+        if let Some(kib) = weir.rss_kib() {
+            samples.push((started.elapsed().as_secs_f64(), kib));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let peak = samples.iter().map(|s| s.1).max().unwrap_or(0);
+    weir.signal("-TERM");
+    let (status, log) = weir.wait(Duration::from_secs(30));
+    let copied = committed_sum(&broker, "weir-lag", "in", PARTITIONS);
+    assert!(status.success(), "{log}");
+    assert!(
+        copied > 1_000,
+        "the pipeline did not run: {copied} copied; {log}"
+    );
+    assert!(
+        copied < COUNT as i64 / 2,
+        "the throttle should leave most of the backlog waiting"
+    );
+    // What the channels, librdkafka's queues and the runtime may hold.
+    let bound_kib = (16 + 32) * 1024;
+    eprintln!("kafka_memory: peak RSS {peak} KiB (bound {bound_kib} KiB), {copied} copied");
+    assert!(
+        peak <= bound_kib,
+        "peak RSS {peak} KiB over {bound_kib} KiB"
+    );
+    // The second half of the run may not climb: the backlog waits in the broker.
+    let half: Vec<&(f64, u64)> = samples.iter().filter(|s| s.0 > 12.0).collect();
+    let first = half.first().map_or(0, |s| s.1);
+    let last_max = half.iter().map(|s| s.1).max().unwrap_or(0);
+    assert!(
+        last_max <= first + 4 * 1024,
+        "RSS climbed from {first} to {last_max} KiB in the second half"
+    );
+}
