@@ -18,6 +18,12 @@ use weir_runtime::size::{parse_buffer, parse_size};
 pub const CATALOGUE: &str = r#"STAGES (written name[:argument]; the first is the source, the last the sink):
   -                    as source: standard input; as sink: standard output
   file:PATH            as source: read PATH; as sink: create or truncate PATH
+  kafka:BROKERS/TOPIC[?group=GROUP]
+                       as source: read every partition of TOPIC to its end as a member
+                       of GROUP (default weir-run), a record per message, then commit
+                       once the sink has finished; as sink: a message per record (per
+                       line, from a file), acked by the broker (acks=all, idempotent).
+                       Transforms then apply to each message's value on its own
   pass                 identity: passes every chunk on (measures the runtime itself)
   lines[:MAX]          regroup into whole lines; a line longer than MAX (default 1MiB)
                        is an error naming the line

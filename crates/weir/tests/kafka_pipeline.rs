@@ -217,3 +217,47 @@ fn kafka_memory_stays_inside_the_budget_at_a_large_lag() {
         "RSS climbed from {first} to {last_max} KiB in the second half"
     );
 }
+
+#[test]
+fn kafka_weir_run_loads_a_file_into_a_topic_and_drains_it_back() {
+    let Some(tansu) = tansu() else {
+        return;
+    };
+    let broker = Broker::start(&tansu);
+    broker.create_topic("lines", 2);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("in.txt");
+    let text: String = (0..3_000).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(&input, &text).expect("write input");
+    let topic = format!("kafka:{}/lines", broker.brokers);
+    let weir = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .arg("run")
+            .args(args)
+            .output()
+            .expect("weir run");
+        assert!(
+            out.status.success(),
+            "weir run {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    weir(&[&format!("file:{}", input.display()), &topic]);
+    let drained = dir.path().join("out.txt");
+    let from = format!("{topic}?group=drain");
+    weir(&[&from, &format!("file:{}", drained.display())]);
+    let mut got: Vec<String> = std::fs::read_to_string(&drained)
+        .expect("drained")
+        .lines()
+        .map(String::from)
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = text.lines().map(String::from).collect();
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(committed_sum(&broker, "drain", "lines", 2), 3_000);
+    // The group committed everything: a second drain finds nothing new.
+    let again = dir.path().join("again.txt");
+    weir(&[&from, &format!("file:{}", again.display())]);
+    assert_eq!(std::fs::read_to_string(&again).expect("again"), "");
+}

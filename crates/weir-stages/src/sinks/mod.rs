@@ -7,5 +7,6 @@ pub mod file;
 pub mod http_post;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod record_lines;
 
 pub use file::FileSink;

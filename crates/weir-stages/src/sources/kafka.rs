@@ -82,6 +82,11 @@ impl ConsumerMemory {
                 key: "fetch.max.bytes",
                 value: self.fetch,
             },
+            // librdkafka refuses a fetch smaller than its largest message.
+            Bounded {
+                key: "message.max.bytes",
+                value: self.fetch,
+            },
             Bounded {
                 key: "max.partition.fetch.bytes",
                 value: self.fetch.min(1 << 20),

@@ -2,6 +2,7 @@
 pub mod csv;
 pub mod gunzip;
 pub mod gzip;
+pub mod line_records;
 pub mod lines;
 pub mod ndjson;
 pub mod pass;

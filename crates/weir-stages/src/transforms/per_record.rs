@@ -62,7 +62,7 @@ impl Transform for PerRecord {
         }
         if matches!(self.spec, TransformSpec::Lines { .. }) {
             if let Some(joined) = pieces.pop() {
-                pieces = split_lines(joined);
+                pieces = crate::codec::lines::split_lines(joined);
             }
         }
         let Some(last) = pieces.pop() else {
@@ -75,18 +75,6 @@ impl Transform for PerRecord {
         record.value = last;
         out.send(record).await
     }
-}
-
-fn split_lines(mut text: Bytes) -> Vec<Bytes> {
-    let mut lines = Vec::new();
-    while let Some(end) = memchr::memchr(b'\n', &text) {
-        let line = text.split_to(end + 1);
-        lines.push(line.slice(..end));
-    }
-    if !text.is_empty() {
-        lines.push(text);
-    }
-    lines
 }
 
 #[cfg(test)]

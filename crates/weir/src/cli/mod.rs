@@ -5,6 +5,7 @@ pub mod demo;
 pub mod demo_export;
 pub mod demo_proxy;
 pub mod run;
+pub mod run_kafka;
 pub mod sample;
 pub mod serve;
 pub mod stages;

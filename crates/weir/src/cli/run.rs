@@ -8,8 +8,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use weir_runtime::{Pipeline, Report, StageStats};
 
-use super::stages;
 use super::Failure;
+use super::{run_kafka, stages};
 use weir_runtime::size::parse_buffer;
 use weir_stages::catalogue::{self, CATALOGUE};
 
@@ -94,10 +94,19 @@ pub fn build(stages: &[String], buffer: usize) -> Result<Built, Failure> {
 }
 
 pub async fn run(args: RunArgs) -> Result<(), Failure> {
-    let Built {
-        pipeline,
-        input_len,
-    } = build(&args.stages, args.buffer)?;
+    let kafka = args.stages.first().is_some_and(|s| run_kafka::is_kafka(s))
+        || args.stages.last().is_some_and(|s| run_kafka::is_kafka(s));
+    let (
+        Built {
+            pipeline,
+            input_len,
+        },
+        committer,
+    ) = if kafka {
+        run_kafka::build(&args.stages, args.buffer)?
+    } else {
+        (build(&args.stages, args.buffer)?, None)
+    };
     let progress = match input_len {
         Some(len) if !args.no_progress && std::io::stderr().is_terminal() => {
             Some(show_progress(len, pipeline.stats()))
@@ -107,6 +116,10 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let result = pipeline.run().await;
     if let Some(p) = progress {
         p.abort();
+    }
+    if let Some(c) = committer {
+        // Only what the sink finished with was acked: a failed run commits no further.
+        c.close().await;
     }
     let report = result.map_err(|e| Failure::Pipeline(e.to_string()))?;
     print_report(&report, &args);

@@ -22,7 +22,7 @@ pub fn parse_source(spec: &str) -> Result<SourceSpec, String> {
         ("file", Some(path)) if !path.is_empty() => Ok(SourceSpec::File(path.to_string())),
         ("file", _) => Err("source `file` needs a path: file:PATH".to_string()),
         _ => Err(format!(
-            "`{spec}` is not a source: the first stage must be `-` (stdin) or file:PATH"
+            "`{spec}` is not a source: the first stage must be `-` (stdin), file:PATH or kafka:BROKERS/TOPIC"
         )),
     }
 }
@@ -33,7 +33,7 @@ pub fn parse_sink(spec: &str) -> Result<SinkSpec, String> {
         ("file", Some(path)) if !path.is_empty() => Ok(SinkSpec::File(path.to_string())),
         ("file", _) => Err("sink `file` needs a path: file:PATH".to_string()),
         _ => Err(format!(
-            "`{spec}` is not a sink: the last stage must be `-` (stdout) or file:PATH"
+            "`{spec}` is not a sink: the last stage must be `-` (stdout), file:PATH or kafka:BROKERS/TOPIC"
         )),
     }
 }
