@@ -85,6 +85,19 @@ impl LineSplitter {
     }
 }
 
+/// Whole lines, each without its line feed (the last may lack one).
+pub fn split_lines(mut text: Bytes) -> Vec<Bytes> {
+    let mut lines = Vec::new();
+    while let Some(end) = memchr::memchr(b'\n', &text) {
+        let line = text.split_to(end + 1);
+        lines.push(line.slice(..end));
+    }
+    if !text.is_empty() {
+        lines.push(text);
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,17 +155,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Whole lines, each without its line feed (the last may lack one).
-pub fn split_lines(mut text: Bytes) -> Vec<Bytes> {
-    let mut lines = Vec::new();
-    while let Some(end) = memchr::memchr(b'\n', &text) {
-        let line = text.split_to(end + 1);
-        lines.push(line.slice(..end));
-    }
-    if !text.is_empty() {
-        lines.push(text);
-    }
-    lines
 }
