@@ -11,7 +11,7 @@ use super::Failure;
 
 #[derive(Args, Debug)]
 #[command(
-    about = "Serve streaming routes (LLM token proxy, SQL exports) from a TOML configuration",
+    about = "Serve streaming routes (LLM token proxy, SQL exports) and run Kafka pipelines from a TOML configuration",
     after_long_help = EXAMPLE
 )]
 pub struct ServeArgs {
@@ -71,6 +71,22 @@ const EXAMPLE: &str = r#"CONFIGURATION (weir.toml):
   pool_size = 4                  # database connections
   max_exports = 4                # exports at once; past it: 503 + Retry-After
   pool_wait = "5s"               # wait for a free connection (503 past it)
+
+  [[pipeline]]                   # runs until SIGTERM; a file of only pipelines needs no listen
+  name = "copy"
+  memory_budget = "16MiB"        # every buffer, librdkafka's queues included
+  transforms = ["throttle:2MB"]  # weir run's stages, on each message's value
+  [pipeline.source]
+  kind = "kafka"
+  brokers = "127.0.0.1:9092"
+  topics = ["in"]
+  group = "weir-copy"            # processes with the same group share the partitions
+  [pipeline.source.options]      # handed to librdkafka
+  "session.timeout.ms" = "6000"
+  [pipeline.sink]
+  kind = "kafka"                 # or "file" (path, fsync before ack) or "http" (url, 2xx acks)
+  brokers = "127.0.0.1:9092"
+  topic = "out"
 
 TRY IT:
   weir mock-llm &
