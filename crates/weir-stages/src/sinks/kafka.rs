@@ -98,7 +98,8 @@ fn producer_client(config: &KafkaSinkConfig) -> Result<rdkafka::ClientConfig, Op
             },
             Bounded {
                 key: "queue.buffering.max.messages",
-                value: (config.queue / 256).max(1),
+                // librdkafka's bookkeeping per message is a few hundred bytes.
+                value: (config.queue / 1024).max(100),
             },
         ],
         &[("linger.ms", "5")],

@@ -71,12 +71,20 @@ pub struct ConsumerMemory {
 }
 
 impl ConsumerMemory {
+    /// librdkafka keeps a few hundred bytes per queued message besides its payload: with
+    /// small messages a queue sized in bytes alone would hold twice its size.
+    const PER_MESSAGE: u64 = 1024;
+
     fn bounded(&self) -> Vec<Bounded> {
-        let queue_kib = (self.queue / 1024).max(1);
         vec![
             Bounded {
                 key: "queued.max.messages.kbytes",
-                value: queue_kib,
+                value: (self.queue / 1024).max(1),
+            },
+            // Per partition: what is fetched ahead of the application, counted in messages.
+            Bounded {
+                key: "queued.min.messages",
+                value: (self.queue / Self::PER_MESSAGE / 4).max(100),
             },
             Bounded {
                 key: "fetch.max.bytes",
@@ -89,12 +97,13 @@ impl ConsumerMemory {
             },
             Bounded {
                 key: "max.partition.fetch.bytes",
-                value: self.fetch.min(1 << 20),
+                value: (self.fetch / 4).clamp(64 << 10, 1 << 20),
             },
-            // librdkafka needs room for a fetch's framing besides its records.
+            // A ceiling on one response, which brokers may send past fetch.max.bytes (a
+            // batch per partition); librdkafka drops the connection beyond it.
             Bounded {
                 key: "receive.message.max.bytes",
-                value: self.fetch + 64 * 1024,
+                value: 2 * self.fetch + (1 << 20),
             },
         ]
     }
