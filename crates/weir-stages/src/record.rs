@@ -81,6 +81,15 @@ impl Record {
         }
     }
 
+    /// Appends the record as one line of `format`, newline included.
+    pub fn append_line(&self, format: LineFormat, out: &mut Vec<u8>) {
+        match format {
+            LineFormat::Value => out.extend_from_slice(&self.value),
+            LineFormat::Ndjson => self.to_ndjson(out),
+        }
+        out.push(b'\n');
+    }
+
     /// One NDJSON line (without the newline): the value as text (or base64 when it is not
     /// UTF-8) with key, headers, topic, partition, offset and timestamp.
     pub fn to_ndjson(&self, out: &mut Vec<u8>) {

@@ -67,11 +67,7 @@ impl Sink for AppendFile {
     type Item = Record;
 
     async fn write(&mut self, record: Record) -> Result<(), BoxError> {
-        match self.format {
-            LineFormat::Value => self.pending.extend_from_slice(&record.value),
-            LineFormat::Ndjson => record.to_ndjson(&mut self.pending),
-        }
-        self.pending.push(b'\n');
+        record.append_line(self.format, &mut self.pending);
         self.unsynced.push(record.ack);
         if self.pending.len() >= SYNC_EVERY {
             self.sync().await?;

@@ -99,11 +99,7 @@ impl Sink for HttpPost {
     type Item = Record;
 
     async fn write(&mut self, record: Record) -> Result<(), BoxError> {
-        match self.config.format {
-            LineFormat::Value => self.body.extend_from_slice(&record.value),
-            LineFormat::Ndjson => record.to_ndjson(&mut self.body),
-        }
-        self.body.push(b'\n');
+        record.append_line(self.config.format, &mut self.body);
         let at = record.describe();
         self.first.get_or_insert_with(|| at.clone());
         self.last = Some(at);
