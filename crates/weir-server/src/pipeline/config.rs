@@ -137,8 +137,9 @@ pub struct BudgetPlan {
     pub producer_queue: u64,
 }
 
-/// The smallest budget that leaves each part room to work.
-pub const MIN_BUDGET: u64 = 1 << 20;
+/// The smallest budget that leaves each part room to work: a fetch (an eighth) must hold a
+/// whole batch as producers write them, up to 1 MB by default.
+pub const MIN_BUDGET: u64 = 8 << 20;
 
 impl PipelineConfig {
     /// A quarter for the channels, a quarter for the consumer's queue and an eighth for a
@@ -175,7 +176,7 @@ impl PipelineConfig {
         }
         if self.memory_budget < MIN_BUDGET {
             return fail(format!(
-                "memory_budget must be at least {} MiB",
+                "memory_budget must be at least {} MiB: an eighth of it is one fetch, which must hold a whole batch of messages (1 MB by default)",
                 MIN_BUDGET >> 20
             ));
         }
@@ -257,5 +258,72 @@ mod defaults {
     }
     pub fn http_timeout() -> Duration {
         Duration::from_secs(30)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::serve::ServeConfig;
+
+    const COPY: &str = r#"
+[[pipeline]]
+name = "copy"
+memory_budget = "16MiB"
+transforms = ["throttle:2MB"]
+[pipeline.source]
+kind = "kafka"
+brokers = "127.0.0.1:9092"
+topics = ["in"]
+group = "weir-copy"
+[pipeline.source.options]
+"session.timeout.ms" = "6000"
+[pipeline.sink]
+kind = "kafka"
+brokers = "127.0.0.1:9092"
+topic = "out"
+"#;
+
+    #[test]
+    fn the_issue_shape_parses_and_needs_no_listen() {
+        let c = ServeConfig::parse(COPY).unwrap();
+        assert_eq!(c.listen_addr(), None);
+        let p = &c.pipelines[0];
+        let plan = p.plan();
+        assert_eq!(plan.channel, 2 << 20, "a quarter over two channels");
+        assert_eq!(plan.consumer_fetch, 2 << 20);
+        assert_eq!(p.max_item(), 1 << 20);
+    }
+
+    #[test]
+    fn mistakes_name_the_pipeline_and_the_key() {
+        let err = |from: &str, to: &str| ServeConfig::parse(&COPY.replace(from, to)).unwrap_err();
+        let e = err(
+            "\"session.timeout.ms\" = \"6000\"",
+            "\"fetch.max.bytes\" = \"100000000\"",
+        );
+        assert!(
+            e.contains("pipeline #1 (copy): source: option `fetch.max.bytes`"),
+            "{e}"
+        );
+        assert!(e.contains("memory_budget"), "{e}");
+        let e = err(
+            "\"session.timeout.ms\" = \"6000\"",
+            "\"enable.auto.commit\" = true",
+        );
+        assert!(e.contains("enable.auto.commit"), "{e}");
+        let e = err("16MiB", "2MiB");
+        assert!(e.contains("at least 8 MiB"), "{e}");
+        let e = err("throttle:2MB", "throttle");
+        assert!(e.contains("transforms: `throttle`"), "{e}");
+        let e = err(
+            "kind = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\ntopic",
+            "kind = \"ftp\"\nbrokers = \"127.0.0.1:9092\"\ntopic",
+        );
+        assert!(e.contains("ftp") && e.contains("line"), "{e}");
+        let e = err(
+            "[[pipeline]]\nname = \"copy\"",
+            "[[pipeline]]\nname = \"copy\"\nlisten = 1",
+        );
+        assert!(e.contains("listen"), "{e}");
     }
 }

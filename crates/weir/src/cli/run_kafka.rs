@@ -116,9 +116,10 @@ pub fn build(stages: &[String], buffer: usize) -> Result<(Built, Option<KafkaCom
             group: from.group.clone(),
             // A one-off job joins and leaves once: a short session makes the join quick.
             options: vec![("session.timeout.ms".to_string(), "6000".to_string())],
+            // A fetch must hold a whole batch as producers write them (up to 1 MB).
             memory: ConsumerMemory {
-                queue: (4 * buffer as u64).max(1 << 20),
-                fetch: (2 * buffer as u64).max(512 << 10),
+                queue: (4 * buffer as u64).max(2 << 20),
+                fetch: (2 * buffer as u64).max(1 << 20),
             },
             max_item: DEFAULT_MAX_LINE,
             drain_timeout: std::time::Duration::from_secs(10),
