@@ -16,7 +16,7 @@
 //! channel) marks its position *abandoned*: it never counts as done, so nothing is ever
 //! committed past it. A clean stop drains the pipeline, so every token is acked first.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -125,11 +125,21 @@ impl<K: Lane> Drop for Entry<K> {
 pub trait Lane: Clone + Eq + Hash + Send + Sync + 'static {}
 impl<T: Clone + Eq + Hash + Send + Sync + 'static> Lane for T {}
 
+/// Where one registered position stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    InFlight,
+    Done,
+    Abandoned,
+}
+
 #[derive(Default)]
 struct LaneState {
     epoch: u64,
-    /// Positions handed out and not yet done (abandoned ones stay here for good).
-    in_flight: BTreeSet<i64>,
+    /// Positions handed out and not yet committable, in order: the first is never done
+    /// (done ones are dropped from the front; abandoned ones stay for good).
+    slots: VecDeque<(i64, Slot)>,
+    in_flight: usize,
     abandoned: usize,
     /// One past the highest position registered.
     next: Option<i64>,
@@ -140,7 +150,40 @@ struct LaneState {
 impl LaneState {
     /// The position below which everything registered is done.
     fn watermark(&self) -> Option<i64> {
-        self.in_flight.first().copied().or(self.next)
+        self.slots.front().map(|(p, _)| *p).or(self.next)
+    }
+
+    fn insert(&mut self, position: i64) {
+        // Positions rise within a lane; a lower one (a seek back) goes in its place.
+        match self.slots.back() {
+            Some((last, _)) if *last >= position => {
+                let at = self.slots.partition_point(|(p, _)| *p < position);
+                self.slots.insert(at, (position, Slot::InFlight));
+            }
+            _ => self.slots.push_back((position, Slot::InFlight)),
+        }
+        self.in_flight += 1;
+        self.next = Some(self.next.map_or(position + 1, |n| n.max(position + 1)));
+    }
+
+    fn settle(&mut self, position: i64, done: bool) {
+        let at = self.slots.partition_point(|(p, _)| *p < position);
+        let Some((p, slot)) = self.slots.get_mut(at) else {
+            return;
+        };
+        if *p != position || *slot != Slot::InFlight {
+            return;
+        }
+        self.in_flight -= 1;
+        if done {
+            *slot = Slot::Done;
+        } else {
+            *slot = Slot::Abandoned;
+            self.abandoned += 1;
+        }
+        while self.slots.front().is_some_and(|(_, s)| *s == Slot::Done) {
+            self.slots.pop_front();
+        }
     }
 }
 
@@ -163,11 +206,7 @@ impl<K: Lane> Shared<K> {
             // The lane was let go (and maybe taken again) since: this ack belongs to no one.
             return;
         }
-        if done {
-            state.in_flight.remove(&position);
-        } else {
-            state.abandoned += 1;
-        }
+        state.settle(position, done);
         drop(lanes);
         self.settled.notify_all();
     }
@@ -218,8 +257,7 @@ impl<K: Lane> Ledger<K> {
                 Some(s) => s,
                 None => lanes.entry(lane.clone()).or_default(),
             };
-            state.in_flight.insert(position);
-            state.next = Some(state.next.map_or(position + 1, |n| n.max(position + 1)));
+            state.insert(position);
             state.epoch
         };
         AckToken {
@@ -262,11 +300,9 @@ impl<K: Lane> Ledger<K> {
     pub fn drain(&self, lanes: &[K], deadline: Instant) -> Vec<(K, i64)> {
         let mut guard = self.shared.lock();
         loop {
-            let busy = lanes.iter().any(|l| {
-                guard
-                    .get(l)
-                    .is_some_and(|s| s.in_flight.len() > s.abandoned)
-            });
+            let busy = lanes
+                .iter()
+                .any(|l| guard.get(l).is_some_and(|s| s.in_flight > 0));
             let now = Instant::now();
             if !busy || now >= deadline {
                 break;
@@ -310,7 +346,7 @@ impl<K: Lane> Ledger<K> {
                 (
                     lane.clone(),
                     LaneFigures {
-                        in_flight: s.in_flight.len(),
+                        in_flight: s.in_flight,
                         abandoned: s.abandoned,
                         committed: s.committed,
                     },
@@ -321,11 +357,7 @@ impl<K: Lane> Ledger<K> {
 
     /// Positions handed out and not yet settled, over every lane.
     pub fn pending(&self) -> usize {
-        self.shared
-            .lock()
-            .values()
-            .map(|s| s.in_flight.len().saturating_sub(s.abandoned))
-            .sum()
+        self.shared.lock().values().map(|s| s.in_flight).sum()
     }
 }
 
@@ -365,6 +397,17 @@ mod tests {
         e.ack();
         assert_eq!(l.advanced(), vec![(0, 15)]);
         assert_eq!(l.pending(), 0);
+    }
+
+    #[test]
+    fn a_position_below_the_last_takes_its_place() {
+        let l = ledger();
+        let high = l.track(&0, 9);
+        let low = l.track(&0, 4);
+        high.ack();
+        assert_eq!(l.advanced(), vec![(0, 4)]);
+        low.ack();
+        assert_eq!(l.advanced(), vec![(0, 10)]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -139,9 +140,18 @@ pub(crate) async fn send_counted<T: Weighted>(
     item: T,
 ) -> Result<(), BoxError> {
     let weight = item.weight();
-    let waited_from = Instant::now();
-    let sent = tx.send(item).await;
-    stats.add_blocked(waited_from.elapsed());
+    let mut send = std::pin::pin!(tx.send(item));
+    // The clock is read only when the send has to wait: most sends do not, and two clock
+    // reads per item per stage showed in profiles of small items.
+    let sent = match first_poll(send.as_mut()).await {
+        Poll::Ready(sent) => sent,
+        Poll::Pending => {
+            let waited_from = Instant::now();
+            let sent = send.await;
+            stats.add_blocked(waited_from.elapsed());
+            sent
+        }
+    };
     match sent {
         Ok(()) => {
             stats.add_out(weight);
@@ -149,4 +159,10 @@ pub(crate) async fn send_counted<T: Weighted>(
         }
         Err(_) => Err(Box::new(DownstreamClosed)),
     }
+}
+
+/// Polls `fut` once, with the caller's waker: its result, or `Pending` (the waker is then
+/// registered, and awaiting `fut` goes on from there).
+pub(crate) async fn first_poll<F: Future>(mut fut: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
 }

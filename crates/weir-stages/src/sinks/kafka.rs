@@ -181,7 +181,6 @@ impl Sink for KafkaSink {
         loop {
             // Counted before the send: the report may come before `send` returns.
             self.deliveries().in_flight.fetch_add(1, Ordering::AcqRel);
-            let settled = self.deliveries().settled.notified();
             match self.producer.send(message) {
                 Ok(()) => return Ok(()),
                 Err((e, back)) => {
@@ -195,8 +194,9 @@ impl Sink for KafkaSink {
                         .into());
                     }
                     message = back;
-                    // Full: wait for a delivery (or poll again soon, a report may have
-                    // come between the send and the wait).
+                    // Full: wait for a delivery. A report between the send and this wait
+                    // left a permit, so the wait cannot miss it; the timeout is a backstop.
+                    let settled = self.deliveries().settled.notified();
                     let _ = tokio::time::timeout(Duration::from_millis(50), settled).await;
                     self.failed()?;
                 }

@@ -396,7 +396,7 @@ pub struct MessageTooLarge {
 
 /// A message copied out of librdkafka's buffers, which it may then reuse.
 struct Received {
-    topic: String,
+    topic: Arc<str>,
     partition: i32,
     offset: i64,
     timestamp: Option<i64>,
@@ -406,9 +406,20 @@ struct Received {
 }
 
 impl Received {
-    fn copy(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+    fn copy(
+        m: &rdkafka::message::BorrowedMessage<'_>,
+        topics: &mut HashMap<String, Arc<str>>,
+    ) -> Self {
+        let topic = match topics.get(m.topic()) {
+            Some(t) => Arc::clone(t),
+            None => {
+                let t: Arc<str> = Arc::from(m.topic());
+                topics.insert(m.topic().to_string(), Arc::clone(&t));
+                t
+            }
+        };
         Received {
-            topic: m.topic().to_string(),
+            topic,
             partition: m.partition(),
             offset: m.offset(),
             timestamp: m.timestamp().to_millis(),
@@ -434,15 +445,6 @@ impl Received {
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
 impl KafkaSource {
-    fn interned(&mut self, topic: &str) -> Arc<str> {
-        if let Some(t) = self.topics.get(topic) {
-            return Arc::clone(t);
-        }
-        let t: Arc<str> = Arc::from(topic);
-        self.topics.insert(topic.to_string(), Arc::clone(&t));
-        t
-    }
-
     /// Every assigned partition has been read to its end.
     fn all_at_end(&self) -> bool {
         let Some(watch) = &self.until_end else {
@@ -467,7 +469,7 @@ impl Source for KafkaSource {
             let received = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return Ok(None),
-                m = self.consumer.recv() => m.map(|m| Received::copy(&m)),
+                m = self.consumer.recv() => m.map(|m| Received::copy(&m, &mut self.topics)),
             };
             match received {
                 Ok(Received {
@@ -480,7 +482,6 @@ impl Source for KafkaSource {
                     headers,
                 }) => {
                     self.retry = Duration::ZERO;
-                    let topic = self.interned(&topic);
                     if let Some(w) = &mut self.until_end {
                         w.at_end.remove(&(Arc::clone(&topic), partition));
                     }
