@@ -41,6 +41,7 @@ const EXAMPLE: &str = r#"CONFIGURATION (weir.toml):
   send_buffer = "64KiB"          # kernel send buffer per client socket
   header_timeout = "10s"         # slowloris guard
   max_request_body = "1MiB"
+  shutdown_grace = "10s"         # after SIGTERM/SIGINT: pipelines drain and commit within it
 
   [[route]]
   kind = "llm_proxy"
