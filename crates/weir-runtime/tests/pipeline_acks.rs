@@ -60,7 +60,6 @@ impl Transform for DropOrSplit {
 /// Holds tokens until `flush`, the way a sink batches before an fsync; fails on `fail_at`.
 struct Batching {
     held: Vec<AckToken>,
-    flushes: usize,
     fail_at: Option<i64>,
 }
 
@@ -74,7 +73,6 @@ impl Sink for Batching {
         Ok(())
     }
     async fn flush(&mut self) -> Result<(), BoxError> {
-        self.flushes += 1;
         self.held.drain(..).for_each(AckToken::ack);
         Ok(())
     }
@@ -83,10 +81,15 @@ impl Sink for Batching {
     }
 }
 
-#[tokio::test]
-async fn every_position_is_committable_after_a_clean_run() {
+/// Runs 1000 positions through drop-or-split into a batching sink failing at `fail_at`.
+async fn run(
+    fail_at: Option<i64>,
+) -> (
+    Ledger<u8>,
+    Result<weir_runtime::Report, weir_runtime::PipelineError>,
+) {
     let ledger = Ledger::new();
-    Pipeline::builder()
+    let ran = Pipeline::builder()
         .buffer(64)
         .source(
             "numbers",
@@ -101,42 +104,26 @@ async fn every_position_is_committable_after_a_clean_run() {
             "batching",
             Batching {
                 held: Vec::new(),
-                flushes: 0,
-                fail_at: None,
+                fail_at,
             },
         )
         .run()
-        .await
-        .expect("ran");
+        .await;
+    (ledger, ran)
+}
+
+#[tokio::test]
+async fn every_position_is_committable_after_a_clean_run() {
+    let (ledger, ran) = run(None).await;
+    ran.expect("ran");
     assert_eq!(ledger.advanced(), vec![(0, 1000)]);
     assert_eq!(ledger.pending(), 0);
 }
 
 #[tokio::test]
 async fn a_failed_write_leaves_nothing_committable_past_it() {
-    let ledger = Ledger::new();
-    let err = Pipeline::builder()
-        .buffer(64)
-        .source(
-            "numbers",
-            Numbers {
-                ledger: ledger.clone(),
-                next: 0,
-                count: 1000,
-            },
-        )
-        .transform("drop-or-split", DropOrSplit)
-        .sink(
-            "batching",
-            Batching {
-                held: Vec::new(),
-                flushes: 0,
-                fail_at: Some(500),
-            },
-        )
-        .run()
-        .await
-        .expect_err("the sink fails");
+    let (ledger, ran) = run(Some(500)).await;
+    let err = ran.expect_err("the sink fails");
     assert_eq!(err.stage, "batching");
     let marks = ledger.advanced();
     assert_eq!(marks.len(), 1);
