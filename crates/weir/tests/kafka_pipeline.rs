@@ -371,3 +371,56 @@ fn kafka_message_over_max_item_stops_naming_it() {
         "committed past the big message: {committed}"
     );
 }
+
+#[test]
+fn kafka_an_unreachable_broker_is_retried_and_named() {
+    use std::io::BufRead;
+    // A port nothing listens on: weir keeps retrying, and says which broker while it does.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut weir = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("run")
+        .arg(format!("kafka:127.0.0.1:{port}/nowhere"))
+        .arg(format!("file:{}", dir.path().join("out").display()))
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("weir run");
+    let stderr = weir.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let wanted = format!("kafka consumer (127.0.0.1:{port})");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(&wanted) && line.contains("retrying") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        weir.try_wait().expect("try_wait").is_none(),
+        "an unreachable broker is retried, not fatal"
+    );
+    let _ = weir.kill();
+    let _ = weir.wait();
+    assert!(
+        found,
+        "no retry naming the broker; stderr:\n{}",
+        seen.join("\n")
+    );
+}

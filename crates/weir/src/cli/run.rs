@@ -103,6 +103,8 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         },
         committer,
     ) = if kafka {
+        // A broker that cannot be reached is retried, not fatal: say so while it lasts.
+        super::serve::init_logs_at(super::serve::LogFormat::Text, "warn");
         run_kafka::build(&args.stages, args.buffer)?
     } else {
         (build(&args.stages, args.buffer)?, None)

@@ -98,8 +98,13 @@ TRY IT:
   curl -H 'Accept-Encoding: gzip' 'http://127.0.0.1:8080/export/orders?min_amount=10' | zcat | head"#;
 
 pub fn init_logs(format: LogFormat) {
+    init_logs_at(format, "info");
+}
+
+/// Logs on stderr from `default` up, or as `RUST_LOG` says.
+pub fn init_logs_at(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
