@@ -4,7 +4,6 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Instant;
 
 use futures::FutureExt;
@@ -13,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::budget::{Admission, MemoryBudget};
 use crate::channel::{channel_with_gauge, Receiver, Sender};
 use crate::error::{BoxError, DownstreamClosed, FailureKind, PipelineError};
-use crate::stage::{first_poll, send_counted, Emit, Sink, Source, Transform, Weighted};
+use crate::stage::{send_counted, timed_if_waiting, Emit, Sink, Source, Transform, Weighted};
 use crate::stats::{Report, StageKind, StageSnapshot, StageStats};
 
 /// The per-stage budget when none is given: 64 KiB.
@@ -327,16 +326,7 @@ impl<T: Weighted + Send + 'static> PipelineBuilder<T> {
 }
 
 async fn recv_counted<T: Weighted>(rx: &mut Receiver<T>, stats: &StageStats) -> Option<T> {
-    let mut recv = std::pin::pin!(rx.recv());
-    let item = match first_poll(recv.as_mut()).await {
-        Poll::Ready(item) => item,
-        Poll::Pending => {
-            let waited_from = Instant::now();
-            let item = recv.await;
-            stats.add_starved(waited_from.elapsed());
-            item
-        }
-    };
+    let item = timed_if_waiting(rx.recv(), |waited| stats.add_starved(waited)).await;
     if let Some(i) = &item {
         stats.add_in(i.weight());
     }
