@@ -50,6 +50,7 @@ pub struct ServeConfig {
 pub enum RouteConfig {
     LlmProxy(LlmProxyRoute),
     SqlExport(SqlExportRoute),
+    FileTail(FileTailRoute),
 }
 
 impl RouteConfig {
@@ -57,6 +58,7 @@ impl RouteConfig {
         match self {
             RouteConfig::LlmProxy(r) => &r.path,
             RouteConfig::SqlExport(r) => &r.path,
+            RouteConfig::FileTail(r) => &r.path,
         }
     }
 
@@ -64,6 +66,7 @@ impl RouteConfig {
         match self {
             RouteConfig::LlmProxy(r) => &r.cors_origins,
             RouteConfig::SqlExport(r) => &r.cors_origins,
+            RouteConfig::FileTail(r) => &r.cors_origins,
         }
     }
 }
@@ -130,6 +133,62 @@ pub struct LlmProxyRoute {
     /// Web origins (`scheme://host[:port]`, or `*`) whose pages may call this route; empty = no CORS.
     #[serde(default)]
     pub cors_origins: Vec<String>,
+}
+
+/// `kind = "file_tail"`: a file's lines as they are written (SSE or NDJSON), as `tail -F`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTailRoute {
+    pub path: String,
+    /// The followed file: absolute, or relative to where weir runs (it must exist then).
+    pub file: PathBuf,
+    /// Most a client's reads take at once: what one reader holds, whatever its speed.
+    #[serde(default = "defaults::stream_buffer", deserialize_with = "size")]
+    pub buffer: u64,
+    /// A longer line is cut, with a marker, rather than held whole.
+    #[serde(default = "defaults::max_line", deserialize_with = "size")]
+    pub max_line: u64,
+    /// `: keep-alive` comments while the file is quiet.
+    #[serde(default = "defaults::keepalive", deserialize_with = "duration")]
+    pub keepalive: Duration,
+    /// How long a client may take no bytes at all before it is cut off.
+    #[serde(
+        default = "defaults::client_stall_timeout",
+        deserialize_with = "duration"
+    )]
+    pub client_stall_timeout: Duration,
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+}
+
+impl FileTailRoute {
+    fn check(&self, at: &str) -> Result<(), String> {
+        let file = &self.file;
+        if file.is_dir() {
+            return Err(format!("{at}: file {} is a directory", file.display()));
+        }
+        if file.is_relative() && !file.exists() {
+            return Err(format!(
+                "{at}: file {} is relative and does not exist (write an absolute path; a file that does not exist yet is waited for)",
+                file.display()
+            ));
+        }
+        let dir = std::path::absolute(file)
+            .ok()
+            .and_then(|f| f.parent().map(Path::to_path_buf));
+        if !dir.as_deref().is_some_and(Path::is_dir) {
+            return Err(format!(
+                "{at}: the directory of file {} does not exist",
+                file.display()
+            ));
+        }
+        if self.buffer < 1024 || self.max_line < 1 {
+            return Err(format!(
+                "{at}: buffer must be at least 1 KiB, max_line at least 1 B"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A format an export can be streamed in.
@@ -263,6 +322,9 @@ mod defaults {
     pub fn client_stall_timeout() -> Duration {
         Duration::from_secs(60)
     }
+    pub fn max_line() -> u64 {
+        1 << 20
+    }
     pub fn keepalive() -> Duration {
         Duration::from_secs(15)
     }
@@ -390,6 +452,7 @@ impl ServeConfig {
             match route {
                 RouteConfig::LlmProxy(r) => r.check(&at)?,
                 RouteConfig::SqlExport(r) => r.check(&at)?,
+                RouteConfig::FileTail(r) => r.check(&at)?,
             }
             for origin in route.cors_origins() {
                 check_origin(origin).map_err(|why| {

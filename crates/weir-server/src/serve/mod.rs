@@ -11,9 +11,10 @@ mod server;
 mod socket_buffer;
 mod stall;
 pub mod stream_stats;
+pub mod tail;
 
 pub use config::{
-    ConfigError, DatabaseUrl, ExportFormat, LlmProxyRoute, Protocol, RouteConfig, ServeConfig,
-    SqlExportRoute,
+    ConfigError, DatabaseUrl, ExportFormat, FileTailRoute, LlmProxyRoute, Protocol, RouteConfig,
+    ServeConfig, SqlExportRoute,
 };
 pub use server::{RunningServer, Server, SHUTDOWN_GRACE};

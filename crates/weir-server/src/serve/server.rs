@@ -26,6 +26,7 @@ use super::proxy::{self, ProxyRoute};
 use super::send_queue::{Backlog, BoundedSendQueue};
 use super::socket_buffer;
 use super::stall::{StallGuard, StallLimit};
+use super::tail;
 
 /// hyper's smallest allowed connection buffer (it panics below); also caps the request head.
 const WRITE_BUFFER: usize = 8 * 1024;
@@ -74,6 +75,12 @@ impl Server {
                     )?);
                     let methods = post(proxy::handle).with_state(state);
                     router = router.route(&r.path, Cors::apply(&r.cors_origins, "POST", methods));
+                }
+                RouteConfig::FileTail(r) => {
+                    let state = Arc::new(tail::TailRoute::new(r.clone())?);
+                    let methods = get(tail::handle).with_state(state);
+                    router =
+                        router.route(&r.path, Cors::apply(&r.cors_origins, "GET, HEAD", methods));
                 }
                 RouteConfig::SqlExport(r) => {
                     let state = Arc::new(ExportRoute::new(r.clone(), admission.clone())?);

@@ -1,0 +1,204 @@
+//! The `file_tail` route: one inotify watch for the route, one follower per client.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::watch;
+
+use super::follow::{Follower, Read, Start};
+use super::lines::{parse_token, Format, LineWriter};
+use crate::serve::config::FileTailRoute;
+use crate::serve::stall::StallLimit;
+
+/// Lines `?lines=` may ask for.
+const MAX_LAST_LINES: usize = 100_000;
+
+/// A route's configuration and the watch that wakes its readers.
+pub struct TailRoute {
+    config: FileTailRoute,
+    file: PathBuf,
+    changes: watch::Receiver<u64>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl TailRoute {
+    /// Watches the file's directory; fails, naming the route, when it cannot.
+    pub fn new(config: FileTailRoute) -> Result<Self, String> {
+        let at = format!("route {}", config.path);
+        let file = std::path::absolute(&config.file)
+            .map_err(|e| format!("{at}: file {}: {e}", config.file.display()))?;
+        let dir = file
+            .parent()
+            .ok_or_else(|| format!("{at}: file {} has no directory", file.display()))?
+            .to_path_buf();
+        let (tx, changes) = watch::channel(0u64);
+        let mut watcher = notify::recommended_watcher(move |_event| {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        })
+        .map_err(|e| format!("{at}: cannot watch {}: {e}", dir.display()))?;
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(|e| format!("{at}: cannot watch {}: {e}", dir.display()))?;
+        Ok(TailRoute {
+            config,
+            file,
+            changes,
+            _watcher: watcher,
+        })
+    }
+}
+
+fn error(status: StatusCode, kind: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": { "type": kind, "message": message } });
+    (status, axum::Json(body)).into_response()
+}
+
+fn format_for(headers: &HeaderMap) -> Format {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("application/x-ndjson") && !accept.contains("text/event-stream") {
+        Format::Ndjson
+    } else {
+        Format::Sse
+    }
+}
+
+/// `GET`: the file's lines as they are written, from where the client asked.
+pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Response {
+    if let Some(limit) = request.extensions().get::<StallLimit>() {
+        limit.set(route.config.client_stall_timeout);
+    }
+    let pairs: Vec<(String, String)> = match Query::try_from_uri(request.uri()) {
+        Ok(Query(p)) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_query", &e.to_string()),
+    };
+    let mut start = Start::End;
+    let mut grep = None;
+    for (k, v) in &pairs {
+        match k.as_str() {
+            "from" if v == "start" => start = Start::Beginning,
+            "from" if v == "end" => start = Start::End,
+            "lines" => match v.parse::<usize>() {
+                Ok(n) if n <= MAX_LAST_LINES => start = Start::LastLines(n),
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_query",
+                        &format!("lines: `{v}` is not a count from 0 to {MAX_LAST_LINES}"),
+                    )
+                }
+            },
+            "grep" if !v.is_empty() => grep = Some(v.as_bytes().to_vec()),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    &format!("unknown parameter `{k}={v}` (from=start|end, lines=N, grep=TEXT)"),
+                )
+            }
+        }
+    }
+    if let Some(id) = request.headers().get("last-event-id") {
+        match id.to_str().ok().and_then(parse_token) {
+            Some((inode, offset)) => start = Start::After { inode, offset },
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_last_event_id",
+                    "Last-Event-ID is not a token this route gave",
+                )
+            }
+        }
+    }
+    let format = format_for(request.headers());
+    let follower = match Follower::open(&route.file, start, route.changes.clone()) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(route = %route.config.path, "cannot read {}: {e}", route.file.display());
+            return error(
+                StatusCode::NOT_FOUND,
+                "file_unreadable",
+                &format!("the followed file cannot be read: {}", e.kind()),
+            );
+        }
+    };
+    let chunk = (route.config.buffer as usize).clamp(1024, 64 << 10);
+    let writer = LineWriter::new(format, route.config.max_line as usize, grep);
+    let body = Body::from_stream(futures::stream::unfold(
+        Tail {
+            follower,
+            writer,
+            chunk,
+            keepalive: route.config.keepalive,
+            format,
+            inode: None,
+        },
+        |mut tail| async move {
+            let out = tail.next().await;
+            Some((out, tail))
+        },
+    ));
+    let content_type = match format {
+        Format::Sse => "text/event-stream",
+        Format::Ndjson => "application/x-ndjson",
+    };
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// One client's follower and the lines it has made of it.
+struct Tail {
+    follower: Follower,
+    writer: LineWriter,
+    chunk: usize,
+    keepalive: Duration,
+    format: Format,
+    inode: Option<u64>,
+}
+
+impl Tail {
+    /// The next bytes for the client: whole events, or a keep-alive. Reads only when the
+    /// body is polled, that is when the client's socket took the last bytes.
+    async fn next(&mut self) -> Result<Bytes, std::io::Error> {
+        let mut out = Vec::new();
+        loop {
+            // Allocated per read, not kept: a waiting client holds no buffer.
+            let mut read = Vec::new();
+            match self
+                .follower
+                .read(&mut read, self.chunk, self.keepalive)
+                .await?
+            {
+                Read::Idle => {
+                    return Ok(match self.format {
+                        Format::Sse => Bytes::from_static(b": keep-alive\n\n"),
+                        // NDJSON has no comments: an empty line is skipped by readers.
+                        Format::Ndjson => Bytes::from_static(b"\n"),
+                    });
+                }
+                Read::Data { inode, offset, .. } => {
+                    if self.inode.is_some_and(|i| i != inode) {
+                        self.writer.reset();
+                    }
+                    self.inode = Some(inode);
+                    self.writer.push(&read, inode, offset, &mut out);
+                    if !out.is_empty() {
+                        return Ok(Bytes::from(out));
+                    }
+                }
+            }
+        }
+    }
+}
