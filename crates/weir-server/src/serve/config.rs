@@ -51,6 +51,7 @@ pub enum RouteConfig {
     LlmProxy(LlmProxyRoute),
     SqlExport(SqlExportRoute),
     FileTail(FileTailRoute),
+    Topic(TopicRoute),
 }
 
 impl RouteConfig {
@@ -59,6 +60,7 @@ impl RouteConfig {
             RouteConfig::LlmProxy(r) => &r.path,
             RouteConfig::SqlExport(r) => &r.path,
             RouteConfig::FileTail(r) => &r.path,
+            RouteConfig::Topic(r) => &r.path,
         }
     }
 
@@ -67,6 +69,7 @@ impl RouteConfig {
             RouteConfig::LlmProxy(r) => &r.cors_origins,
             RouteConfig::SqlExport(r) => &r.cors_origins,
             RouteConfig::FileTail(r) => &r.cors_origins,
+            RouteConfig::Topic(r) => &r.cors_origins,
         }
     }
 }
@@ -186,6 +189,48 @@ impl FileTailRoute {
             return Err(format!(
                 "{at}: buffer must be at least 1 KiB, max_line at least 1 B"
             ));
+        }
+        Ok(())
+    }
+}
+
+/// `kind = "topic"`: `POST` publishes NDJSON lines, `GET` subscribes; a gate per subscriber.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicRoute {
+    pub path: String,
+    /// What a full subscriber's queue does: block | drop_oldest | drop_newest | disconnect.
+    #[serde(default = "defaults::policy")]
+    pub policy: super::topic::Policy,
+    /// Bytes queued per subscriber.
+    #[serde(default = "defaults::topic_buffer", deserialize_with = "size")]
+    pub buffer: u64,
+    /// Keys allowed to publish (`Authorization: Bearer …` or `x-api-key`); none = anyone.
+    #[serde(default)]
+    pub publish_keys: Vec<String>,
+    /// Each datagram received here is published (it cannot wait: a full queue drops it).
+    pub udp_listen: Option<SocketAddr>,
+    /// A longer published line is refused (400 naming it).
+    #[serde(default = "defaults::max_line", deserialize_with = "size")]
+    pub max_line: u64,
+    #[serde(default = "defaults::keepalive", deserialize_with = "duration")]
+    pub keepalive: Duration,
+    #[serde(
+        default = "defaults::client_stall_timeout",
+        deserialize_with = "duration"
+    )]
+    pub client_stall_timeout: Duration,
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+}
+
+impl TopicRoute {
+    fn check(&self, at: &str) -> Result<(), String> {
+        if self.buffer < 1024 {
+            return Err(format!("{at}: buffer must be at least 1 KiB"));
+        }
+        if self.max_line < 1 {
+            return Err(format!("{at}: max_line must be at least 1 byte"));
         }
         Ok(())
     }
@@ -322,6 +367,12 @@ mod defaults {
     pub fn client_stall_timeout() -> Duration {
         Duration::from_secs(60)
     }
+    pub fn policy() -> super::super::topic::Policy {
+        super::super::topic::Policy::DropOldest
+    }
+    pub fn topic_buffer() -> u64 {
+        256 << 10
+    }
     pub fn max_line() -> u64 {
         1 << 20
     }
@@ -453,6 +504,7 @@ impl ServeConfig {
                 RouteConfig::LlmProxy(r) => r.check(&at)?,
                 RouteConfig::SqlExport(r) => r.check(&at)?,
                 RouteConfig::FileTail(r) => r.check(&at)?,
+                RouteConfig::Topic(r) => r.check(&at)?,
             }
             for origin in route.cors_origins() {
                 check_origin(origin).map_err(|why| {

@@ -12,6 +12,7 @@ mod socket_buffer;
 mod stall;
 pub mod stream_stats;
 pub mod tail;
+pub mod topic;
 
 pub use config::{
     ConfigError, DatabaseUrl, ExportFormat, FileTailRoute, LlmProxyRoute, Protocol, RouteConfig,

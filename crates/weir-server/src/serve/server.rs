@@ -27,6 +27,7 @@ use super::send_queue::{Backlog, BoundedSendQueue};
 use super::socket_buffer;
 use super::stall::{StallGuard, StallLimit};
 use super::tail;
+use super::topic;
 
 /// hyper's smallest allowed connection buffer (it panics below); also caps the request head.
 const WRITE_BUFFER: usize = 8 * 1024;
@@ -75,6 +76,12 @@ impl Server {
                     )?);
                     let methods = post(proxy::handle).with_state(state);
                     router = router.route(&r.path, Cors::apply(&r.cors_origins, "POST", methods));
+                }
+                RouteConfig::Topic(r) => {
+                    let state = topic::Topic::new(r.clone())?;
+                    let methods = get(topic::subscribe).post(topic::publish).with_state(state);
+                    router =
+                        router.route(&r.path, Cors::apply(&r.cors_origins, "GET, POST", methods));
                 }
                 RouteConfig::FileTail(r) => {
                     let state = Arc::new(tail::TailRoute::new(r.clone())?);

@@ -1,0 +1,7 @@
+//! `kind = "topic"`: publish/subscribe fan-out with an explicit gate per subscriber.
+
+pub mod gate;
+mod route;
+
+pub use gate::Policy;
+pub use route::{publish, subscribe, Topic};

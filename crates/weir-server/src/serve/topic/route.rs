@@ -1,0 +1,345 @@
+//! The `topic` route: `POST` publishes NDJSON lines, `GET` subscribes; UDP datagrams too.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+
+use super::gate::{Next, Offer, Policy, Subscriber, TopicCounters};
+use crate::serve::config::TopicRoute;
+use crate::serve::stall::StallLimit;
+
+pub const TOPIC_PUBLISHED: &str = "weir_topic_published_total";
+pub const TOPIC_DELIVERED: &str = "weir_topic_delivered_total";
+pub const TOPIC_DROPPED: &str = "weir_topic_dropped_total";
+pub const TOPIC_DISCONNECTED: &str = "weir_topic_disconnected_total";
+pub const TOPIC_SUBSCRIBERS: &str = "weir_topic_subscribers";
+
+/// A topic: its subscribers and counters.
+pub struct Topic {
+    config: TopicRoute,
+    subscribers: Mutex<Vec<(u64, Arc<Subscriber>)>>,
+    next_id: AtomicU64,
+    counters: Arc<TopicCounters>,
+}
+
+impl Topic {
+    /// Builds the topic; binds `udp_listen` and starts the metrics refresh (inside a runtime).
+    pub fn new(config: TopicRoute) -> Result<Arc<Self>, String> {
+        let topic = Arc::new(Topic {
+            config,
+            subscribers: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(0),
+            counters: Arc::default(),
+        });
+        let at = format!("route {}", topic.config.path);
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| format!("{at}: a topic needs the async runtime"))?;
+        if let Some(addr) = topic.config.udp_listen {
+            let socket = std::net::UdpSocket::bind(addr)
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .map_err(|e| format!("{at}: udp_listen {addr}: {e}"))?;
+            let udp = {
+                let _entered = runtime.enter();
+                tokio::net::UdpSocket::from_std(socket)
+                    .map_err(|e| format!("{at}: udp_listen {addr}: {e}"))?
+            };
+            runtime.spawn(receive_udp(Arc::downgrade(&topic), udp));
+        }
+        runtime.spawn(publish_metrics(Arc::downgrade(&topic)));
+        Ok(topic)
+    }
+
+    fn subscribers(&self) -> Vec<Arc<Subscriber>> {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(_, s)| Arc::clone(s))
+            .collect()
+    }
+
+    /// Hands `message` to every subscriber under `policy`; under `block`, waits for room.
+    async fn publish(&self, message: Bytes, policy: Policy) {
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        for sub in self.subscribers() {
+            while sub.offer(&message, policy) == Offer::Wait {
+                sub.room(message.len()).await;
+            }
+        }
+    }
+
+    fn subscribe(self: &Arc<Self>) -> Subscription {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let sub = Arc::new(Subscriber::new(
+            self.config.buffer as usize,
+            Arc::clone(&self.counters),
+        ));
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, Arc::clone(&sub)));
+        Subscription {
+            topic: Arc::clone(self),
+            id,
+            sub,
+        }
+    }
+}
+
+/// A subscriber registered in its topic; dropping it (the client went away) lets go.
+struct Subscription {
+    topic: Arc<Topic>,
+    id: u64,
+    sub: Arc<Subscriber>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.topic
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(id, _)| *id != self.id);
+        self.sub.close();
+    }
+}
+
+async fn receive_udp(topic: std::sync::Weak<Topic>, socket: tokio::net::UdpSocket) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let Ok(n) = socket.recv(&mut buf).await else {
+            continue;
+        };
+        let Some(topic) = topic.upgrade() else {
+            return;
+        };
+        // A datagram cannot wait: under `block` a full subscriber loses it, counted.
+        let policy = match topic.config.policy {
+            Policy::Block => Policy::DropNewest,
+            p => p,
+        };
+        let text = String::from_utf8_lossy(&buf[..n]);
+        let line = text.trim_end_matches(['\r', '\n']);
+        topic.publish(Bytes::from(line.to_string()), policy).await;
+    }
+}
+
+async fn publish_metrics(topic: std::sync::Weak<Topic>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(topic) = topic.upgrade() else {
+            return;
+        };
+        let path = topic.config.path.clone();
+        let c = &topic.counters;
+        for (name, counter) in [
+            (TOPIC_PUBLISHED, &c.published),
+            (TOPIC_DELIVERED, &c.delivered),
+            (TOPIC_DROPPED, &c.dropped),
+            (TOPIC_DISCONNECTED, &c.disconnected),
+        ] {
+            metrics::counter!(name, "topic" => path.clone())
+                .absolute(counter.load(Ordering::Relaxed));
+        }
+        let n = topic
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        metrics::gauge!(TOPIC_SUBSCRIBERS, "topic" => path).set(n as f64);
+    }
+}
+
+fn error(status: StatusCode, kind: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": { "type": kind, "message": message } });
+    (status, axum::Json(body)).into_response()
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return v.strip_prefix("Bearer ").map(str::trim);
+    }
+    headers.get("x-api-key").and_then(|v| v.to_str().ok())
+}
+
+/// `POST`: each NDJSON line of the body is one message; `{"published": N}` at its end.
+pub async fn publish(State(topic): State<Arc<Topic>>, request: Request) -> Response {
+    let keys = &topic.config.publish_keys;
+    if !keys.is_empty()
+        && !presented_key(request.headers()).is_some_and(|k| keys.iter().any(|x| x == k))
+    {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a publish key is needed",
+        );
+    }
+    let max_line = topic.config.max_line as usize;
+    let mut body = request.into_body().into_data_stream();
+    let mut pending = BytesMut::new();
+    let mut line_no = 0u64;
+    let mut published = 0u64;
+    let mut ended = false;
+    while !ended {
+        match body.next().await {
+            Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
+            Some(Err(e)) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    &format!("the body broke off after {published} messages: {e}"),
+                )
+            }
+            None => ended = true,
+        }
+        loop {
+            let end = match memchr::memchr(b'\n', &pending) {
+                Some(end) => end,
+                None if ended && !pending.is_empty() => pending.len(),
+                None => break,
+            };
+            let mut line = pending.split_to(end.min(pending.len())).freeze();
+            if !pending.is_empty() {
+                let _newline = pending.split_to(1);
+            }
+            line_no += 1;
+            if line.last() == Some(&b'\r') {
+                line.truncate(line.len() - 1);
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if line.len() > max_line {
+                return too_long(line_no, max_line, published);
+            }
+            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&line) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_ndjson",
+                    &format!("line {line_no} is not JSON ({e}); {published} messages before it were published"),
+                );
+            }
+            topic.publish(line, topic.config.policy).await;
+            published += 1;
+        }
+        if pending.len() > max_line {
+            return too_long(line_no + 1, max_line, published);
+        }
+    }
+    axum::Json(serde_json::json!({ "published": published })).into_response()
+}
+
+fn too_long(line_no: u64, max_line: usize, published: u64) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "line_too_long",
+        &format!("line {line_no} is over {max_line} bytes; {published} messages before it were published"),
+    )
+}
+
+/// How messages reach a subscriber.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Sse,
+    Ndjson,
+}
+
+/// `GET`: every message published from now on, and what was dropped, in order.
+pub async fn subscribe(State(topic): State<Arc<Topic>>, request: Request) -> Response {
+    if let Some(limit) = request.extensions().get::<StallLimit>() {
+        limit.set(topic.config.client_stall_timeout);
+    }
+    let accept = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let format = if accept.contains("application/x-ndjson") && !accept.contains("text/event-stream")
+    {
+        Format::Ndjson
+    } else {
+        Format::Sse
+    };
+    let keepalive = topic.config.keepalive;
+    let subscription = topic.subscribe();
+    let body = Body::from_stream(futures::stream::unfold(
+        Some(subscription),
+        move |state| async move {
+            let subscription = state?;
+            let (bytes, go_on) = next_bytes(&subscription.sub, format, keepalive).await;
+            Some((
+                Ok::<_, std::io::Error>(bytes),
+                go_on.then_some(subscription),
+            ))
+        },
+    ));
+    let mut response = Response::new(body);
+    let content_type = match format {
+        Format::Sse => "text/event-stream",
+        Format::Ndjson => "application/x-ndjson",
+    };
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The subscriber's next bytes, taken only when the body is polled; `false` ends it.
+async fn next_bytes(sub: &Subscriber, format: Format, keepalive: Duration) -> (Bytes, bool) {
+    loop {
+        match sub.take() {
+            Next::Message(m) => {
+                let mut out = Vec::with_capacity(m.len() + 8);
+                match format {
+                    Format::Sse => {
+                        out.extend_from_slice(b"data: ");
+                        out.extend_from_slice(&m);
+                        out.extend_from_slice(b"\n\n");
+                    }
+                    Format::Ndjson => {
+                        out.extend_from_slice(&m);
+                        out.push(b'\n');
+                    }
+                }
+                return (Bytes::from(out), true);
+            }
+            Next::Dropped(n) => {
+                let text = match format {
+                    Format::Sse => format!("event: dropped\ndata: {{\"count\": {n}}}\n\n"),
+                    Format::Ndjson => format!("{{\"dropped\": {n}}}\n"),
+                };
+                return (Bytes::from(text), true);
+            }
+            Next::Disconnected => {
+                let why = r#"{"error": {"type": "too_slow", "message": "this subscriber's buffer was full: disconnected"}}"#;
+                let text = match format {
+                    Format::Sse => format!("event: error\ndata: {why}\n\n"),
+                    Format::Ndjson => format!("{why}\n"),
+                };
+                return (Bytes::from(text), false);
+            }
+            Next::Empty => {
+                if tokio::time::timeout(keepalive, sub.ready.notified())
+                    .await
+                    .is_err()
+                {
+                    let ping: &'static [u8] = match format {
+                        Format::Sse => b": keep-alive\n\n",
+                        Format::Ndjson => b"\n",
+                    };
+                    return (Bytes::from_static(ping), true);
+                }
+            }
+        }
+    }
+}
