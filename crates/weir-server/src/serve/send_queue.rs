@@ -72,6 +72,11 @@ impl Backlog {
         }
     }
 
+    /// Waits until the chunk the body is held on has all reached the kernel.
+    pub async fn drained(&self) {
+        std::future::poll_fn(|cx| self.poll_drained(cx)).await
+    }
+
     /// Ready once the chunk the body is held on has all reached the kernel.
     pub fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<()> {
         if !self.0.waiting.load(Ordering::Acquire) {

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use super::follow::{Follower, Read, Start};
 use super::lines::{parse_token, Format, LineWriter};
 use crate::serve::config::FileTailRoute;
+use crate::serve::send_queue::Backlog;
 use crate::serve::stall::StallLimit;
 
 /// Lines `?lines=` may ask for.
@@ -132,6 +133,7 @@ pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Re
         }
     };
     let chunk = (route.config.buffer as usize).clamp(1024, 64 << 10);
+    let backlog = request.extensions().get::<Backlog>().cloned();
     let writer = LineWriter::new(format, route.config.max_line as usize, grep);
     let body = Body::from_stream(futures::stream::unfold(
         Tail {
@@ -141,6 +143,7 @@ pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Re
             keepalive: route.config.keepalive,
             format,
             inode: None,
+            backlog,
         },
         |mut tail| async move {
             let out = tail.next().await;
@@ -166,13 +169,27 @@ struct Tail {
     keepalive: Duration,
     format: Format,
     inode: Option<u64>,
+    /// The connection's unsent chunk: a slow client is given no new one until it is sent.
+    backlog: Option<Backlog>,
 }
 
 impl Tail {
     /// The next bytes for the client: whole events, or a keep-alive. Reads only when the
     /// body is polled, that is when the client's socket took the last bytes.
     async fn next(&mut self) -> Result<Bytes, std::io::Error> {
-        let mut out = Vec::new();
+        if let Some(b) = &self.backlog {
+            b.drained().await;
+        }
+        let bytes = self.next_chunk().await?;
+        if let Some(b) = &self.backlog {
+            b.handed_a_chunk();
+        }
+        Ok(bytes)
+    }
+
+    async fn next_chunk(&mut self) -> Result<Bytes, std::io::Error> {
+        // Sized for a read's lines with their framing, so it is not grown by doubling.
+        let mut out = Vec::with_capacity(self.chunk + self.chunk / 2);
         loop {
             // Allocated per read, not kept: a waiting client holds no buffer.
             let mut read = Vec::new();

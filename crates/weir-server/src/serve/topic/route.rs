@@ -13,6 +13,7 @@ use futures::StreamExt;
 
 use super::gate::{Next, Offer, Policy, Subscriber, TopicCounters};
 use crate::serve::config::TopicRoute;
+use crate::serve::send_queue::Backlog;
 use crate::serve::stall::StallLimit;
 
 pub const TOPIC_PUBLISHED: &str = "weir_topic_published_total";
@@ -271,18 +272,26 @@ pub async fn subscribe(State(topic): State<Arc<Topic>>, request: Request) -> Res
         Format::Sse
     };
     let keepalive = topic.config.keepalive;
+    let backlog = request.extensions().get::<Backlog>().cloned();
     let subscription = topic.subscribe();
-    let body = Body::from_stream(futures::stream::unfold(
-        Some(subscription),
-        move |state| async move {
+    let body = Body::from_stream(futures::stream::unfold(Some(subscription), move |state| {
+        let backlog = backlog.clone();
+        async move {
             let subscription = state?;
+            // A slow client is given no new message until its connection sent the last.
+            if let Some(b) = &backlog {
+                b.drained().await;
+            }
             let (bytes, go_on) = next_bytes(&subscription.sub, format, keepalive).await;
+            if let Some(b) = &backlog {
+                b.handed_a_chunk();
+            }
             Some((
                 Ok::<_, std::io::Error>(bytes),
                 go_on.then_some(subscription),
             ))
-        },
-    ));
+        }
+    }));
     let mut response = Response::new(body);
     let content_type = match format {
         Format::Sse => "text/event-stream",
