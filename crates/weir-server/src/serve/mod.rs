@@ -13,6 +13,7 @@ mod stall;
 pub mod stream_stats;
 pub mod tail;
 pub mod topic;
+pub mod ws;
 
 pub use config::{
     ConfigError, DatabaseUrl, ExportFormat, FileTailRoute, LlmProxyRoute, Protocol, RouteConfig,

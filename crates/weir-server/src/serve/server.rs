@@ -10,10 +10,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 use weir_runtime::MemoryBudget;
 
@@ -112,7 +112,9 @@ impl Server {
 
     /// Serves on `listener` until `shutdown` is cancelled.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> io::Result<()> {
-        let graceful = GracefulShutdown::new();
+        // Tracks connections for the shutdown grace; hyper-util's GracefulShutdown does not
+        // take connections that can be upgraded (WebSocket).
+        let connections = TaskTracker::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         // hyper pulls the body until ~400 KiB wait in its write buffer; at its smallest it
         // stops at 8 KiB, and the rest of a slow client's share waits upstream.
@@ -148,13 +150,22 @@ impl Server {
                 req.extensions_mut().insert(backlog.clone());
                 router.clone().oneshot(req)
             });
-            let conn = graceful.watch(http.serve_connection(io, service));
-            tokio::spawn(async move {
-                let _ = conn.await;
+            let conn = http.serve_connection(io, service).with_upgrades();
+            let stop = shutdown.clone();
+            connections.spawn(async move {
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stop.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
             });
         }
         drop(listener);
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+        connections.close();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await;
         Ok(())
     }
 

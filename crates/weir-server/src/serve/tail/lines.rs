@@ -10,6 +10,8 @@ pub enum Format {
     Sse,
     /// `{"line": LINE, "id": TOKEN}` per line.
     Ndjson,
+    /// The line and a newline (one WebSocket frame each).
+    Lines,
 }
 
 /// A line in the making: bytes of the current line (at most `max_line` of them) and the
@@ -95,6 +97,10 @@ impl LineWriter {
                     // A lone CR would end the field for an SSE parser.
                     out.extend_from_slice(text.replace('\r', " ").as_bytes());
                     out.extend_from_slice(b"\n\n");
+                }
+                Format::Lines => {
+                    out.extend_from_slice(text.as_bytes());
+                    out.push(b'\n');
                 }
                 Format::Ndjson => {
                     let obj = serde_json::json!({ "line": text, "id": id });

@@ -1,5 +1,6 @@
 //! The `file_tail` route: one inotify watch for the route, one follower per client.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use super::lines::{parse_token, Format, LineWriter};
 use crate::serve::config::FileTailRoute;
 use crate::serve::send_queue::Backlog;
 use crate::serve::stall::StallLimit;
+use crate::serve::ws::{self, Frame, FrameSource};
 
 /// Lines `?lines=` may ask for.
 const MAX_LAST_LINES: usize = 100_000;
@@ -75,10 +77,12 @@ fn format_for(headers: &HeaderMap) -> Format {
 
 /// `GET`: the file's lines as they are written, from where the client asked.
 pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Response {
-    if let Some(limit) = request.extensions().get::<StallLimit>() {
+    let (mut request, _body) = request.into_parts();
+    let upgrade = ws::upgrade(&mut request).await;
+    if let Some(limit) = request.extensions.get::<StallLimit>() {
         limit.set(route.config.client_stall_timeout);
     }
-    let pairs: Vec<(String, String)> = match Query::try_from_uri(request.uri()) {
+    let pairs: Vec<(String, String)> = match Query::try_from_uri(&request.uri) {
         Ok(Query(p)) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_query", &e.to_string()),
     };
@@ -108,7 +112,7 @@ pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Re
             }
         }
     }
-    if let Some(id) = request.headers().get("last-event-id") {
+    if let Some(id) = request.headers.get("last-event-id") {
         match id.to_str().ok().and_then(parse_token) {
             Some((inode, offset)) => start = Start::After { inode, offset },
             None => {
@@ -120,7 +124,10 @@ pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Re
             }
         }
     }
-    let format = format_for(request.headers());
+    let format = match upgrade {
+        Some(_) => Format::Lines,
+        None => format_for(&request.headers),
+    };
     let follower = match Follower::open(&route.file, start, route.changes.clone()) {
         Ok(f) => f,
         Err(e) => {
@@ -133,26 +140,35 @@ pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Re
         }
     };
     let chunk = (route.config.buffer as usize).clamp(1024, 64 << 10);
-    let backlog = request.extensions().get::<Backlog>().cloned();
+    let backlog = request.extensions.get::<Backlog>().cloned();
     let writer = LineWriter::new(format, route.config.max_line as usize, grep);
-    let body = Body::from_stream(futures::stream::unfold(
-        Tail {
-            follower,
-            writer,
-            chunk,
-            keepalive: route.config.keepalive,
-            format,
-            inode: None,
-            backlog,
-        },
-        |mut tail| async move {
-            let out = tail.next().await;
-            Some((out, tail))
-        },
-    ));
+    let tail = Tail {
+        follower,
+        writer,
+        chunk,
+        keepalive: route.config.keepalive,
+        format,
+        inode: None,
+        backlog,
+    };
+    if let Some(upgrade) = upgrade {
+        return ws::respond(
+            upgrade,
+            route.config.buffer as usize,
+            route.config.client_stall_timeout,
+            LineFrames {
+                tail,
+                pending: VecDeque::new(),
+            },
+        );
+    }
+    let body = Body::from_stream(futures::stream::unfold(tail, |mut tail| async move {
+        let out = tail.next().await;
+        Some((out, tail))
+    }));
     let content_type = match format {
         Format::Sse => "text/event-stream",
-        Format::Ndjson => "application/x-ndjson",
+        Format::Ndjson | Format::Lines => "application/x-ndjson",
     };
     let mut response = Response::new(body);
     let h = response.headers_mut();
@@ -180,14 +196,22 @@ impl Tail {
         if let Some(b) = &self.backlog {
             b.drained().await;
         }
-        let bytes = self.next_chunk().await?;
+        let bytes = match self.next_chunk().await? {
+            Some(bytes) => bytes,
+            None => Bytes::from_static(match self.format {
+                Format::Sse => b": keep-alive\n\n",
+                // NDJSON has no comments: an empty line is skipped by readers.
+                Format::Ndjson | Format::Lines => b"\n",
+            }),
+        };
         if let Some(b) = &self.backlog {
             b.handed_a_chunk();
         }
         Ok(bytes)
     }
 
-    async fn next_chunk(&mut self) -> Result<Bytes, std::io::Error> {
+    /// Whole events from the next read, or `None` after `keepalive` without any.
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, std::io::Error> {
         // Sized for a read's lines with their framing, so it is not grown by doubling.
         let mut out = Vec::with_capacity(self.chunk + self.chunk / 2);
         loop {
@@ -198,13 +222,7 @@ impl Tail {
                 .read(&mut read, self.chunk, self.keepalive)
                 .await?
             {
-                Read::Idle => {
-                    return Ok(match self.format {
-                        Format::Sse => Bytes::from_static(b": keep-alive\n\n"),
-                        // NDJSON has no comments: an empty line is skipped by readers.
-                        Format::Ndjson => Bytes::from_static(b"\n"),
-                    });
-                }
+                Read::Idle => return Ok(None),
                 Read::Data { inode, offset, .. } => {
                     if self.inode.is_some_and(|i| i != inode) {
                         self.writer.reset();
@@ -212,8 +230,38 @@ impl Tail {
                     self.inode = Some(inode);
                     self.writer.push(&read, inode, offset, &mut out);
                     if !out.is_empty() {
-                        return Ok(Bytes::from(out));
+                        return Ok(Some(Bytes::from(out)));
                     }
+                }
+            }
+        }
+    }
+}
+
+/// A tail as WebSocket frames: one text frame per line.
+struct LineFrames {
+    tail: Tail,
+    pending: VecDeque<String>,
+}
+
+impl FrameSource for LineFrames {
+    async fn next_frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(line) = self.pending.pop_front() {
+                return Some(Frame::Text(line));
+            }
+            match self.tail.next_chunk().await {
+                Err(e) => {
+                    return Some(Frame::Close(
+                        ws::CLOSE_ERROR,
+                        format!("cannot read the file: {}", e.kind()),
+                    ))
+                }
+                Ok(None) => return Some(Frame::Idle),
+                Ok(Some(chunk)) => {
+                    let text = String::from_utf8_lossy(&chunk);
+                    self.pending
+                        .extend(text.split_terminator('\n').map(str::to_string));
                 }
             }
         }

@@ -15,6 +15,7 @@ use super::gate::{Next, Offer, Policy, Subscriber, TopicCounters};
 use crate::serve::config::TopicRoute;
 use crate::serve::send_queue::Backlog;
 use crate::serve::stall::StallLimit;
+use crate::serve::ws::{self, Frame, FrameSource};
 
 pub const TOPIC_PUBLISHED: &str = "weir_topic_published_total";
 pub const TOPIC_DELIVERED: &str = "weir_topic_delivered_total";
@@ -257,11 +258,26 @@ enum Format {
 
 /// `GET`: every message published from now on, and what was dropped, in order.
 pub async fn subscribe(State(topic): State<Arc<Topic>>, request: Request) -> Response {
-    if let Some(limit) = request.extensions().get::<StallLimit>() {
+    let (mut request, _body) = request.into_parts();
+    let upgrade = ws::upgrade(&mut request).await;
+    if let Some(limit) = request.extensions.get::<StallLimit>() {
         limit.set(topic.config.client_stall_timeout);
     }
+    if let Some(upgrade) = upgrade {
+        let frames = MessageFrames {
+            subscription: topic.subscribe(),
+            keepalive: topic.config.keepalive,
+            closing: false,
+        };
+        return ws::respond(
+            upgrade,
+            topic.config.buffer as usize,
+            topic.config.client_stall_timeout,
+            frames,
+        );
+    }
     let accept = request
-        .headers()
+        .headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
@@ -272,7 +288,7 @@ pub async fn subscribe(State(topic): State<Arc<Topic>>, request: Request) -> Res
         Format::Sse
     };
     let keepalive = topic.config.keepalive;
-    let backlog = request.extensions().get::<Backlog>().cloned();
+    let backlog = request.extensions.get::<Backlog>().cloned();
     let subscription = topic.subscribe();
     let body = Body::from_stream(futures::stream::unfold(Some(subscription), move |state| {
         let backlog = backlog.clone();
@@ -303,6 +319,41 @@ pub async fn subscribe(State(topic): State<Arc<Topic>>, request: Request) -> Res
     response
 }
 
+const TOO_SLOW: &str = r#"{"error": {"type": "too_slow", "message": "this subscriber's buffer was full: disconnected"}}"#;
+
+/// A subscription as WebSocket frames: a text frame per message, `{"dropped": N}` where
+/// messages were lost, and under `disconnect` an error frame, then close 1008.
+struct MessageFrames {
+    subscription: Subscription,
+    keepalive: Duration,
+    closing: bool,
+}
+
+impl FrameSource for MessageFrames {
+    async fn next_frame(&mut self) -> Option<Frame> {
+        if self.closing {
+            return Some(Frame::Close(ws::CLOSE_TOO_SLOW, "too slow".to_string()));
+        }
+        loop {
+            let sub = &self.subscription.sub;
+            return Some(match sub.take() {
+                Next::Message(m) => Frame::Text(String::from_utf8_lossy(&m).into_owned()),
+                Next::Dropped(n) => Frame::Text(format!("{{\"dropped\": {n}}}")),
+                Next::Disconnected => {
+                    self.closing = true;
+                    Frame::Text(TOO_SLOW.to_string())
+                }
+                Next::Empty => {
+                    match tokio::time::timeout(self.keepalive, sub.ready.notified()).await {
+                        Ok(()) => continue,
+                        Err(_) => Frame::Idle,
+                    }
+                }
+            });
+        }
+    }
+}
+
 /// The subscriber's next bytes, taken only when the body is polled; `false` ends it.
 async fn next_bytes(sub: &Subscriber, format: Format, keepalive: Duration) -> (Bytes, bool) {
     loop {
@@ -330,7 +381,7 @@ async fn next_bytes(sub: &Subscriber, format: Format, keepalive: Duration) -> (B
                 return (Bytes::from(text), true);
             }
             Next::Disconnected => {
-                let why = r#"{"error": {"type": "too_slow", "message": "this subscriber's buffer was full: disconnected"}}"#;
+                let why = TOO_SLOW;
                 let text = match format {
                     Format::Sse => format!("event: error\ndata: {why}\n\n"),
                     Format::Ndjson => format!("{why}\n"),

@@ -1,0 +1,96 @@
+//! WebSocket out: text frames pulled from a source only once the previous frame has been
+//! written, a write buffer bounded by the route's `buffer`, pings while idle, and close
+//! codes that say why.
+//!
+//! tungstenite buffers writes without limit unless told: each frame is sent and flushed
+//! before the next is taken, and `max_write_buffer_size` refuses anything beyond.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::response::Response;
+
+/// What a source gives a WebSocket next.
+pub enum Frame {
+    Text(String),
+    /// Nothing for a while: a ping keeps the connection (and its stall timer) honest.
+    Idle,
+    /// The last frame: close with `code` (RFC 6455) and `reason`.
+    Close(u16, String),
+}
+
+/// Where frames come from; asked again only after the last frame was written.
+pub trait FrameSource: Send + 'static {
+    /// `None`: the source ended.
+    fn next_frame(&mut self) -> impl Future<Output = Option<Frame>> + Send;
+}
+
+/// Policy violation: the code for a client too slow for its gate.
+pub const CLOSE_TOO_SLOW: u16 = 1008;
+/// Internal error: the source failed.
+pub const CLOSE_ERROR: u16 = 1011;
+
+/// The upgrade, if `parts` asks for one.
+pub async fn upgrade(parts: &mut Parts) -> Option<WebSocketUpgrade> {
+    let asks = parts
+        .headers
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !asks {
+        return None;
+    }
+    WebSocketUpgrade::from_request_parts(parts, &()).await.ok()
+}
+
+/// Answers the upgrade and pumps `source` into the socket.
+pub fn respond(
+    ws: WebSocketUpgrade,
+    buffer: usize,
+    stall: Duration,
+    source: impl FrameSource,
+) -> Response {
+    ws.write_buffer_size(0)
+        .max_write_buffer_size(buffer.max(64 << 10))
+        .on_upgrade(move |socket| pump(socket, source, stall))
+}
+
+async fn pump(mut socket: WebSocket, mut source: impl FrameSource, stall: Duration) {
+    loop {
+        let frame = tokio::select! {
+            frame = source.next_frame() => frame,
+            incoming = socket.recv() => match incoming {
+                // Pongs and whatever the client says are read and dropped; a close or an
+                // error means it is gone.
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => continue,
+            },
+        };
+        let message = match frame {
+            None => return close(socket, 1000, "end").await,
+            Some(Frame::Text(t)) => Message::text(t),
+            Some(Frame::Idle) => Message::Ping(Default::default()),
+            Some(Frame::Close(code, reason)) => return close(socket, code, &reason).await,
+        };
+        match tokio::time::timeout(stall, socket.send(message)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => return close(socket, CLOSE_TOO_SLOW, "took no bytes for too long").await,
+        }
+    }
+}
+
+async fn close(mut socket: WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        socket.send(Message::Close(Some(frame))),
+    )
+    .await;
+}
