@@ -11,7 +11,7 @@ use super::Failure;
 
 #[derive(Args, Debug)]
 #[command(
-    about = "Serve streaming routes (LLM token proxy, SQL exports) and run Kafka pipelines from a TOML configuration",
+    about = "Serve streaming routes (LLM token proxy, SQL exports, log tails, topics) and run Kafka pipelines from a TOML configuration",
     after_long_help = EXAMPLE
 )]
 pub struct ServeArgs {
@@ -72,6 +72,18 @@ const EXAMPLE: &str = r#"CONFIGURATION (weir.toml):
   pool_size = 4                  # database connections
   max_exports = 4                # exports at once; past it: 503 + Retry-After
   pool_wait = "5s"               # wait for a free connection (503 past it)
+
+  [[route]]
+  kind = "file_tail"             # GET: a file's lines as SSE, NDJSON or WebSocket, as tail -F
+  path = "/logs/app"
+  file = "/var/log/app.log"      # ?from=start, ?lines=N, ?grep=TEXT, Last-Event-ID resumes
+
+  [[route]]
+  kind = "topic"                 # POST NDJSON publishes; GET (SSE, NDJSON, WebSocket) subscribes
+  path = "/topics/ticks"
+  policy = "drop_oldest"         # a full subscriber: block | drop_oldest | drop_newest | disconnect
+  buffer = "256KiB"              # per subscriber
+  # udp_listen = "127.0.0.1:5514"  # each datagram is published
 
   [[pipeline]]                   # runs until SIGTERM; a file of only pipelines needs no listen
   name = "copy"
