@@ -183,3 +183,21 @@ async fn tail_waits_for_a_file_that_does_not_exist_yet_and_speaks_ndjson() {
     assert_eq!(first["line"], "line 0");
     assert!(first["id"].as_str().is_some_and(|id| id.contains('-')));
 }
+
+#[test]
+fn tail_config_naming_a_directory_or_a_missing_relative_path_stops_the_server() {
+    let dir = tempfile::tempdir().expect("dir");
+    for (file, why) in [
+        (dir.path().display().to_string(), "is a directory"),
+        ("no/such/app.log".to_string(), "relative and does not exist"),
+        ("/no/such/dir/app.log".to_string(), "directory of file"),
+    ] {
+        let toml =
+            format!("[[route]]\nkind = \"file_tail\"\npath = \"/logs\"\nfile = \"{file}\"\n");
+        let err = ServeConfig::parse(&toml).expect_err("refused");
+        assert!(
+            err.contains("route #1 (/logs)") && err.contains(why),
+            "{err}"
+        );
+    }
+}
