@@ -6,6 +6,7 @@ mod cors;
 pub mod export;
 pub mod metrics;
 pub mod proxy;
+mod reply;
 pub mod send_queue;
 mod server;
 mod socket_buffer;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
 use bytes::Bytes;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::watch;
@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::follow::{Follower, Read, Start};
 use super::lines::{parse_token, Format, LineWriter};
 use crate::serve::config::FileTailRoute;
+use crate::serve::reply::{json_error, wants_ndjson};
 use crate::serve::send_queue::Backlog;
 use crate::serve::stall::StallLimit;
 use crate::serve::ws::{self, Frame, FrameSource};
@@ -58,23 +59,6 @@ impl TailRoute {
     }
 }
 
-fn error(status: StatusCode, kind: &str, message: &str) -> Response {
-    let body = serde_json::json!({ "error": { "type": kind, "message": message } });
-    (status, axum::Json(body)).into_response()
-}
-
-fn format_for(headers: &HeaderMap) -> Format {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if accept.contains("application/x-ndjson") && !accept.contains("text/event-stream") {
-        Format::Ndjson
-    } else {
-        Format::Sse
-    }
-}
-
 /// `GET`: the file's lines as they are written, from where the client asked.
 pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Response {
     let (mut request, _body) = request.into_parts();
@@ -84,7 +68,7 @@ pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Re
     }
     let pairs: Vec<(String, String)> = match Query::try_from_uri(&request.uri) {
         Ok(Query(p)) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_query", &e.to_string()),
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_query", &e.to_string()),
     };
     let mut start = Start::End;
     let mut grep = None;
@@ -95,7 +79,7 @@ pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Re
             "lines" => match v.parse::<usize>() {
                 Ok(n) if n <= MAX_LAST_LINES => start = Start::LastLines(n),
                 _ => {
-                    return error(
+                    return json_error(
                         StatusCode::BAD_REQUEST,
                         "bad_query",
                         &format!("lines: `{v}` is not a count from 0 to {MAX_LAST_LINES}"),
@@ -104,7 +88,7 @@ pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Re
             },
             "grep" if !v.is_empty() => grep = Some(v.as_bytes().to_vec()),
             _ => {
-                return error(
+                return json_error(
                     StatusCode::BAD_REQUEST,
                     "bad_query",
                     &format!("unknown parameter `{k}={v}` (from=start|end, lines=N, grep=TEXT)"),
@@ -116,7 +100,7 @@ pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Re
         match id.to_str().ok().and_then(parse_token) {
             Some((inode, offset)) => start = Start::After { inode, offset },
             None => {
-                return error(
+                return json_error(
                     StatusCode::BAD_REQUEST,
                     "bad_last_event_id",
                     "Last-Event-ID is not a token this route gave",
@@ -126,13 +110,14 @@ pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Re
     }
     let format = match upgrade {
         Some(_) => Format::Lines,
-        None => format_for(&request.headers),
+        None if wants_ndjson(&request.headers) => Format::Ndjson,
+        None => Format::Sse,
     };
     let follower = match Follower::open(&route.file, start, route.changes.clone()) {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(route = %route.config.path, "cannot read {}: {e}", route.file.display());
-            return error(
+            return json_error(
                 StatusCode::NOT_FOUND,
                 "file_unreadable",
                 &format!("the followed file cannot be read: {}", e.kind()),

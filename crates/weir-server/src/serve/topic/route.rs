@@ -13,6 +13,7 @@ use futures::StreamExt;
 
 use super::gate::{Next, Offer, Policy, Subscriber, TopicCounters};
 use crate::serve::config::TopicRoute;
+use crate::serve::reply::{json_error, wants_ndjson};
 use crate::serve::send_queue::Backlog;
 use crate::serve::stall::StallLimit;
 use crate::serve::ws::{self, Frame, FrameSource};
@@ -159,11 +160,6 @@ async fn publish_metrics(topic: std::sync::Weak<Topic>) {
     }
 }
 
-fn error(status: StatusCode, kind: &str, message: &str) -> Response {
-    let body = serde_json::json!({ "error": { "type": kind, "message": message } });
-    (status, axum::Json(body)).into_response()
-}
-
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers
         .get(header::AUTHORIZATION)
@@ -180,7 +176,7 @@ pub async fn publish(State(topic): State<Arc<Topic>>, request: Request) -> Respo
     if !keys.is_empty()
         && !presented_key(request.headers()).is_some_and(|k| keys.iter().any(|x| x == k))
     {
-        return error(
+        return json_error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "a publish key is needed",
@@ -196,7 +192,7 @@ pub async fn publish(State(topic): State<Arc<Topic>>, request: Request) -> Respo
         match body.next().await {
             Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
             Some(Err(e)) => {
-                return error(
+                return json_error(
                     StatusCode::BAD_REQUEST,
                     "bad_body",
                     &format!("the body broke off after {published} messages: {e}"),
@@ -225,7 +221,7 @@ pub async fn publish(State(topic): State<Arc<Topic>>, request: Request) -> Respo
                 return too_long(line_no, max_line, published);
             }
             if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&line) {
-                return error(
+                return json_error(
                     StatusCode::BAD_REQUEST,
                     "bad_ndjson",
                     &format!("line {line_no} is not JSON ({e}); {published} messages before it were published"),
@@ -242,7 +238,7 @@ pub async fn publish(State(topic): State<Arc<Topic>>, request: Request) -> Respo
 }
 
 fn too_long(line_no: u64, max_line: usize, published: u64) -> Response {
-    error(
+    json_error(
         StatusCode::BAD_REQUEST,
         "line_too_long",
         &format!("line {line_no} is over {max_line} bytes; {published} messages before it were published"),
@@ -276,13 +272,7 @@ pub async fn subscribe(State(topic): State<Arc<Topic>>, request: Request) -> Res
             frames,
         );
     }
-    let accept = request
-        .headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let format = if accept.contains("application/x-ndjson") && !accept.contains("text/event-stream")
-    {
+    let format = if wants_ndjson(&request.headers) {
         Format::Ndjson
     } else {
         Format::Sse
