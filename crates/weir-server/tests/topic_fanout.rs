@@ -192,3 +192,55 @@ async fn topic_publishes_udp_datagrams() {
     let (ids, dropped, _) = read_ndjson(sub, |ids, d| ids.len() as u64 + d >= 10).await;
     assert_eq!(ids.len() as u64 + dropped, 10);
 }
+
+#[tokio::test]
+async fn topic_counters_reach_metrics() {
+    let toml = "[[route]]\nkind = \"topic\"\npath = \"/topics/metered\"\npolicy = \"drop_newest\"\nbuffer = \"1KiB\"\n";
+    let config = ServeConfig::parse(toml).expect("test config");
+    let server = Server::new(config)
+        .expect("server")
+        .start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let _idle = reqwest::Client::new()
+        .get(server.url("/topics/metered"))
+        .send()
+        .await
+        .expect("GET");
+    let answer = reqwest::Client::new()
+        .post(server.url("/topics/metered"))
+        .body(ndjson(0..5_000))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(answer.status(), 200);
+    // The counters are published every second.
+    let wanted = "weir_topic_published_total{topic=\"/topics/metered\"} 5000";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let text = reqwest::get(server.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if text.contains(wanted) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(metrics.contains(wanted), "{metrics}");
+    assert!(
+        metrics.contains("weir_topic_subscribers{topic=\"/topics/metered\"} 1"),
+        "{metrics}"
+    );
+    let dropped = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weir_topic_dropped_total{topic=\"/topics/metered\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        dropped > 0,
+        "a subscriber that reads nothing drops: {metrics}"
+    );
+}
