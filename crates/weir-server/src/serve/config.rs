@@ -28,6 +28,10 @@ pub struct ServeConfig {
     /// bounds what a slow client parks in the kernel.
     #[serde(default = "defaults::socket_buffer", deserialize_with = "size")]
     pub send_buffer: u64,
+    /// Connections the kernel queues before weir accepts them (capped by
+    /// net.core.somaxconn): a burst of connects waits instead of retrying SYNs.
+    #[serde(default = "defaults::listen_backlog")]
+    pub listen_backlog: u32,
     /// How long a client may take to send its request headers (slowloris).
     #[serde(default = "defaults::header_timeout", deserialize_with = "duration")]
     pub header_timeout: Duration,
@@ -336,6 +340,9 @@ mod defaults {
     }
     pub fn memory_budget() -> u64 {
         256 << 20
+    }
+    pub fn listen_backlog() -> u32 {
+        4096
     }
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(10)

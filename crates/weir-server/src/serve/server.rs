@@ -110,6 +110,23 @@ impl Server {
         &self.admission
     }
 
+    /// A listener on `addr` whose queue of connections not yet accepted holds
+    /// `listen_backlog` (the kernel caps it at net.core.somaxconn): a burst of connects
+    /// waits there instead of losing SYNs and retrying a second later.
+    pub fn bind(&self, addr: SocketAddr) -> io::Result<TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        let backlog = i32::try_from(self.config.listen_backlog).unwrap_or(i32::MAX);
+        socket.listen(backlog)?;
+        TcpListener::from_std(socket.into())
+    }
+
     /// Serves on `listener` until `shutdown` is cancelled.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> io::Result<()> {
         // Tracks connections for the shutdown grace; hyper-util's GracefulShutdown does not
@@ -171,7 +188,7 @@ impl Server {
 
     /// Binds the configured address and serves in a spawned task (for tests and `demo`).
     pub async fn start(self, listen: SocketAddr) -> io::Result<RunningServer> {
-        let listener = TcpListener::bind(listen).await?;
+        let listener = self.bind(listen)?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let admission = self.admission.clone();

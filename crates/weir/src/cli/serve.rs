@@ -42,6 +42,7 @@ const EXAMPLE: &str = r#"CONFIGURATION (weir.toml):
   header_timeout = "10s"         # slowloris guard
   max_request_body = "1MiB"
   shutdown_grace = "10s"         # after SIGTERM/SIGINT: pipelines drain and commit within it
+  listen_backlog = 4096          # connects queued before accept (capped by net.core.somaxconn)
 
   [[route]]
   kind = "llm_proxy"
@@ -141,8 +142,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     tokio::spawn(stop_on_signals(shutdown.clone()));
     let http = match listen {
         Some(listen) => {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
+            let listener = server
+                .bind(listen)
                 .map_err(|e| Failure::Pipeline(format!("cannot listen on {listen}: {e}")))?;
             tracing::info!("listening on http://{listen}");
             Some(tokio::spawn(server.serve(listener, shutdown.clone())))
