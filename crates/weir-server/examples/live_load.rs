@@ -197,7 +197,10 @@ async fn ws_connect(url: &str) -> Result<(TcpStream, Vec<u8>), String> {
 
 /// One subscriber over a plain TCP socket with a minimal frame parser (server frames are
 /// unmasked): a read takes as many frames as the socket holds, so the client costs far less
-/// per frame than a general WebSocket stack and can keep up with 1M frames/s on 2 cores.
+/// per frame than a general WebSocket stack (measured: about 3.7 µs of CPU a frame, latency
+/// histogram included). A first version on tokio-tungstenite saw weir and the Node peer
+/// deliver the same ~205k frames/s, which pointed at the client. The upgrade answer is
+/// checked for `101` only (Sec-WebSocket-Accept is not verified: a benchmark client).
 async fn subscriber(
     url: String,
     start: Arc<tokio::sync::OnceCell<Instant>>,
