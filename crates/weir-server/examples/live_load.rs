@@ -253,7 +253,7 @@ async fn subscriber(
             }
             let payload = &buf[pos + hlen..pos + hlen + plen];
             match b0 & 0x0f {
-                0 | 1 | 2 => match now_us {
+                0..=2 => match now_us {
                     None => {
                         counters.other.fetch_add(1, Ordering::Relaxed);
                     }

@@ -12,6 +12,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::response::Response;
+use futures::{FutureExt, SinkExt};
 
 /// What a source gives a WebSocket next.
 pub enum Frame {
@@ -27,6 +28,11 @@ pub trait FrameSource: Send + 'static {
     /// `None`: the source ended.
     fn next_frame(&mut self) -> impl Future<Output = Option<Frame>> + Send;
 }
+
+/// What a server reads from a client at once.
+const READ_BUFFER: usize = 4 << 10;
+/// Frames ready together are written together, up to this much.
+const WRITE_BATCH: usize = 16 << 10;
 
 /// Policy violation: the code for a client too slow for its gate.
 pub const CLOSE_TOO_SLOW: u16 = 1008;
@@ -53,8 +59,11 @@ pub fn respond(
     stall: Duration,
     source: impl FrameSource,
 ) -> Response {
-    ws.write_buffer_size(0)
-        .max_write_buffer_size(buffer.max(64 << 10))
+    // Clients send next to nothing (pongs, a close): tungstenite's 128 KiB read buffer
+    // would be most of what a subscriber costs.
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BATCH)
+        .max_write_buffer_size(buffer.max(WRITE_BATCH * 2))
         .on_upgrade(move |socket| pump(socket, source, stall))
 }
 
@@ -69,15 +78,32 @@ async fn pump(mut socket: WebSocket, mut source: impl FrameSource, stall: Durati
                 Some(Ok(_)) => continue,
             },
         };
-        let message = match frame {
-            None => return close(socket, 1000, "end").await,
-            Some(Frame::Text(t)) => Message::text(t),
-            Some(Frame::Idle) => Message::Ping(Default::default()),
-            Some(Frame::Close(code, reason)) => return close(socket, code, &reason).await,
-        };
-        match tokio::time::timeout(stall, socket.send(message)).await {
+        let mut frame = frame;
+        // Frames ready now go out in one write; the next is taken only after the flush.
+        let sent = tokio::time::timeout(stall, async {
+            loop {
+                let message = match frame {
+                    None => return Err(Some((1000, "end".to_string()))),
+                    Some(Frame::Text(t)) => Message::text(t),
+                    Some(Frame::Idle) => Message::Ping(Default::default()),
+                    Some(Frame::Close(code, reason)) => return Err(Some((code, reason))),
+                };
+                socket.feed(message).await.map_err(|_| None)?;
+                match source.next_frame().now_or_never() {
+                    Some(next @ Some(Frame::Text(_))) => frame = next,
+                    Some(other) => {
+                        socket.flush().await.map_err(|_| None)?;
+                        frame = other;
+                    }
+                    None => return socket.flush().await.map_err(|_| None),
+                }
+            }
+        })
+        .await;
+        match sent {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
+            Ok(Err(Some((code, reason)))) => return close(socket, code, &reason).await,
+            Ok(Err(None)) => return,
             Err(_) => return close(socket, CLOSE_TOO_SLOW, "took no bytes for too long").await,
         }
     }
