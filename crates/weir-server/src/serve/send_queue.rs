@@ -72,6 +72,12 @@ impl Backlog {
         }
     }
 
+    /// Whether the send queue was over half full at the connection's last flush: a
+    /// client slower than what is sent to it.
+    pub fn is_slow(&self) -> bool {
+        self.0.slow.load(Ordering::Acquire)
+    }
+
     /// Waits until the chunk the body is held on has all reached the kernel.
     pub async fn drained(&self) {
         std::future::poll_fn(|cx| self.poll_drained(cx)).await

@@ -21,6 +21,9 @@ use crate::serve::send_queue::Backlog;
 use crate::serve::stall::StallLimit;
 use crate::serve::ws::{self, Frame, FrameSource};
 
+/// What one read of a slow client takes.
+const SLOW_READ: usize = 4 << 10;
+
 /// Lines `?lines=` may ask for.
 const MAX_LAST_LINES: usize = 100_000;
 
@@ -197,14 +200,19 @@ impl Tail {
 
     /// Whole events from the next read, or `None` after `keepalive` without any.
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, std::io::Error> {
+        // A slow client's chunk waits in hyper until its socket takes it: give it small ones.
+        let read_size = match &self.backlog {
+            Some(b) if b.is_slow() => SLOW_READ.min(self.chunk),
+            _ => self.chunk,
+        };
         // Sized for a read's lines with their framing, so it is not grown by doubling.
-        let mut out = Vec::with_capacity(self.chunk + self.chunk / 2);
+        let mut out = Vec::with_capacity(read_size + read_size / 2);
         loop {
             // Allocated per read, not kept: a waiting client holds no buffer.
             let mut read = Vec::new();
             match self
                 .follower
-                .read(&mut read, self.chunk, self.keepalive)
+                .read(&mut read, read_size, self.keepalive)
                 .await?
             {
                 Read::Idle => return Ok(None),
