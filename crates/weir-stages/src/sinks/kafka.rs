@@ -204,6 +204,12 @@ impl Sink for KafkaSink {
         }
     }
 
+    /// A delivery that failed while no record came stops the pipeline now, not at the next
+    /// record.
+    async fn flush(&mut self) -> Result<(), BoxError> {
+        self.failed()
+    }
+
     async fn finish(&mut self) -> Result<(), BoxError> {
         while self.deliveries().in_flight.load(Ordering::Acquire) > 0 {
             self.failed()?;
