@@ -158,7 +158,7 @@ async fn tail_waits_for_a_file_that_does_not_exist_yet_and_speaks_ndjson() {
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("later.log");
     let server = serve(&file).await;
-    let response = reqwest::Client::new()
+    let mut response = reqwest::Client::new()
         .get(server.url("/logs/app"))
         .header("accept", "application/x-ndjson")
         .send()
@@ -166,22 +166,59 @@ async fn tail_waits_for_a_file_that_does_not_exist_yet_and_speaks_ndjson() {
         .expect("GET");
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/x-ndjson");
-    append(&file, 0..2);
-    let mut response = response;
     let mut text = String::new();
-    while text.matches('\n').count() < 2 {
+    let mut appended = false;
+    while text.lines().filter(|l| !l.is_empty()).count() < 3 {
         let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
             .await
             .expect("lines within 10 s")
             .expect("read")
             .expect("more");
         text.push_str(&String::from_utf8_lossy(&chunk));
-        text = text.trim_start_matches('\n').to_string();
+        // Written only once the client was told the file is missing.
+        if !appended && text.contains('\n') {
+            append(&file, 0..2);
+            appended = true;
+        }
     }
-    let first: serde_json::Value =
-        serde_json::from_str(text.lines().next().expect("a line")).expect("json");
-    assert_eq!(first["line"], "line 0");
-    assert!(first["id"].as_str().is_some_and(|id| id.contains('-')));
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines[0]["error"]["type"], "file_missing", "{text}");
+    assert_eq!(lines[1]["line"], "line 0");
+    assert_eq!(lines[2]["line"], "line 1");
+    assert!(lines[1]["id"].as_str().is_some_and(|id| id.contains('-')));
+}
+
+#[tokio::test]
+async fn tail_tells_an_sse_client_the_file_is_missing_then_follows_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("later.log");
+    let server = serve(&file).await;
+    let mut response = reqwest::Client::new()
+        .get(server.url("/logs/app"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200);
+    let first = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+        .await
+        .expect("an event within 10 s")
+        .expect("read")
+        .expect("an event");
+    let first = String::from_utf8_lossy(&first).into_owned();
+    assert!(
+        first.starts_with("event: error\ndata: ") && first.contains("file_missing"),
+        "{first}"
+    );
+    append(&file, 0..3);
+    let mut events = Events {
+        response,
+        pending: String::new(),
+    };
+    assert_eq!(events.data(3).await, names(0..3));
 }
 
 #[test]

@@ -77,6 +77,11 @@ impl Follower {
         Ok(f)
     }
 
+    /// Whether the file did not exist when the follower was opened, and still does not.
+    pub fn waiting_for_file(&self) -> bool {
+        self.file.is_none()
+    }
+
     /// Appends up to `max` bytes that follow to `buf`, waiting for them at the end of the
     /// file; `Idle` after `idle` without any.
     pub async fn read(

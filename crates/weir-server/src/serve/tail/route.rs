@@ -127,10 +127,15 @@ pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Re
             );
         }
     };
+    // The client learns at once why nothing comes; the follower waits for the file (tail -F).
+    let notice = follower.waiting_for_file().then(|| {
+        tracing::info!(route = %route.config.path, "{} does not exist yet: waiting for it", route.file.display());
+        missing_file_notice(format)
+    });
     let chunk = (route.config.buffer as usize).clamp(1024, 64 << 10);
     let backlog = request.extensions.get::<Backlog>().cloned();
     let writer = LineWriter::new(format, route.config.max_line as usize, grep);
-    let tail = Tail {
+    let mut tail = Tail {
         follower,
         writer,
         chunk,
@@ -138,6 +143,7 @@ pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Re
         format,
         inode: None,
         backlog,
+        notice,
     };
     if let Some(upgrade) = upgrade {
         return ws::respond(
@@ -145,8 +151,8 @@ pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Re
             route.config.buffer as usize,
             route.config.client_stall_timeout,
             LineFrames {
+                pending: tail.notice.take().into_iter().collect(),
                 tail,
-                pending: VecDeque::new(),
             },
         );
     }
@@ -175,12 +181,28 @@ struct Tail {
     inode: Option<u64>,
     /// The connection's unsent chunk: a slow client is given no new one until it is sent.
     backlog: Option<Backlog>,
+    /// Sent before any line: the file does not exist yet.
+    notice: Option<String>,
+}
+
+const MISSING_FILE: &str = r#"{"error": {"type": "file_missing", "message": "the followed file does not exist yet: waiting for it"}}"#;
+
+/// The error event telling a client that the file is missing, in its format.
+fn missing_file_notice(format: Format) -> String {
+    match format {
+        Format::Sse => format!("event: error\ndata: {MISSING_FILE}\n\n"),
+        Format::Ndjson => format!("{MISSING_FILE}\n"),
+        Format::Lines => MISSING_FILE.to_string(),
+    }
 }
 
 impl Tail {
     /// The next bytes for the client: whole events, or a keep-alive. Reads only when the
     /// body is polled, that is when the client's socket took the last bytes.
     async fn next(&mut self) -> Result<Bytes, std::io::Error> {
+        if let Some(notice) = self.notice.take() {
+            return Ok(Bytes::from(notice));
+        }
         if let Some(b) = &self.backlog {
             b.drained().await;
         }
