@@ -202,7 +202,7 @@ async fn topic_counters_reach_metrics() {
         .start("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("bind");
-    let _idle = reqwest::Client::new()
+    let idle = reqwest::Client::new()
         .get(server.url("/topics/metered"))
         .send()
         .await
@@ -243,4 +243,45 @@ async fn topic_counters_reach_metrics() {
         dropped > 0,
         "a subscriber that reads nothing drops: {metrics}"
     );
+    let series = |text: &str, name: &str| -> Option<u64> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{topic=\"/topics/metered\",subscriber=")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    assert_eq!(
+        series(&metrics, "weir_topic_subscriber_published_total"),
+        Some(5000),
+        "{metrics}"
+    );
+    let own_dropped = series(&metrics, "weir_topic_subscriber_dropped_total").unwrap_or(0);
+    let own_delivered = series(&metrics, "weir_topic_subscriber_delivered_total").unwrap_or(0);
+    assert_eq!(
+        own_dropped, dropped,
+        "one subscriber: its drops are the topic's"
+    );
+    assert!(own_delivered + own_dropped <= 5000, "{metrics}");
+    assert!(
+        series(&metrics, "weir_topic_subscriber_queued_bytes").is_some_and(|b| b <= 1024),
+        "{metrics}"
+    );
+    // A subscriber's series go with it.
+    drop(idle);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(server.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if series(&text, "weir_topic_subscriber_published_total").is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "series stayed: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -145,15 +145,15 @@ pub fn render(admission: &Admission) -> Option<String> {
     Some(handle.render())
 }
 
-/// The `GET /metrics` handler.
-pub fn respond(admission: &Admission) -> Response {
+/// The `GET /metrics` handler; `more` renders series kept outside the recorder.
+pub fn respond(admission: &Admission, more: impl FnOnce() -> String) -> Response {
     match render(admission) {
         Some(text) => (
             [(
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )],
-            text,
+            text + &more(),
         )
             .into_response(),
         None => (

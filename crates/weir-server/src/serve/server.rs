@@ -53,14 +53,9 @@ impl Server {
         );
         // Before the routes: metric handles made without a recorder would record nothing.
         metrics::install();
-        let scraped = admission.clone();
         let mut exports = Vec::new();
-        let mut router = Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route(
-                "/metrics",
-                get(move || std::future::ready(metrics::respond(&scraped))),
-            );
+        let mut topics = Vec::new();
+        let mut router = Router::new().route("/healthz", get(|| async { "ok\n" }));
         for route in &config.routes {
             match route {
                 RouteConfig::LlmProxy(r) => {
@@ -79,6 +74,7 @@ impl Server {
                 }
                 RouteConfig::Topic(r) => {
                     let state = topic::Topic::new(r.clone())?;
+                    topics.push(Arc::clone(&state));
                     let methods = get(topic::subscribe).post(topic::publish).with_state(state);
                     router =
                         router.route(&r.path, Cors::apply(&r.cors_origins, "GET, POST", methods));
@@ -98,6 +94,12 @@ impl Server {
                 }
             }
         }
+        let scraped = admission.clone();
+        let respond = move || {
+            let subscribers = || topic::render_subscriber_metrics(&topics);
+            std::future::ready(metrics::respond(&scraped, subscribers))
+        };
+        let router = router.route("/metrics", get(respond));
         Ok(Server {
             config,
             router,

@@ -95,7 +95,7 @@ pub enum Offer {
     Wait,
 }
 
-/// Counters of one topic.
+/// Counters of one topic, or of one of its subscribers.
 #[derive(Default)]
 pub struct TopicCounters {
     pub published: AtomicU64,
@@ -113,6 +113,8 @@ pub struct Subscriber {
     /// Wakes a publisher waiting for room (`block`).
     room: Notify,
     counters: Arc<TopicCounters>,
+    /// This subscriber's share of the topic's counters (`published`: offered to it).
+    pub own: TopicCounters,
 }
 
 impl Subscriber {
@@ -123,7 +125,19 @@ impl Subscriber {
             ready: Notify::new(),
             room: Notify::new(),
             counters,
+            own: TopicCounters::default(),
         }
+    }
+
+    /// Counts one event in this subscriber's counters and its topic's.
+    fn count(&self, which: fn(&TopicCounters) -> &AtomicU64) {
+        which(&self.counters).fetch_add(1, Ordering::Relaxed);
+        which(&self.own).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes of the messages waiting in this subscriber's queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -143,12 +157,12 @@ impl Subscriber {
                 Policy::Block => return Offer::Wait,
                 Policy::DropNewest => {
                     q.note_drop_at_back();
-                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.count(|c| &c.dropped);
                     return Offer::Done;
                 }
                 Policy::DropOldest => {
                     while !fits(&q) && q.drop_oldest() {
-                        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        self.count(|c| &c.dropped);
                     }
                 }
                 Policy::Disconnect => {
@@ -156,7 +170,7 @@ impl Subscriber {
                     q.entries.clear();
                     q.bytes = 0;
                     q.messages = 0;
-                    self.counters.disconnected.fetch_add(1, Ordering::Relaxed);
+                    self.count(|c| &c.disconnected);
                     drop(q);
                     self.ready.notify_one();
                     return Offer::Done;
@@ -197,7 +211,7 @@ impl Subscriber {
                 q.bytes -= m.len();
                 q.messages -= 1;
                 drop(q);
-                self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                self.count(|c| &c.delivered);
                 self.room.notify_one();
                 Next::Message(m)
             }

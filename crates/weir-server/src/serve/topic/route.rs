@@ -24,6 +24,70 @@ pub const TOPIC_DROPPED: &str = "weir_topic_dropped_total";
 pub const TOPIC_DISCONNECTED: &str = "weir_topic_disconnected_total";
 pub const TOPIC_SUBSCRIBERS: &str = "weir_topic_subscribers";
 
+/// Series per subscriber, rendered at each scrape from the subscribers connected then: a
+/// subscriber's series go when it does, so clients coming and going leave none behind.
+type SubscriberValue = fn(&Subscriber) -> u64;
+const SUBSCRIBER_SERIES: [(&str, &str, &str, SubscriberValue); 5] = [
+    (
+        "weir_topic_subscriber_published_total",
+        "counter",
+        "Messages published to the topic since this subscriber joined.",
+        |s| s.own.published.load(Ordering::Relaxed),
+    ),
+    (
+        "weir_topic_subscriber_delivered_total",
+        "counter",
+        "Messages handed to this subscriber's connection.",
+        |s| s.own.delivered.load(Ordering::Relaxed),
+    ),
+    (
+        "weir_topic_subscriber_dropped_total",
+        "counter",
+        "Messages this subscriber lost to its gate.",
+        |s| s.own.dropped.load(Ordering::Relaxed),
+    ),
+    (
+        "weir_topic_subscriber_disconnected_total",
+        "counter",
+        "1 once this subscriber was cut off under `disconnect`.",
+        |s| s.own.disconnected.load(Ordering::Relaxed),
+    ),
+    (
+        "weir_topic_subscriber_queued_bytes",
+        "gauge",
+        "Bytes waiting in this subscriber's queue.",
+        |s| s.queued_bytes() as u64,
+    ),
+];
+
+/// The per-subscriber series of `topics` in Prometheus' text format.
+pub fn render_subscriber_metrics(topics: &[Arc<Topic>]) -> String {
+    use std::fmt::Write as _;
+    let connected: Vec<(String, Vec<(u64, Arc<Subscriber>)>)> = topics
+        .iter()
+        .map(|t| {
+            let label = t.config.path.replace('\\', "\\\\").replace('"', "\\\"");
+            let subs = t
+                .subscribers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            (label, subs)
+        })
+        .collect();
+    let mut out = String::new();
+    for (name, kind, help, value) in SUBSCRIBER_SERIES {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (topic, subs) in &connected {
+            for (id, sub) in subs {
+                let v = value(sub);
+                let _ = writeln!(out, "{name}{{topic=\"{topic}\",subscriber=\"{id}\"}} {v}");
+            }
+        }
+    }
+    out
+}
+
 /// A topic: its subscribers and counters.
 pub struct Topic {
     config: TopicRoute,
@@ -72,6 +136,7 @@ impl Topic {
     async fn publish(&self, message: Bytes, policy: Policy) {
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         for sub in self.subscribers() {
+            sub.own.published.fetch_add(1, Ordering::Relaxed);
             while sub.offer(&message, policy) == Offer::Wait {
                 sub.room(message.len()).await;
             }
