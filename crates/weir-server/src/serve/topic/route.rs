@@ -63,7 +63,7 @@ const SUBSCRIBER_SERIES: [(&str, &str, &str, SubscriberValue); 5] = [
 /// The per-subscriber series of `topics` in Prometheus' text format.
 pub fn render_subscriber_metrics(topics: &[Arc<Topic>]) -> String {
     use std::fmt::Write as _;
-    let connected: Vec<(String, Vec<(u64, Arc<Subscriber>)>)> = topics
+    let connected: Vec<(String, Connected)> = topics
         .iter()
         .map(|t| {
             let label = t.config.path.replace('\\', "\\\\").replace('"', "\\\"");
@@ -88,10 +88,13 @@ pub fn render_subscriber_metrics(topics: &[Arc<Topic>]) -> String {
     out
 }
 
+/// Subscribers by the number each was given.
+type Connected = Vec<(u64, Arc<Subscriber>)>;
+
 /// A topic: its subscribers and counters.
 pub struct Topic {
     config: TopicRoute,
-    subscribers: Mutex<Vec<(u64, Arc<Subscriber>)>>,
+    subscribers: Mutex<Connected>,
     next_id: AtomicU64,
     counters: Arc<TopicCounters>,
 }
