@@ -38,6 +38,10 @@ pub struct ServeConfig {
     /// How long streams and pipelines get to finish once SIGTERM or SIGINT came.
     #[serde(default = "defaults::shutdown_grace", deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// How long a client may take to send its whole request body (408 past it); the body
+    /// is read before a stream slot or any budget is reserved.
+    #[serde(default = "defaults::body_timeout", deserialize_with = "duration")]
+    pub body_timeout: Duration,
     /// Largest request body accepted (413 past it).
     #[serde(default = "defaults::max_request_body", deserialize_with = "size")]
     pub max_request_body: u64,
@@ -354,6 +358,9 @@ mod defaults {
         64 << 10
     }
     pub fn header_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn body_timeout() -> Duration {
         Duration::from_secs(10)
     }
     pub fn max_request_body() -> u64 {

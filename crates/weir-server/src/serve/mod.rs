@@ -7,6 +7,7 @@ pub mod export;
 pub mod metrics;
 pub mod proxy;
 mod reply;
+mod request_body;
 pub mod send_queue;
 mod server;
 mod socket_buffer;

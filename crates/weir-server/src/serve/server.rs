@@ -23,6 +23,7 @@ use super::cors::Cors;
 use super::export::{self, ExportRoute};
 use super::metrics;
 use super::proxy::{self, ProxyRoute};
+use super::request_body::BodyLimits;
 use super::send_queue::{Backlog, BoundedSendQueue};
 use super::socket_buffer;
 use super::stall::{StallGuard, StallLimit};
@@ -66,7 +67,10 @@ impl Server {
                     let state = Arc::new(ProxyRoute::new(
                         r.clone(),
                         admission.clone(),
-                        config.max_request_body as usize,
+                        BodyLimits {
+                            max_bytes: config.max_request_body as usize,
+                            timeout: config.body_timeout,
+                        },
                         filter,
                     )?);
                     let methods = post(proxy::handle).with_state(state);

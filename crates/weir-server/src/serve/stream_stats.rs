@@ -44,6 +44,8 @@ pub enum Outcome {
     RejectedTooLarge,
     /// The request could not be forwarded as it is (400).
     RejectedInvalid,
+    /// The request body did not arrive within `body_timeout` (408).
+    RejectedSlowBody,
     /// The upstream answered without a stream (an error status, or `stream: false`
     /// with a non-success status); passed on as it came.
     UpstreamStatus,
@@ -51,7 +53,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in declaration order (`outcome as usize` indexes it).
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Completed,
         Outcome::ClientGone,
         Outcome::UpstreamError,
@@ -62,6 +64,7 @@ impl Outcome {
         Outcome::RejectedAuth,
         Outcome::RejectedTooLarge,
         Outcome::RejectedInvalid,
+        Outcome::RejectedSlowBody,
         Outcome::UpstreamStatus,
     ];
 
@@ -77,6 +80,7 @@ impl Outcome {
             Outcome::RejectedAuth => "rejected_auth",
             Outcome::RejectedTooLarge => "rejected_too_large",
             Outcome::RejectedInvalid => "rejected_invalid",
+            Outcome::RejectedSlowBody => "rejected_slow_body",
             Outcome::UpstreamStatus => "upstream_status",
         }
     }
@@ -114,6 +118,8 @@ pub struct StreamStats {
     paused: Duration,
     chunk_out_at: Option<Instant>,
     redactions: Vec<(String, u64)>,
+    /// What went wrong, whole: for the log, never for the client.
+    cause: Option<String>,
 }
 
 impl StreamStats {
@@ -135,7 +141,13 @@ impl StreamStats {
             paused: Duration::ZERO,
             chunk_out_at: None,
             redactions: Vec::new(),
+            cause: None,
         }
+    }
+
+    /// Records the full cause of a failure for the stream's log line.
+    pub fn caused_by(&mut self, cause: String) {
+        self.cause.get_or_insert(cause);
     }
 
     /// Ends a request answered without a stream body.
@@ -268,6 +280,7 @@ impl Drop for StreamStats {
                     client_bytes = self.client_bytes,
                     paused_s = self.paused.as_secs_f64(),
                     redactions = redactions.as_deref(),
+                    cause = self.cause.as_deref(),
                     "stream ended"
                 )
             };

@@ -7,13 +7,14 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, Limited};
 
+use super::scrub::scrub_body;
 use super::stream::{sse_limits, ProxyStream, StreamTiming, TextFilter};
 use super::upstream::{tls_failure, SendError, Upstream};
 use crate::serve::admission::{Admission, Refusal};
 use crate::serve::config::{LlmProxyRoute, Protocol};
 use crate::serve::metrics::RouteMetrics;
+use crate::serve::request_body::{self, BodyError, BodyLimits};
 use crate::serve::send_queue::Backlog;
 use crate::serve::stall::StallLimit;
 use crate::serve::stream_stats::{Outcome, StreamStats};
@@ -27,6 +28,9 @@ const FORWARDED_HEADERS: [&str; 4] = [
     "anthropic-beta",
 ];
 
+/// Largest upstream error body passed on: an error says what it has to say in less.
+const MAX_ERROR_BODY: u64 = 64 << 10;
+
 /// Makes the text filter of one stream (redaction), if the route has one.
 pub type FilterFactory = Arc<dyn Fn() -> Box<dyn TextFilter> + Send + Sync>;
 
@@ -35,8 +39,10 @@ pub struct ProxyRoute {
     config: LlmProxyRoute,
     upstream: Upstream,
     upstream_key: Option<HeaderValue>,
+    /// The key's own bytes, removed from everything forwarded to clients.
+    secret: Option<Arc<[u8]>>,
     admission: Admission,
-    max_request_body: usize,
+    body_limits: BodyLimits,
     filter: Option<FilterFactory>,
     metrics: Arc<RouteMetrics>,
 }
@@ -46,13 +52,14 @@ impl ProxyRoute {
     pub fn new(
         config: LlmProxyRoute,
         admission: Admission,
-        max_request_body: usize,
+        body_limits: BodyLimits,
         filter: Option<FilterFactory>,
     ) -> Result<Self, String> {
         let upstream: Uri = config
             .upstream
             .parse()
             .map_err(|e| format!("upstream `{}`: {e}", config.upstream))?;
+        let mut secret = None;
         let upstream_key = match &config.upstream_key_env {
             None => None,
             Some(var) => {
@@ -62,6 +69,7 @@ impl ProxyRoute {
                         config.path
                     )
                 })?;
+                secret = (!key.is_empty()).then(|| Arc::from(key.as_bytes()));
                 let value = match config.protocol {
                     Protocol::Openai => format!("Bearer {key}"),
                     Protocol::Anthropic => key,
@@ -86,8 +94,9 @@ impl ProxyRoute {
         Ok(ProxyRoute {
             upstream,
             upstream_key,
+            secret,
             admission,
-            max_request_body,
+            body_limits,
             filter,
             metrics: Arc::new(RouteMetrics::new(&config.path)),
             config,
@@ -101,6 +110,17 @@ impl ProxyRoute {
     fn error(&self, status: StatusCode, kind: &str, message: &str) -> Response {
         let body = self.config.protocol.error_body(kind, message);
         (status, axum::Json(body)).into_response()
+    }
+
+    /// Answers a request whose body was refused, in the route's dialect.
+    fn refuse_body(&self, stats: StreamStats, e: BodyError) -> Response {
+        let outcome = match e {
+            BodyError::TooLarge { .. } => Outcome::RejectedTooLarge,
+            BodyError::Timeout { .. } => Outcome::RejectedSlowBody,
+            _ => Outcome::RejectedInvalid,
+        };
+        stats.refuse(outcome, e.status(), e.kind());
+        self.error(e.status(), e.kind(), &e.to_string())
     }
 
     fn authorised(&self, headers: &HeaderMap) -> bool {
@@ -121,7 +141,7 @@ impl ProxyRoute {
 
 /// The axum handler of an `llm_proxy` route.
 pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> Response {
-    let stats = StreamStats::new(Arc::clone(&route.metrics));
+    let mut stats = StreamStats::new(Arc::clone(&route.metrics));
     if let Some(limit) = request.extensions().get::<StallLimit>() {
         limit.set(route.config.client_stall_timeout);
     }
@@ -137,6 +157,15 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
             "authentication_error",
             "missing or unknown API key (send Authorization: Bearer KEY or x-api-key: KEY)",
         );
+    }
+    // The body first: a client still sending it holds no slot and no budget.
+    let (parts, body) = request.into_parts();
+    let body = match request_body::read(&parts.headers, body, route.body_limits).await {
+        Ok(body) => body,
+        Err(e) => return route.refuse_body(stats, e),
+    };
+    if let Err(e) = request_body::check_json_object(&body) {
+        return route.refuse_body(stats, e);
     }
     let ticket = match route.admission.try_admit(route.config.buffer as usize) {
         Ok(t) => t,
@@ -161,22 +190,6 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
             return response;
         }
     };
-    let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, route.max_request_body).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            stats.refuse(
-                Outcome::RejectedTooLarge,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
-            );
-            return route.error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
-                &format!("request body over {} bytes", route.max_request_body),
-            );
-        }
-    };
     let mut headers: Vec<(&str, &[u8])> = FORWARDED_HEADERS
         .iter()
         .filter_map(|&name| parts.headers.get(name).map(|v| (name, v.as_bytes())))
@@ -196,22 +209,32 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
             return route.error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
-                &format!("upstream sent no response headers within {}", secs(timeout)),
+                &format!(
+                    "route {}: the upstream sent no response headers within {}",
+                    route.config.path,
+                    secs(timeout)
+                ),
             );
         }
         Ok(Err(e)) => {
-            stats.finish(Outcome::UpstreamError, StatusCode::BAD_GATEWAY);
             let (kind, message) = match &e {
                 SendError::Tls { source, .. } => (
                     "upstream_tls",
-                    tls_failure(source).unwrap_or_else(|| e.to_string()),
+                    tls_failure(source)
+                        .unwrap_or_else(|| "the TLS handshake with the upstream failed".into()),
                 ),
-                SendError::Malformed(_) => ("upstream_malformed", e.to_string()),
-                _ => (
+                SendError::Malformed(_) => (
+                    "upstream_malformed",
+                    "the upstream's response is not valid HTTP".into(),
+                ),
+                SendError::Connect { .. } | SendError::Io(_) => (
                     "upstream_unreachable",
-                    format!("cannot reach the upstream: {}", error_chain(&e)),
+                    "the upstream cannot be reached".into(),
                 ),
             };
+            stats.caused_by(error_chain(&e));
+            stats.finish(Outcome::UpstreamError, StatusCode::BAD_GATEWAY);
+            let message = format!("route {}: {message}", route.config.path);
             return route.error(StatusCode::BAD_GATEWAY, kind, &message);
         }
         Ok(Ok(r)) => r,
@@ -223,7 +246,13 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
         .is_some_and(|v| v.starts_with(b"text/event-stream"));
     if !streaming || !status.is_success() {
         // Not a stream: pass it on as it comes, within the size limit.
-        let body = upstream.body.into_stream(route.config.max_response_body);
+        let limit = if status.is_success() {
+            route.config.max_response_body
+        } else {
+            route.config.max_response_body.min(MAX_ERROR_BODY)
+        };
+        let body = upstream.body.into_stream(limit);
+        let body = scrub_body(body, route.secret.clone());
         let mut response = Response::new(Body::from_stream(body));
         *response.status_mut() = status;
         if let Some(ct) = upstream
@@ -246,7 +275,6 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
         keepalive: route.config.keepalive,
     };
     let filter = route.filter.as_ref().map(|make| make());
-    let mut stats = stats;
     stats.streaming(StatusCode::OK);
     let stream = ProxyStream::new(
         upstream.body,
@@ -257,7 +285,8 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
         ticket,
         stats,
     )
-    .waiting_on(request_backlog);
+    .waiting_on(request_backlog)
+    .scrubbing(route.secret.clone());
     let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
     headers.insert(

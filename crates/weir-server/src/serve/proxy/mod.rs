@@ -4,6 +4,7 @@ mod blocks;
 mod handler;
 mod protocol;
 mod redaction;
+mod scrub;
 mod stream;
 mod upstream;
 

@@ -29,6 +29,7 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ use weir_stages::codec::sse::{SseDecoder, SseEncoder, SseEvent, SseLimits};
 
 use super::blocks::Blocks;
 use super::protocol::{EventRole, TokenText};
+use super::scrub::Scrubber;
 use super::upstream::{BodyError, BodyReader};
 use crate::serve::admission::Ticket;
 use crate::serve::config::Protocol;
@@ -91,6 +93,8 @@ pub struct ProxyStream {
     last_keepalive: Instant,
     /// A slow client connection's last chunk: no new one until it has reached the kernel.
     backlog: Option<Backlog>,
+    /// Removes the upstream key from what is sent, if the route has one.
+    scrubber: Option<Scrubber>,
 }
 
 /// Turns the upstream's bytes into the client's: events decoded, filtered, encoded.
@@ -139,7 +143,14 @@ impl ProxyStream {
             last_upstream: now,
             last_keepalive: now,
             backlog: None,
+            scrubber: None,
         }
+    }
+
+    /// Removes `secret` from every byte the client gets.
+    pub fn scrubbing(mut self, secret: Option<Arc<[u8]>>) -> Self {
+        self.scrubber = secret.map(Scrubber::new);
+        self
     }
 
     /// Makes no new chunk for a slow connection until it has given the last to its socket.
@@ -189,6 +200,13 @@ impl Stream for ProxyStream {
         }
         this.relay.stats.polled();
         loop {
+            if let Some(scrubber) = &mut this.scrubber {
+                let out = std::mem::take(&mut this.relay.out);
+                scrubber.pass(&out, &mut this.relay.out);
+                if this.relay.done {
+                    scrubber.finish(&mut this.relay.out);
+                }
+            }
             if !this.relay.out.is_empty() {
                 let chunk = settled(std::mem::take(&mut this.relay.out));
                 if let Some(backlog) = &this.backlog {
@@ -217,7 +235,8 @@ impl Stream for ProxyStream {
                         BodyError::Malformed(_) => Outcome::UpstreamMalformed,
                         _ => Outcome::UpstreamError,
                     };
-                    relay.fail(outcome, &e.to_string());
+                    relay.stats.caused_by(weir_runtime::error_chain(&e));
+                    relay.fail(outcome, &e.client_message());
                 }
                 Poll::Pending => {
                     if this.poll_quiet(cx).is_pending() {

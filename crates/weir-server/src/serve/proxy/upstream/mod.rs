@@ -56,6 +56,16 @@ pub enum SendError {
     Malformed(String),
 }
 
+impl BodyError {
+    /// What a client may read of it: no addresses, no OS error text.
+    pub fn client_message(&self) -> String {
+        match self {
+            BodyError::Io(_) => "the upstream connection failed mid-stream".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Why a body ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
