@@ -10,6 +10,7 @@ mod reply;
 mod request_body;
 pub mod send_queue;
 mod server;
+mod shutdown;
 mod socket_buffer;
 mod stall;
 pub mod stream_stats;
@@ -21,4 +22,4 @@ pub use config::{
     ConfigError, DatabaseUrl, ExportFormat, FileTailRoute, LlmProxyRoute, Protocol, RouteConfig,
     ServeConfig, SqlExportRoute,
 };
-pub use server::{RunningServer, Server, SHUTDOWN_GRACE};
+pub use server::{RunningServer, Server};

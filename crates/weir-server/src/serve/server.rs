@@ -25,6 +25,7 @@ use super::metrics;
 use super::proxy::{self, ProxyRoute};
 use super::request_body::BodyLimits;
 use super::send_queue::{Backlog, BoundedSendQueue};
+use super::shutdown::Shutdown;
 use super::socket_buffer;
 use super::stall::{StallGuard, StallLimit};
 use super::tail;
@@ -33,8 +34,9 @@ use super::topic;
 /// hyper's smallest allowed connection buffer (it panics below); also caps the request head.
 const WRITE_BUFFER: usize = 8 * 1024;
 
-/// How long open streams get to finish once shutdown starts.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The most of the grace kept for streams' last words: they are ended this long before it
+/// is over, so that the server is gone within the grace.
+const LAST_WORDS: Duration = Duration::from_secs(1);
 
 /// A configured server, not yet listening.
 pub struct Server {
@@ -138,6 +140,7 @@ impl Server {
         // Tracks connections for the shutdown grace; hyper-util's GracefulShutdown does not
         // take connections that can be upgraded (WebSocket).
         let connections = TaskTracker::new();
+        let stop = Shutdown::new(shutdown.clone(), connections.clone());
         let mut http = hyper::server::conn::http1::Builder::new();
         // hyper pulls the body until ~400 KiB wait in its write buffer; at its smallest it
         // stops at 8 KiB, and the rest of a slow client's share waits upstream.
@@ -168,18 +171,20 @@ impl Server {
             let tcp = BoundedSendQueue::new(tcp, self.config.send_buffer, backlog.clone());
             let io = TokioIo::new(StallGuard::new(tcp, limit.clone()));
             let router = self.router.clone();
+            let request_stop = stop.clone();
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(limit.clone());
                 req.extensions_mut().insert(backlog.clone());
+                req.extensions_mut().insert(request_stop.clone());
                 router.clone().oneshot(req)
             });
             let conn = http.serve_connection(io, service).with_upgrades();
-            let stop = shutdown.clone();
+            let draining = shutdown.clone();
             connections.spawn(async move {
                 tokio::pin!(conn);
                 tokio::select! {
                     _ = conn.as_mut() => {}
-                    _ = stop.cancelled() => {
+                    _ = draining.cancelled() => {
                         conn.as_mut().graceful_shutdown();
                         let _ = conn.await;
                     }
@@ -188,7 +193,27 @@ impl Server {
         }
         drop(listener);
         connections.close();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await;
+        let grace = self.config.shutdown_grace;
+        let last_words = LAST_WORDS.min(grace / 5);
+        if tokio::time::timeout(grace - last_words, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = connections.len(),
+                "streams still open at the end of the shutdown grace ({grace:?}): ending them with an error"
+            );
+            stop.end_streams();
+            if tokio::time::timeout(last_words, connections.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    open = connections.len(),
+                    "connections that did not close in time are dropped"
+                );
+            }
+        }
         Ok(())
     }
 

@@ -46,6 +46,8 @@ pub enum Outcome {
     RejectedInvalid,
     /// The request body did not arrive within `body_timeout` (408).
     RejectedSlowBody,
+    /// Still open when the server's shutdown grace was over: ended with an error event.
+    ServerShutdown,
     /// The upstream answered without a stream (an error status, or `stream: false`
     /// with a non-success status); passed on as it came.
     UpstreamStatus,
@@ -53,7 +55,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in declaration order (`outcome as usize` indexes it).
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::Completed,
         Outcome::ClientGone,
         Outcome::UpstreamError,
@@ -65,6 +67,7 @@ impl Outcome {
         Outcome::RejectedTooLarge,
         Outcome::RejectedInvalid,
         Outcome::RejectedSlowBody,
+        Outcome::ServerShutdown,
         Outcome::UpstreamStatus,
     ];
 
@@ -81,6 +84,7 @@ impl Outcome {
             Outcome::RejectedTooLarge => "rejected_too_large",
             Outcome::RejectedInvalid => "rejected_invalid",
             Outcome::RejectedSlowBody => "rejected_slow_body",
+            Outcome::ServerShutdown => "server_shutdown",
             Outcome::UpstreamStatus => "upstream_status",
         }
     }

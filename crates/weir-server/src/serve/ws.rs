@@ -13,6 +13,9 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::response::Response;
 use futures::{FutureExt, SinkExt};
+use tokio_util::sync::CancellationToken;
+
+use super::shutdown::Shutdown;
 
 /// What a source gives a WebSocket next.
 pub enum Frame {
@@ -36,6 +39,8 @@ const WRITE_BATCH: usize = 16 << 10;
 
 /// Policy violation: the code for a client too slow for its gate.
 pub const CLOSE_TOO_SLOW: u16 = 1008;
+/// Going away: the server is shutting down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Internal error: the source failed.
 pub const CLOSE_ERROR: u16 = 1011;
 
@@ -58,18 +63,33 @@ pub fn respond(
     buffer: usize,
     stall: Duration,
     source: impl FrameSource,
+    shutdown: &Shutdown,
 ) -> Response {
+    let draining = shutdown.draining().clone();
+    // The session outlives hyper's connection: the server waits for it on shutdown.
+    let session = shutdown.task();
     // Clients send next to nothing (pongs, a close): tungstenite's 128 KiB read buffer
     // would be most of what a subscriber costs.
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BATCH)
         .max_write_buffer_size(buffer.max(WRITE_BATCH * 2))
-        .on_upgrade(move |socket| pump(socket, source, stall))
+        .on_upgrade(move |socket| async move {
+            pump(socket, source, stall, draining).await;
+            drop(session);
+        })
 }
 
-async fn pump(mut socket: WebSocket, mut source: impl FrameSource, stall: Duration) {
+async fn pump(
+    mut socket: WebSocket,
+    mut source: impl FrameSource,
+    stall: Duration,
+    draining: CancellationToken,
+) {
     loop {
         let frame = tokio::select! {
+            () = draining.cancelled() => {
+                return close(socket, CLOSE_GOING_AWAY, "server shutting down").await;
+            }
             frame = source.next_frame() => frame,
             incoming = socket.recv() => match incoming {
                 // Pongs and whatever the client says are read and dropped; a close or an

@@ -16,12 +16,16 @@
 //! with no terminating chunk, so the client sees a truncated transfer rather than a
 //! short file that looks complete. The cause is logged.
 //!
+//! When the server's shutdown grace is over, an export still running is aborted the same
+//! way.
+//!
 //! # Cancel safety
 //!
 //! Dropping the body (the client went away) cancels the pipeline at once, which drops
 //! the cursor: the transaction is rolled back and the connection goes back to its pool.
 //! The admission ticket and export slot are released with the body.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,11 +33,12 @@ use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
-use tokio_util::sync::DropGuard;
+use tokio_util::sync::{DropGuard, WaitForCancellationFutureOwned};
 use weir_runtime::{BoxError, Pipeline, PipelineError, Report, Sink};
 
 use super::metrics::{ExportMetrics, ExportOutcome};
 use crate::serve::admission::Ticket;
+use crate::serve::shutdown::{Shutdown, SHUTTING_DOWN};
 
 /// Hands each chunk to the response body, waiting until the body has taken the last.
 pub(super) struct BodySink {
@@ -71,6 +76,8 @@ pub(super) struct ExportBody {
     started: Instant,
     bytes: u64,
     finished: bool,
+    /// The server's shutdown grace is over: the transfer is aborted, as on a failure.
+    grace_over: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl ExportBody {
@@ -87,6 +94,7 @@ impl ExportBody {
         held: Held,
         route: String,
         metrics: Arc<ExportMetrics>,
+        shutdown: &Shutdown,
     ) -> Self {
         let cancel = pipeline.cancel_token();
         ExportBody {
@@ -99,6 +107,7 @@ impl ExportBody {
             started: Instant::now(),
             bytes: 0,
             finished: false,
+            grace_over: shutdown.grace_over(),
         }
     }
 
@@ -107,7 +116,19 @@ impl ExportBody {
             if body.finished {
                 return None;
             }
-            if let Some(chunk) = body.chunks.recv().await {
+            let next = tokio::select! {
+                next = body.chunks.recv() => next,
+                () = body.grace_over.as_mut() => {
+                    body.finished = true;
+                    tracing::warn!(
+                        route = %body.route, bytes = body.bytes,
+                        "export still running when the shutdown grace was over: response aborted"
+                    );
+                    body.metrics.ended(ExportOutcome::Failed);
+                    return Some((Err(std::io::Error::other(SHUTTING_DOWN)), body));
+                }
+            };
+            if let Some(chunk) = next {
                 body.bytes += chunk.len() as u64;
                 body.metrics.bytes.increment(chunk.len() as u64);
                 return Some((Ok(chunk), body));

@@ -18,6 +18,7 @@ use super::request::{bind_params, choose_format, content_type, wants_gzip, Rejec
 use super::route::ExportRoute;
 use crate::serve::admission::Refusal;
 use crate::serve::config::ExportFormat;
+use crate::serve::shutdown::Shutdown;
 use crate::serve::stall::StallLimit;
 
 /// Byte-budgeted buffers of one export (cursor, text, compressed, and a share kept for
@@ -36,6 +37,7 @@ pub async fn handle(State(route): State<Arc<ExportRoute>>, request: Request) -> 
 }
 
 async fn start(route: &Arc<ExportRoute>, request: Request) -> Response {
+    let shutdown = Shutdown::of(request.extensions());
     if let Some(limit) = request.extensions().get::<StallLimit>() {
         limit.set(route.config.client_stall_timeout);
     }
@@ -98,6 +100,7 @@ async fn start(route: &Arc<ExportRoute>, request: Request) -> Response {
         },
         route.config.path.clone(),
         Arc::clone(&route.metrics),
+        &shutdown,
     );
     let mut response = Response::new(Body::from_stream(body.into_stream()));
     let headers = response.headers_mut();

@@ -16,6 +16,7 @@ use crate::serve::config::{LlmProxyRoute, Protocol};
 use crate::serve::metrics::RouteMetrics;
 use crate::serve::request_body::{self, BodyError, BodyLimits};
 use crate::serve::send_queue::Backlog;
+use crate::serve::shutdown::Shutdown;
 use crate::serve::stall::StallLimit;
 use crate::serve::stream_stats::{Outcome, StreamStats};
 use weir_runtime::error_chain;
@@ -146,6 +147,7 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
         limit.set(route.config.client_stall_timeout);
     }
     let request_backlog = request.extensions().get::<Backlog>().cloned();
+    let shutdown = Shutdown::of(request.extensions());
     if !route.authorised(request.headers()) {
         stats.refuse(
             Outcome::RejectedAuth,
@@ -286,7 +288,8 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
         stats,
     )
     .waiting_on(request_backlog)
-    .scrubbing(route.secret.clone());
+    .scrubbing(route.secret.clone())
+    .ending_with(&shutdown);
     let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
     headers.insert(

@@ -37,6 +37,7 @@ use bytes::Bytes;
 use futures::Stream;
 use serde_json::Value;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use weir_stages::codec::sse::{SseDecoder, SseEncoder, SseEvent, SseLimits};
 
 use super::blocks::Blocks;
@@ -46,6 +47,7 @@ use super::upstream::{BodyError, BodyReader};
 use crate::serve::admission::Ticket;
 use crate::serve::config::Protocol;
 use crate::serve::send_queue::Backlog;
+use crate::serve::shutdown::{Shutdown, SHUTTING_DOWN};
 use crate::serve::stream_stats::{Outcome, StreamStats};
 
 /// The step in which chunk allocations are sized (see `settled`).
@@ -95,6 +97,8 @@ pub struct ProxyStream {
     backlog: Option<Backlog>,
     /// Removes the upstream key from what is sent, if the route has one.
     scrubber: Option<Scrubber>,
+    /// The server's shutdown grace is over: end with the protocol's error event.
+    grace_over: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 /// Turns the upstream's bytes into the client's: events decoded, filtered, encoded.
@@ -144,7 +148,14 @@ impl ProxyStream {
             last_keepalive: now,
             backlog: None,
             scrubber: None,
+            grace_over: None,
         }
+    }
+
+    /// Ends the stream with an error event when `shutdown`'s grace is over.
+    pub fn ending_with(mut self, shutdown: &Shutdown) -> Self {
+        self.grace_over = Some(shutdown.grace_over());
+        self
     }
 
     /// Removes `secret` from every byte the client gets.
@@ -200,6 +211,14 @@ impl Stream for ProxyStream {
         }
         this.relay.stats.polled();
         loop {
+            if let Some(grace_over) = &mut this.grace_over {
+                if grace_over.as_mut().poll(cx).is_ready() {
+                    this.grace_over = None;
+                    if !this.relay.done {
+                        this.relay.fail(Outcome::ServerShutdown, SHUTTING_DOWN);
+                    }
+                }
+            }
             if let Some(scrubber) = &mut this.scrubber {
                 let out = std::mem::take(&mut this.relay.out);
                 scrubber.pass(&out, &mut this.relay.out);

@@ -18,6 +18,7 @@ use super::lines::{parse_token, Format, LineWriter};
 use crate::serve::config::FileTailRoute;
 use crate::serve::reply::{json_error, wants_ndjson};
 use crate::serve::send_queue::Backlog;
+use crate::serve::shutdown::{last_event, Shutdown};
 use crate::serve::stall::StallLimit;
 use crate::serve::ws::{self, Frame, FrameSource};
 
@@ -66,6 +67,7 @@ impl TailRoute {
 pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Response {
     let (mut request, _body) = request.into_parts();
     let upgrade = ws::upgrade(&mut request).await;
+    let shutdown = Shutdown::of(&request.extensions);
     if let Some(limit) = request.extensions.get::<StallLimit>() {
         limit.set(route.config.client_stall_timeout);
     }
@@ -154,12 +156,14 @@ pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Re
                 pending: tail.notice.take().into_iter().collect(),
                 tail,
             },
+            &shutdown,
         );
     }
-    let body = Body::from_stream(futures::stream::unfold(tail, |mut tail| async move {
+    let lines = futures::stream::unfold(tail, |mut tail| async move {
         let out = tail.next().await;
         Some((out, tail))
-    }));
+    });
+    let body = Body::from_stream(shutdown.live(lines, last_event(format == Format::Sse)));
     let content_type = match format {
         Format::Sse => "text/event-stream",
         Format::Ndjson | Format::Lines => "application/x-ndjson",

@@ -15,6 +15,7 @@ use super::gate::{Next, Offer, Policy, Subscriber, TopicCounters};
 use crate::serve::config::TopicRoute;
 use crate::serve::reply::{json_error, wants_ndjson};
 use crate::serve::send_queue::Backlog;
+use crate::serve::shutdown::{last_event, Shutdown};
 use crate::serve::stall::StallLimit;
 use crate::serve::ws::{self, Frame, FrameSource};
 
@@ -324,6 +325,7 @@ enum Format {
 pub async fn subscribe(State(topic): State<Arc<Topic>>, request: Request) -> Response {
     let (mut request, _body) = request.into_parts();
     let upgrade = ws::upgrade(&mut request).await;
+    let shutdown = Shutdown::of(&request.extensions);
     if let Some(limit) = request.extensions.get::<StallLimit>() {
         limit.set(topic.config.client_stall_timeout);
     }
@@ -338,6 +340,7 @@ pub async fn subscribe(State(topic): State<Arc<Topic>>, request: Request) -> Res
             topic.config.buffer as usize,
             topic.config.client_stall_timeout,
             frames,
+            &shutdown,
         );
     }
     let format = if wants_ndjson(&request.headers) {
@@ -348,7 +351,7 @@ pub async fn subscribe(State(topic): State<Arc<Topic>>, request: Request) -> Res
     let keepalive = topic.config.keepalive;
     let backlog = request.extensions.get::<Backlog>().cloned();
     let subscription = topic.subscribe();
-    let body = Body::from_stream(futures::stream::unfold(Some(subscription), move |state| {
+    let messages = futures::stream::unfold(Some(subscription), move |state| {
         let backlog = backlog.clone();
         async move {
             let subscription = state?;
@@ -365,7 +368,8 @@ pub async fn subscribe(State(topic): State<Arc<Topic>>, request: Request) -> Res
                 go_on.then_some(subscription),
             ))
         }
-    }));
+    });
+    let body = Body::from_stream(shutdown.live(messages, last_event(format == Format::Sse)));
     let mut response = Response::new(body);
     let content_type = match format {
         Format::Sse => "text/event-stream",
