@@ -42,7 +42,7 @@ const EXAMPLE: &str = r#"CONFIGURATION (weir.toml):
   header_timeout = "10s"         # slowloris guard
   body_timeout = "10s"           # whole request body, read before a stream slot is taken (408)
   max_request_body = "1MiB"
-  shutdown_grace = "10s"         # after SIGTERM/SIGINT: pipelines drain and commit within it
+  shutdown_grace = "10s"         # after SIGTERM/SIGINT: streams finish and pipelines commit within it
   listen_backlog = 4096          # connects queued before accept (capped by net.core.somaxconn)
 
   [[route]]
