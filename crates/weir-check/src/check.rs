@@ -1,9 +1,11 @@
-//! One check: start the slow clients, sample the target's memory and socket queues every
-//! interval, find the steady-state window, stop everything, and judge.
+//! One check: start the slow clients, sample the memory of each process of the target
+//! (a proxy and the app behind it are two) and their socket queues every interval, find
+//! the steady-state window, stop everything, and judge each process alone (`judge`): the
+//! verdict is the worst of theirs, and the reason names the process that holds the bytes.
 //!
-//! Shutdown: every client is cancelled and joined (its socket closed) and a spawned
-//! server is stopped before `run` returns, whatever the verdict. Every loop is bounded
-//! by `max_duration`.
+//! Shutdown: every client is cancelled and joined (its socket closed) and every spawned
+//! server is stopped before `run` returns, whatever the verdict or error. Every loop is
+//! bounded by `max_duration`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,19 +17,23 @@ use url::Url;
 
 use crate::client::{slow_client, ClientEnd, ClientPlan, LiveCounts};
 use crate::fit::{settled_at, LineFit, Thresholds, Trend};
-use crate::memory::{cgroup_limit, process_tree, MemorySampler};
-use crate::report::{
-    human_bytes, ClientSummary, KernelSummary, LimitProjection, MemorySummary, Report, Sample,
-    Verdict, Window,
+use crate::judge::{judge as judge_series, Judgement};
+use crate::memory::{
+    cgroup_limit, process_name, process_rss, process_trees, trees_rss, MetricsSampler,
 };
-use crate::sockets::socket_queues;
+use crate::report::{
+    human_bytes, ClientSummary, KernelSummary, LimitProjection, MemorySummary, ProcessSummary,
+    Report, Sample, Verdict, Window,
+};
+use crate::sockets::{listening_ports, socket_queues};
 use crate::spawn::SpawnedServer;
 use crate::CheckError;
 
 /// Consecutive failed scrapes of a metrics endpoint after which the run gives up.
 const MAX_SCRAPE_FAILURES: u32 = 3;
 
-/// Where the target's memory is read from.
+/// Where the target's memory is read from: one or more processes (`Pid`, `Spawn`, in
+/// any mix), or one metrics endpoint alone.
 #[derive(Clone, Debug)]
 pub enum MemoryFrom {
     Pid(u32),
@@ -55,7 +61,7 @@ pub struct CheckConfig {
     /// The run never lasts longer than this, settled or not.
     pub max_duration: Duration,
     pub interval: Duration,
-    pub memory: MemoryFrom,
+    pub memory: Vec<MemoryFrom>,
     pub limit: Option<u64>,
     pub thresholds: Thresholds,
     /// The fraction of clients that must still be streaming at the end.
@@ -75,23 +81,12 @@ pub enum Phase {
 }
 
 /// What the caller is shown after each sample.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Progress {
     pub sample: Sample,
     pub phase: Phase,
     pub clients: usize,
     pub finished: u64,
-}
-
-/// The target the memory is read from, alive for the run.
-struct Target {
-    sampler: MemorySampler,
-    /// The process read from /proc (`--pid`, `--spawn`).
-    pid: Option<u32>,
-    /// The same, when its sockets can be read too (another user's are not readable).
-    queues_of: Option<u32>,
-    spawned: Option<SpawnedServer>,
-    description: String,
 }
 
 impl CheckConfig {
@@ -149,46 +144,184 @@ impl CheckConfig {
             .next()
             .ok_or_else(|| CheckError::Usage(format!("{}: {host} has no address", self.url)))
     }
+}
 
-    async fn target(&self, addr: std::net::SocketAddr) -> Result<Target, CheckError> {
-        match &self.memory {
-            MemoryFrom::Pid(pid) => {
-                if crate::memory::process_rss(*pid).is_none() {
-                    return Err(CheckError::Usage(format!(
-                        "--pid {pid}: no such process (or no resident memory to read)"
-                    )));
-                }
-                Ok(Target {
-                    sampler: MemorySampler::ProcessTree { root: *pid },
-                    pid: Some(*pid),
-                    queues_of: Some(*pid),
-                    spawned: None,
-                    description: format!("pid {pid} and its children"),
-                })
-            }
-            MemoryFrom::Spawn(command) => {
-                let mut server = SpawnedServer::start(command).map_err(CheckError::Setup)?;
-                server
-                    .wait_ready(addr, self.spawn_timeout)
-                    .await
-                    .map_err(CheckError::Setup)?;
-                let pid = server.pid();
-                Ok(Target {
-                    sampler: MemorySampler::ProcessTree { root: pid },
-                    pid: Some(pid),
-                    queues_of: Some(pid),
-                    spawned: Some(server),
-                    description: format!("spawned `{command}` (pid {pid} and its children)"),
-                })
-            }
-            MemoryFrom::Metrics(url) => Ok(Target {
-                sampler: MemorySampler::prometheus(url, self.interval.max(Duration::from_secs(1)))?,
-                pid: None,
-                queues_of: None,
-                spawned: None,
-                description: format!("metrics {url}"),
-            }),
+/// One process of the target, read from /proc with its children.
+struct Process {
+    pid: u32,
+    /// `pid 123 (nginx)`: the name of the biggest process of its tree when it was ready.
+    label: String,
+    command: Option<String>,
+    spawned: Option<SpawnedServer>,
+    /// It listens on the URL's port.
+    front: bool,
+}
+
+enum Source {
+    Processes(Vec<Process>),
+    Metrics {
+        sampler: MetricsSampler,
+        url: String,
+    },
+}
+
+/// The target the memory is read from, alive for the run.
+struct Target {
+    source: Source,
+    /// Whether the processes' socket queues are read (another user's are not readable).
+    queues: bool,
+    description: String,
+}
+
+/// Why sampling stopped before the run's end.
+enum Lost {
+    /// A `--pid` exited: an error, never a verdict from missing samples.
+    Pid(String),
+    /// A spawned server exited, or its sockets could not be read.
+    Target(String),
+    /// One scrape of the metrics endpoint failed (a few in a row end the run).
+    Scrape(String),
+}
+
+/// What a process was at the end of the run, for the report.
+struct Measured {
+    label: String,
+    pid: Option<u32>,
+    command: Option<String>,
+    front: bool,
+    stderr_tail: Vec<String>,
+}
+
+impl Target {
+    fn roots(&self) -> Vec<u32> {
+        match &self.source {
+            Source::Processes(processes) => processes.iter().map(|p| p.pid).collect(),
+            Source::Metrics { .. } => Vec::new(),
         }
+    }
+
+    /// Stops every spawned server and says what each process was.
+    fn finish(self) -> Vec<Measured> {
+        match self.source {
+            Source::Processes(processes) => processes
+                .into_iter()
+                .map(|p| Measured {
+                    label: p.label,
+                    pid: Some(p.pid),
+                    command: p.command,
+                    front: p.front,
+                    stderr_tail: p.spawned.map(SpawnedServer::stop).unwrap_or_default(),
+                })
+                .collect(),
+            Source::Metrics { url, .. } => vec![Measured {
+                label: format!("metrics {url}"),
+                pid: None,
+                command: None,
+                front: false,
+                stderr_tail: Vec::new(),
+            }],
+        }
+    }
+}
+
+/// `pid 123 (nginx)`, named after the process of `pid`'s tree holding the most memory (a
+/// spawned `sh -c` is rarely what holds the bytes).
+fn label(pid: u32) -> String {
+    let tree = process_trees(&[pid]).pop().unwrap_or_default();
+    let biggest = tree
+        .iter()
+        .copied()
+        .max_by_key(|&p| process_rss(p).unwrap_or(0))
+        .unwrap_or(pid);
+    match process_name(biggest).or_else(|| process_name(pid)) {
+        Some(name) if biggest == pid => format!("pid {pid} ({name})"),
+        Some(name) => format!("pid {pid} ({name}, pid {biggest})"),
+        None => format!("pid {pid}"),
+    }
+}
+
+impl CheckConfig {
+    /// Finds the processes given (`--pid`) and starts those to spawn, in order, each once
+    /// the one before listens: a proxy in front is started after the app behind it.
+    async fn target(&self, addr: std::net::SocketAddr) -> Result<Target, CheckError> {
+        if let [MemoryFrom::Metrics(url)] = self.memory.as_slice() {
+            return Ok(Target {
+                source: Source::Metrics {
+                    sampler: MetricsSampler::new(url, self.interval.max(Duration::from_secs(1)))?,
+                    url: url.clone(),
+                },
+                queues: false,
+                description: format!("metrics {url}"),
+            });
+        }
+        let mut processes: Vec<Process> = Vec::new();
+        let mut descriptions = Vec::new();
+        for from in &self.memory {
+            match from {
+                MemoryFrom::Metrics(url) => {
+                    return Err(CheckError::Usage(format!(
+                        "--metrics-url {url}: not with --pid or --spawn (give one or the other)"
+                    )))
+                }
+                MemoryFrom::Pid(pid) => {
+                    if process_rss(*pid).is_none() {
+                        return Err(CheckError::Usage(format!(
+                            "--pid {pid}: no such process (or no resident memory to read)"
+                        )));
+                    }
+                    if processes.iter().any(|p| p.pid == *pid) {
+                        return Err(CheckError::Usage(format!("--pid {pid}: given twice")));
+                    }
+                    descriptions.push(format!("pid {pid} and its children"));
+                    processes.push(Process {
+                        pid: *pid,
+                        label: label(*pid),
+                        command: None,
+                        spawned: None,
+                        front: false,
+                    });
+                }
+                MemoryFrom::Spawn(command) => {
+                    let mut server = SpawnedServer::start(command).map_err(CheckError::Setup)?;
+                    server
+                        .wait_ready(addr, self.spawn_timeout)
+                        .await
+                        .map_err(CheckError::Setup)?;
+                    let pid = server.pid();
+                    descriptions.push(format!("spawned `{command}` (pid {pid} and its children)"));
+                    processes.push(Process {
+                        pid,
+                        label: label(pid),
+                        command: Some(command.clone()),
+                        spawned: Some(server),
+                        front: false,
+                    });
+                }
+            }
+        }
+        if processes.is_empty() {
+            return Err(CheckError::Usage(
+                "give --pid, --spawn or --metrics-url".into(),
+            ));
+        }
+        let roots: Vec<u32> = processes.iter().map(|p| p.pid).collect();
+        for (process, tree) in processes.iter_mut().zip(process_trees(&roots)) {
+            process.front = listening_ports(&tree).is_ok_and(|ports| ports.contains(&addr.port()));
+        }
+        let mut description = descriptions.join("; ");
+        let union: Vec<u32> = process_trees(&roots).concat();
+        let queues = match socket_queues(&union) {
+            Ok(_) => true,
+            Err(e) => {
+                description.push_str(&format!(" (socket queues not read: {e})"));
+                false
+            }
+        };
+        Ok(Target {
+            source: Source::Processes(processes),
+            queues,
+            description,
+        })
     }
 }
 
@@ -199,14 +332,6 @@ pub async fn run(
 ) -> Result<Report, CheckError> {
     let addr = config.resolve().await?;
     let mut target = config.target(addr).await?;
-    if let Some(pid) = target.queues_of {
-        if let Err(e) = socket_queues(&[pid]) {
-            target.queues_of = None;
-            target
-                .description
-                .push_str(&format!(" (socket queues not read: {e})"));
-        }
-    }
     let plan = Arc::new(ClientPlan {
         addr,
         request: config.request(),
@@ -217,12 +342,12 @@ pub async fn run(
     let live = Arc::new(LiveCounts::default());
     let stop = CancellationToken::new();
     let mut samples = Vec::new();
-    let mut target_gone = None;
+    let mut lost = None;
     // A baseline before any client connects: the growth the clients cause starts here.
     let started = Instant::now();
     match take_sample(&target, &live, 0.0).await {
         Ok(s) => samples.push(s),
-        Err(e) => target_gone = Some(e),
+        Err(e) => lost = Some(e),
     }
     let clients: Vec<_> = (0..config.clients)
         .map(|_| tokio::spawn(slow_client(plan.clone(), live.clone(), stop.clone())))
@@ -234,11 +359,11 @@ pub async fn run(
     let mut scrape_failures = 0;
     let mut settled: Option<f64> = None;
     let max_finished = config.clients as f64 * (1.0 - config.min_streaming);
-    while target_gone.is_none() {
+    while lost.is_none() {
         ticker.tick().await;
         let t = started.elapsed().as_secs_f64();
-        if let Some(exit) = target.spawned.as_mut().and_then(SpawnedServer::exited) {
-            target_gone = Some(exit);
+        if let Some(exit) = spawned_exit(&mut target) {
+            lost = Some(Lost::Target(exit));
             break;
         }
         match take_sample(&target, &live, t).await {
@@ -246,17 +371,17 @@ pub async fn run(
                 scrape_failures = 0;
                 samples.push(sample);
             }
-            Err(e) if target.pid.is_some() => {
-                target_gone = Some(e);
-                break;
-            }
-            Err(e) => {
+            Err(Lost::Scrape(e)) => {
                 scrape_failures += 1;
                 if scrape_failures >= MAX_SCRAPE_FAILURES {
-                    target_gone = Some(e);
+                    lost = Some(Lost::Target(e));
                     break;
                 }
                 continue;
+            }
+            Err(e) => {
+                lost = Some(e);
+                break;
             }
         }
         if settled.is_none() {
@@ -269,12 +394,14 @@ pub async fn run(
             Some(_) => Phase::Steady,
         };
         let finished = live.finished.load(Ordering::Relaxed);
-        on_sample(&Progress {
-            sample: *samples.last().expect("a sample was just pushed"),
-            phase,
-            clients: config.clients,
-            finished,
-        });
+        if let Some(sample) = samples.last() {
+            on_sample(&Progress {
+                sample: sample.clone(),
+                phase,
+                clients: config.clients,
+                finished,
+            });
+        }
         // Past this many finished clients the verdict can only be INCONCLUSIVE.
         let doomed = finished as f64 > max_finished || finished as usize == config.clients;
         let window_long_enough = start.is_some_and(|s| t - s >= config.min_window.as_secs_f64());
@@ -293,28 +420,72 @@ pub async fn run(
             error: format!("client task: {e}"),
         }));
     }
-    // Stop a spawned server now, before the verdict is written.
-    target.spawned.take();
+    let queues = target.queues;
+    let description = target.description.clone();
+    let first_pid = target.roots().first().copied();
+    // Stop the spawned servers now, before the verdict is written.
+    let measured = target.finish();
+    let gone = match lost {
+        Some(Lost::Pid(message)) => return Err(CheckError::TargetLost(message)),
+        Some(Lost::Target(message) | Lost::Scrape(message)) => Some(message),
+        None => None,
+    };
     Ok(judge(
         config,
-        &target,
+        Judged {
+            description,
+            queues,
+            first_pid,
+            measured,
+        },
         samples,
         settled,
         end_s,
-        target_gone,
+        gone,
         &ends,
     ))
 }
 
-async fn take_sample(target: &Target, live: &LiveCounts, t: f64) -> Result<Sample, String> {
-    let rss = target.sampler.sample().await?;
-    let queues = match target.queues_of {
-        Some(pid) => Some(socket_queues(&process_tree(pid))?),
-        None => None,
+/// How the first spawned server that exited did, if one has.
+fn spawned_exit(target: &mut Target) -> Option<String> {
+    let Source::Processes(processes) = &mut target.source else {
+        return None;
+    };
+    processes
+        .iter_mut()
+        .find_map(|p| p.spawned.as_mut().and_then(SpawnedServer::exited))
+}
+
+async fn take_sample(target: &Target, live: &LiveCounts, t: f64) -> Result<Sample, Lost> {
+    let (processes, rss, queues) = match &target.source {
+        Source::Metrics { sampler, .. } => {
+            let rss = sampler.sample().await.map_err(Lost::Scrape)?;
+            (vec![rss], rss, None)
+        }
+        Source::Processes(processes) => {
+            let roots: Vec<u32> = processes.iter().map(|p| p.pid).collect();
+            let trees = process_trees(&roots);
+            let (each, total) =
+                trees_rss(&trees).map_err(|pid| match processes.iter().find(|p| p.pid == pid) {
+                    Some(p) if p.spawned.is_none() => Lost::Pid(format!(
+                        "--pid {pid}: {} exited at {t:.0} s, during the run; no verdict from \
+                         missing samples",
+                        p.label
+                    )),
+                    _ => Lost::Target(format!("process {pid} has exited")),
+                })?;
+            let queues = if target.queues {
+                Some(socket_queues(&trees.concat()).map_err(Lost::Target)?)
+            } else {
+                None
+            };
+            (each, total, queues)
+        }
     };
     Ok(Sample {
         t,
         rss,
+        processes,
         queued_send: queues.map(|q| q.send),
         queued_recv: queues.map(|q| q.recv),
         streaming: live.streaming.load(Ordering::Relaxed),
@@ -343,17 +514,25 @@ fn window_start(config: &CheckConfig, settled: Option<f64>) -> Option<f64> {
     settled.map(|s| s.max(config.warmup.as_secs_f64()))
 }
 
+/// The target as the verdict needs it, once its servers are stopped.
+struct Judged {
+    description: String,
+    queues: bool,
+    first_pid: Option<u32>,
+    measured: Vec<Measured>,
+}
+
 fn judge(
     config: &CheckConfig,
-    target: &Target,
+    target: Judged,
     samples: Vec<Sample>,
     settled: Option<f64>,
     end_s: f64,
-    target_gone: Option<String>,
+    gone: Option<String>,
     ends: &[ClientEnd],
 ) -> Report {
     let clients = ClientSummary::of(ends);
-    let measured_queues = target.queues_of.is_some();
+    let measured_queues = target.queues;
     let start = window_start(config, settled);
     let window_points: Vec<(f64, f64)> = samples
         .iter()
@@ -379,80 +558,81 @@ fn judge(
             peak: samples.iter().filter_map(Sample::queued).max().unwrap_or(0),
         });
     let trend = fit.map(|f| config.thresholds.trend(&f));
-    let slope = |f: &LineFit| format!("{:+.1} KB/s", f.slope / 1000.0);
     let needed = (config.min_streaming * config.clients as f64).ceil() as usize;
-    let window_desc = |s: f64| format!("{s:.0} s to {end_s:.0} s");
-    let (verdict, reason) = if let Some(gone) = target_gone {
-        (
-            Verdict::Inconclusive,
-            format!("the target could not be measured to the end: {gone}"),
-        )
+    let early = if let Some(gone) = gone {
+        Some(format!(
+            "the target could not be measured to the end: {gone}"
+        ))
     } else if clients.streaming_at_end < needed {
-        (
-            Verdict::Inconclusive,
-            format!(
-                "the clients could not load the server: {} of {} streaming at the end \
-                 (need {needed}): {}",
-                clients.streaming_at_end,
-                clients.requested,
-                clients.trouble()
-            ),
-        )
+        Some(format!(
+            "the clients could not load the server: {} of {} streaming at the end \
+             (need {needed}): {}",
+            clients.streaming_at_end,
+            clients.requested,
+            clients.trouble()
+        ))
     } else if settled.is_none() {
         let growth = queue_growth(config, &samples);
-        (
-            Verdict::Inconclusive,
-            format!(
-                "the target's socket queues never stopped growing ({growth} over the last \
-                 {:.0} s) before the run ended at {end_s:.0} s: the kernel was still \
-                 absorbing the clients' backlog; raise --max-duration, or use fewer \
-                 clients or a smaller --recv-buffer",
-                config.settle_window.as_secs_f64()
-            ),
-        )
-    } else if let (Some(start), Some(fit), Some(trend)) = (start, fit, trend) {
-        match trend {
-            Trend::Flat => (
-                Verdict::Pass,
-                format!(
-                    "memory levelled off: {} over {} (below {:.1} KB/s)",
-                    slope(&fit),
-                    window_desc(start),
-                    config.thresholds.max_slope / 1000.0
-                ),
-            ),
-            Trend::Growing => (
-                Verdict::Fail,
-                format!(
-                    "memory grows steadily: {} with R² {:.2} over {}: the server buffers \
-                     what its clients do not take",
-                    slope(&fit),
-                    fit.r2,
-                    window_desc(start)
-                ),
-            ),
-            Trend::Erratic => (
+        Some(format!(
+            "the target's socket queues never stopped growing ({growth} over the last \
+             {:.0} s) before the run ended at {end_s:.0} s: the kernel was still \
+             absorbing the clients' backlog; raise --max-duration, or use fewer \
+             clients or a smaller --recv-buffer",
+            config.settle_window.as_secs_f64()
+        ))
+    } else {
+        None
+    };
+    let processes: Vec<ProcessSummary> = target
+        .measured
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let points: Vec<(f64, f64)> = samples
+                .iter()
+                .filter_map(|s| Some((s.t, *s.processes.get(i)? as f64)))
+                .collect();
+            let judgement = match (&early, start) {
+                (None, Some(start)) => Some(judge_series(
+                    &points,
+                    start,
+                    end_s,
+                    clients.streaming_at_end,
+                    &config.thresholds,
+                )),
+                _ => None,
+            };
+            ProcessSummary {
+                label: m.label,
+                pid: m.pid,
+                command: m.command,
+                front: m.front,
+                peak: points.iter().map(|p| p.1 as u64).max().unwrap_or(0),
+                judgement,
+                stderr_tail: m.stderr_tail,
+            }
+        })
+        .collect();
+    let (verdict, reason) = match early {
+        Some(reason) => (Verdict::Inconclusive, reason),
+        None => verdict_of(&processes).unwrap_or_else(|| {
+            (
                 Verdict::Inconclusive,
                 format!(
-                    "memory moved {} over {} but without a steady trend (R² {:.2} < {:.2}); \
-                     run longer",
-                    slope(&fit),
-                    window_desc(start),
-                    fit.r2,
-                    config.thresholds.min_r2
+                    "the steady-state window was too short for a fit (run ended at {end_s:.0} s)"
                 ),
-            ),
-        }
-    } else {
-        (
-            Verdict::Inconclusive,
-            format!("the steady-state window was too short for a fit (run ended at {end_s:.0} s)"),
-        )
+            )
+        }),
     };
     let limit = config
         .limit
         .map(|bytes| (bytes, "--limit"))
-        .or_else(|| target.pid.and_then(cgroup_limit).map(|b| (b, "cgroup")))
+        .or_else(|| {
+            target
+                .first_pid
+                .and_then(cgroup_limit)
+                .map(|b| (b, "cgroup"))
+        })
         .map(|(bytes, source)| LimitProjection {
             bytes,
             source: source.to_string(),
@@ -461,12 +641,12 @@ fn judge(
                 .zip(memory.as_ref())
                 .map(|(fit, m)| (bytes as f64 - m.last as f64).max(0.0) / fit.slope),
         });
-    let where_bytes_live = where_bytes_live(memory.as_ref(), kernel.as_ref());
+    let where_bytes_live = where_bytes_live(memory.as_ref(), kernel.as_ref(), &processes);
     Report {
         verdict,
         reason,
         url: config.url.to_string(),
-        memory_source: target.description.clone(),
+        memory_source: target.description,
         window: Window {
             warmup_s: config.warmup.as_secs_f64(),
             queues_settled_s: settled.filter(|_| measured_queues),
@@ -478,10 +658,72 @@ fn judge(
         memory,
         kernel,
         where_bytes_live,
+        processes,
         limit,
         clients,
         samples,
     }
+}
+
+/// The worst of the processes' verdicts, its reason naming the process that holds the
+/// bytes when there is more than one; `None` when none was judged.
+fn verdict_of(processes: &[ProcessSummary]) -> Option<(Verdict, String)> {
+    let judged: Vec<(&ProcessSummary, &Judgement)> = processes
+        .iter()
+        .filter_map(|p| Some((p, p.judgement.as_ref()?)))
+        .collect();
+    let rank = |v: Verdict| match v {
+        Verdict::Pass => 0,
+        Verdict::Inconclusive => 1,
+        Verdict::Fail => 2,
+    };
+    let growth = |j: &Judgement| j.growth.unwrap_or(0.0);
+    let &(worst, judgement) = judged.iter().max_by(|a, b| {
+        rank(a.1.verdict)
+            .cmp(&rank(b.1.verdict))
+            .then(growth(a.1).total_cmp(&growth(b.1)))
+    })?;
+    if judged.len() == 1 {
+        return Some((judgement.verdict, judgement.reason.clone()));
+    }
+    let grew = |j: &Judgement| {
+        let g = growth(j);
+        format!("{}{}", if g >= 0.0 { "+" } else { "" }, human_bytes(g))
+    };
+    let others: Vec<String> = judged
+        .iter()
+        .filter(|(p, _)| !std::ptr::eq(*p, worst))
+        .map(|(p, j)| format!("{}: {}, {}", p.label, j.verdict, grew(j)))
+        .collect();
+    let others = others.join("; ");
+    let reason = match judgement.verdict {
+        Verdict::Fail if worst.front => format!(
+            "the proxy in front buffers: {} in {}: {} (behind it, {others})",
+            grew(judgement),
+            worst.label,
+            judgement.reason
+        ),
+        Verdict::Fail if processes.iter().any(|p| p.front) => format!(
+            "the app behind the proxy buffers: {} in {}: {} (the rest: {others})",
+            grew(judgement),
+            worst.label,
+            judgement.reason
+        ),
+        Verdict::Fail => format!(
+            "{} buffers: {}: {} (the rest: {others})",
+            worst.label,
+            grew(judgement),
+            judgement.reason
+        ),
+        Verdict::Inconclusive => {
+            format!("{}: {} (the rest: {others})", worst.label, judgement.reason)
+        }
+        Verdict::Pass => format!(
+            "every process is bounded; the one that grew most, {}: {} (the rest: {others})",
+            worst.label, judgement.reason
+        ),
+    };
+    Some((judgement.verdict, reason))
 }
 
 /// How much the queues grew over the trailing settle window, for the reason.
@@ -498,7 +740,11 @@ fn queue_growth(config: &CheckConfig, samples: &[Sample]) -> String {
     human_bytes(last.queued().unwrap_or(0) as f64 - before as f64)
 }
 
-fn where_bytes_live(memory: Option<&MemorySummary>, kernel: Option<&KernelSummary>) -> String {
+fn where_bytes_live(
+    memory: Option<&MemorySummary>,
+    kernel: Option<&KernelSummary>,
+    processes: &[ProcessSummary],
+) -> String {
     let Some(memory) = memory else {
         return "unknown (no memory samples)".into();
     };
@@ -507,8 +753,21 @@ fn where_bytes_live(memory: Option<&MemorySummary>, kernel: Option<&KernelSummar
         "heap +{} since the clients connected",
         human_bytes(heap.max(0.0))
     );
+    let holder = processes
+        .iter()
+        .filter_map(|p| Some((p, p.judgement.as_ref()?.growth?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .filter(|_| processes.len() > 1)
+        .map(|(p, growth)| {
+            format!(
+                "; most of it in {}: +{}",
+                p.label,
+                human_bytes(growth.max(0.0))
+            )
+        })
+        .unwrap_or_default();
     let Some(kernel) = kernel else {
-        return format!("{heap_text}; kernel socket queues not measured");
+        return format!("{heap_text}{holder}; kernel socket queues not measured");
     };
     let queued = (kernel.send_last + kernel.recv_last) as f64;
     let most = if queued > heap {
@@ -517,7 +776,7 @@ fn where_bytes_live(memory: Option<&MemorySummary>, kernel: Option<&KernelSummar
         "mostly in the heap"
     };
     format!(
-        "{most}: {heap_text}, {} queued in its sockets",
+        "{most}: {heap_text}{holder}, {} queued in its sockets",
         human_bytes(queued)
     )
 }
@@ -544,11 +803,12 @@ mod tests {
             settle_window: Duration::from_secs(10),
             max_duration: Duration::from_secs(180),
             interval: Duration::from_secs(1),
-            memory: MemoryFrom::Pid(1),
+            memory: vec![MemoryFrom::Pid(1)],
             limit: None,
             thresholds: Thresholds {
                 max_slope: 16_000.0,
                 min_r2: 0.5,
+                max_per_client: 2.0 * 1048576.0,
             },
             min_streaming: 0.9,
             connect_timeout: Duration::from_secs(10),
@@ -597,5 +857,102 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(addr, "[::1]:9".parse().unwrap());
+    }
+
+    const MIB: f64 = 1048576.0;
+
+    /// A process judged over 30 s with 50 clients, memory `f(t)`.
+    fn process(label: &str, front: bool, f: impl Fn(f64) -> f64) -> ProcessSummary {
+        let points: Vec<(f64, f64)> = (0..=30).map(|i| (i as f64, f(i as f64))).collect();
+        let c = config("http://127.0.0.1:1/", &[], None);
+        ProcessSummary {
+            label: label.into(),
+            pid: Some(1),
+            command: None,
+            front,
+            peak: 0,
+            judgement: Some(judge_series(&points, 12.0, 30.0, 50, &c.thresholds)),
+            stderr_tail: Vec::new(),
+        }
+    }
+
+    fn flat(_: f64) -> f64 {
+        30.0 * MIB
+    }
+
+    fn buffers(t: f64) -> f64 {
+        30.0 * MIB + t * 10.0 * MIB
+    }
+
+    #[test]
+    fn a_buffering_proxy_in_front_of_a_good_app_is_named() {
+        let chain = [
+            process("pid 20 (python3)", false, flat),
+            process("pid 10 (node)", true, buffers),
+        ];
+        let (verdict, reason) = verdict_of(&chain).unwrap();
+        assert_eq!(verdict, Verdict::Fail);
+        assert!(
+            reason.starts_with(
+                "the proxy in front buffers: +300.0 MiB in pid 10 (node): memory grows steadily"
+            ),
+            "{reason}"
+        );
+        assert!(reason.contains("pid 20 (python3): PASS"), "{reason}");
+    }
+
+    #[test]
+    fn an_app_that_buffers_behind_a_good_proxy_is_named() {
+        let chain = [
+            process("pid 10 (nginx)", true, flat),
+            process("pid 20 (java)", false, buffers),
+        ];
+        let (verdict, reason) = verdict_of(&chain).unwrap();
+        assert_eq!(verdict, Verdict::Fail);
+        assert!(
+            reason.starts_with("the app behind the proxy buffers: +300.0 MiB in pid 20 (java)"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn the_worst_verdict_wins_and_one_process_speaks_for_itself() {
+        let one = [process("pid 10 (node)", true, buffers)];
+        let (verdict, reason) = verdict_of(&one).unwrap();
+        assert_eq!(verdict, Verdict::Fail);
+        assert!(reason.starts_with("memory grows steadily"), "{reason}");
+        let both_bounded = [
+            process("pid 10 (nginx)", true, flat),
+            process("pid 20 (java)", false, |t| 30.0 * MIB + t.min(5.0) * MIB),
+        ];
+        let (verdict, reason) = verdict_of(&both_bounded).unwrap();
+        assert_eq!(verdict, Verdict::Pass);
+        assert!(
+            reason.starts_with("every process is bounded; the one that grew most, pid 20 (java)"),
+            "{reason}"
+        );
+        let mut unjudged = process("pid 30 (x)", false, flat);
+        unjudged.judgement = None;
+        assert_eq!(verdict_of(&[unjudged]), None);
+    }
+
+    #[test]
+    fn where_the_bytes_live_names_the_process_that_grew() {
+        let chain = [
+            process("pid 20 (python3)", false, flat),
+            process("pid 10 (node)", true, buffers),
+        ];
+        let memory = MemorySummary {
+            first: 60 << 20,
+            peak: 400 << 20,
+            last: 360 << 20,
+            growth_over_window: None,
+        };
+        let text = where_bytes_live(Some(&memory), None, &chain);
+        assert_eq!(
+            text,
+            "heap +300.0 MiB since the clients connected; most of it in pid 10 (node): \
+             +300.0 MiB; kernel socket queues not measured"
+        );
     }
 }

@@ -64,6 +64,9 @@ pub struct Thresholds {
     pub max_slope: f64,
     /// The R² a growing fit needs to count as steady growth.
     pub min_r2: f64,
+    /// Bytes of growth per slow client, from before the clients connected to the steady
+    /// state, that still count as a bound.
+    pub max_per_client: f64,
 }
 
 /// What the fit over the steady-state window says about memory.
@@ -120,6 +123,7 @@ mod tests {
     const RULE: Thresholds = Thresholds {
         max_slope: 16.0 * 1024.0,
         min_r2: 0.5,
+        max_per_client: 2.0 * MIB,
     };
 
     /// One point a second for `seconds`, `f(t)` bytes, with a deterministic wobble of

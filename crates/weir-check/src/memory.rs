@@ -10,42 +10,37 @@ use crate::CheckError;
 const MAX_METRICS_BYTES: usize = 4 << 20;
 const GAUGE: &str = "process_resident_memory_bytes";
 
-/// Reads the target's memory, one sample at a time.
-pub enum MemorySampler {
-    /// RSS of `root` and every process descended from it (a server's workers, or the
-    /// program a shell started).
-    ProcessTree { root: u32 },
-    /// A Prometheus endpoint exposing `process_resident_memory_bytes`.
-    Prometheus {
-        client: reqwest::Client,
-        url: String,
-    },
+/// Reads a Prometheus endpoint's `process_resident_memory_bytes`, one sample at a time.
+pub struct MetricsSampler {
+    client: reqwest::Client,
+    url: String,
 }
 
-impl MemorySampler {
-    pub fn prometheus(url: &str, timeout: Duration) -> Result<MemorySampler, CheckError> {
+impl MetricsSampler {
+    pub fn new(url: &str, timeout: Duration) -> Result<MetricsSampler, CheckError> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()
             .map_err(|e| CheckError::Setup(format!("cannot build the metrics client: {e}")))?;
-        Ok(MemorySampler::Prometheus {
+        Ok(MetricsSampler {
             client,
             url: url.to_string(),
         })
     }
 
-    /// Resident bytes now. An error says why no sample could be taken (the process is
-    /// gone, the metrics endpoint failed).
+    /// Resident bytes now, or why the endpoint gave none.
     pub async fn sample(&self) -> Result<u64, String> {
-        match self {
-            MemorySampler::ProcessTree { root } => tree_rss(*root),
-            MemorySampler::Prometheus { client, url } => scrape(client, url).await,
-        }
+        scrape(&self.client, &self.url).await
     }
 }
 
 /// `root` and its descendants, from the parent pid of every process in /proc.
 pub fn process_tree(root: u32) -> Vec<u32> {
+    process_trees(&[root]).pop().unwrap_or_default()
+}
+
+/// The tree of each of `roots`, from one reading of /proc.
+pub fn process_trees(roots: &[u32]) -> Vec<Vec<u32>> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
@@ -57,15 +52,54 @@ pub fn process_tree(root: u32) -> Vec<u32> {
             }
         }
     }
-    let mut tree = vec![root];
-    let mut next = 0;
-    while next < tree.len() {
-        if let Some(kids) = children.get(&tree[next]) {
-            tree.extend(kids);
+    roots
+        .iter()
+        .map(|&root| {
+            let mut tree = vec![root];
+            let mut next = 0;
+            while next < tree.len() {
+                if let Some(kids) = children.get(&tree[next]) {
+                    tree.extend(kids);
+                }
+                next += 1;
+            }
+            tree
+        })
+        .collect()
+}
+
+/// The resident bytes of each tree (its root must be alive: `Err(root)` names the first
+/// that has exited) and of all of them together, a process in two trees counted once.
+pub fn trees_rss(trees: &[Vec<u32>]) -> Result<(Vec<u64>, u64), u32> {
+    let mut seen = std::collections::HashSet::new();
+    let mut each = Vec::with_capacity(trees.len());
+    let mut total = 0;
+    for tree in trees {
+        let Some((&root, descendants)) = tree.split_first() else {
+            continue;
+        };
+        let root_rss = process_rss(root).ok_or(root)?;
+        let mut sum = root_rss;
+        if seen.insert(root) {
+            total += root_rss;
         }
-        next += 1;
+        for &pid in descendants {
+            if let Some(rss) = process_rss(pid) {
+                sum += rss;
+                if seen.insert(pid) {
+                    total += rss;
+                }
+            }
+        }
+        each.push(sum);
     }
-    tree
+    Ok((each, total))
+}
+
+/// The command name of `pid` (/proc/PID/comm), e.g. `nginx`.
+pub fn process_name(pid: u32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end().to_string()).filter(|c| !c.is_empty())
 }
 
 /// Field `n` (1-based, as in proc(5)) of /proc/PID/stat, counted after the command name
@@ -92,18 +126,6 @@ pub fn process_rss(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-fn tree_rss(root: u32) -> Result<u64, String> {
-    let Some(root_rss) = process_rss(root) else {
-        return Err(format!("process {root} has exited"));
-    };
-    let descendants: u64 = process_tree(root)
-        .into_iter()
-        .skip(1)
-        .filter_map(process_rss)
-        .sum();
-    Ok(root_rss + descendants)
 }
 
 async fn scrape(client: &reqwest::Client, url: &str) -> Result<u64, String> {
@@ -181,11 +203,17 @@ mod tests {
         let tree = process_tree(me);
         let found = tree.contains(&child.id());
         let own = process_rss(me).unwrap();
-        let total = tree_rss(me).unwrap();
+        let (each, total) = trees_rss(&[tree.clone(), vec![child.id()]]).unwrap();
         let _ = child.kill();
         let _ = child.wait();
         assert!(found, "child {} not in {tree:?}", child.id());
-        assert!(own > 0 && total > own, "own {own}, tree {total}");
+        assert!(own > 0 && each[0] > own, "own {own}, tree {each:?}");
+        // The child is in both trees and counted once in the total.
+        assert_eq!(total, each[0], "{each:?}");
+        assert_eq!(
+            process_name(me).as_deref().map(|n| !n.is_empty()),
+            Some(true)
+        );
     }
 
     #[test]
@@ -205,6 +233,7 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
-        assert!(tree_rss(pid).unwrap_err().contains("exited"));
+        assert_eq!(trees_rss(&[vec![pid]]), Err(pid));
+        assert_eq!(process_name(pid), None);
     }
 }

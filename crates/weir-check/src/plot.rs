@@ -175,6 +175,7 @@ mod tests {
                 Sample {
                     t,
                     rss: (20.0 * MIB + t.min(8.0) * MIB) as u64,
+                    processes: vec![(20.0 * MIB + t.min(8.0) * MIB) as u64],
                     queued_send: Some((t.min(6.0) * 2.0 * MIB) as u64),
                     queued_recv: Some(0),
                     streaming: 10,
@@ -204,10 +205,12 @@ mod tests {
             thresholds: Thresholds {
                 max_slope: 16_000.0,
                 min_r2: 0.5,
+                max_per_client: 2.0 * MIB,
             },
             memory: None,
             kernel: None,
             where_bytes_live: String::new(),
+            processes: Vec::new(),
             limit: None,
             clients: ClientSummary::default(),
             samples,

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::client::ClientEnd;
 use crate::fit::{LineFit, Thresholds};
+use crate::judge::Judgement;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -44,12 +45,15 @@ impl Verdict {
 }
 
 /// One reading, taken every `--interval`.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Sample {
     /// Seconds since the clients started.
     pub t: f64,
-    /// Resident bytes of the target.
+    /// Resident bytes of the target: all its processes, each counted once.
     pub rss: u64,
+    /// Resident bytes of each process (and its children), in the order of
+    /// `Report::processes`.
+    pub processes: Vec<u64>,
     /// Bytes in the target's socket send queues (with `--pid` / `--spawn`).
     pub queued_send: Option<u64>,
     /// Bytes in the target's socket receive queues.
@@ -75,6 +79,23 @@ pub struct Window {
     /// The steady-state window; `None` when the run never reached one.
     pub start_s: Option<f64>,
     pub end_s: f64,
+}
+
+/// One process of the target (`--pid`, `--spawn`), or the metrics endpoint, judged alone.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessSummary {
+    /// `pid 123 (nginx)`, or `metrics URL`.
+    pub label: String,
+    pub pid: Option<u32>,
+    /// The command it was started with (`--spawn`).
+    pub command: Option<String>,
+    /// It listens on the URL's port: the process the clients connect to.
+    pub front: bool,
+    pub peak: u64,
+    /// The verdict on its memory; `None` when the run could not be judged at all.
+    pub judgement: Option<Judgement>,
+    /// The last lines it wrote to stderr (`--spawn`).
+    pub stderr_tail: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -171,8 +192,11 @@ pub struct Report {
     pub thresholds: Thresholds,
     pub memory: Option<MemorySummary>,
     pub kernel: Option<KernelSummary>,
-    /// Where the memory the slow clients cost lives: the heap or the kernel's queues.
+    /// Where the memory the slow clients cost lives: the heap or the kernel's queues, and
+    /// which process.
     pub where_bytes_live: String,
+    /// Each process measured, judged alone; the verdict is the worst of theirs.
+    pub processes: Vec<ProcessSummary>,
     pub limit: Option<LimitProjection>,
     pub clients: ClientSummary,
     pub samples: Vec<Sample>,
@@ -268,6 +292,32 @@ impl Report {
                 ),
             );
         }
+        for process in &self.processes {
+            let Some(j) = &process.judgement else {
+                continue;
+            };
+            let growth = match (j.growth, j.per_client) {
+                (Some(g), Some(c)) => format!(
+                    "{}{} since the clients connected ({}{} per slow client; at most {})",
+                    if g >= 0.0 { "+" } else { "" },
+                    human_bytes(g),
+                    if c >= 0.0 { "+" } else { "" },
+                    human_bytes(c),
+                    human_bytes(self.thresholds.max_per_client)
+                ),
+                _ => "no steady-state level".into(),
+            };
+            let front = if process.front { ", in front" } else { "" };
+            row(
+                &mut out,
+                &process.label,
+                format!(
+                    "{}{front}: {growth}, peak {}",
+                    j.verdict,
+                    human_bytes(process.peak as f64)
+                ),
+            );
+        }
         if let Some(k) = &self.kernel {
             row(
                 &mut out,
@@ -299,6 +349,15 @@ impl Report {
                     limit.source
                 ),
             );
+        }
+        for process in &self.processes {
+            if process.stderr_tail.is_empty() {
+                continue;
+            }
+            let _ = writeln!(out, "  stderr of {}, last lines:", process.label);
+            for line in &process.stderr_tail {
+                let _ = writeln!(out, "    | {line}");
+            }
         }
         let _ = writeln!(out, "{}: {}", self.verdict, self.reason);
         out

@@ -29,8 +29,40 @@ impl SocketQueues {
 
 /// The queues of the sockets held by `pids`, looked up in the socket tables of `pids[0]`.
 pub fn socket_queues(pids: &[u32]) -> Result<SocketQueues, String> {
+    let mut queues = SocketQueues::default();
+    for_each_row(pids, |row| {
+        if row.state != LISTEN {
+            queues.send += row.tx;
+            queues.recv += row.rx;
+            queues.sockets += 1;
+        }
+    })?;
+    Ok(queues)
+}
+
+/// The TCP ports `pids` listen on (looked up as `socket_queues` does).
+pub fn listening_ports(pids: &[u32]) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for_each_row(pids, |row| {
+        if row.state == LISTEN && !ports.contains(&row.port) {
+            ports.push(row.port);
+        }
+    })?;
+    Ok(ports)
+}
+
+/// One row of /proc/net/tcp{,6}.
+struct Row<'a> {
+    state: &'a str,
+    port: u16,
+    tx: u64,
+    rx: u64,
+}
+
+/// Calls `f` with each row of the socket tables of `pids[0]` that belongs to one of `pids`.
+fn for_each_row(pids: &[u32], mut f: impl FnMut(Row)) -> Result<(), String> {
     let Some(&root) = pids.first() else {
-        return Ok(SocketQueues::default());
+        return Ok(());
     };
     let mut inodes = HashSet::new();
     for &pid in pids {
@@ -50,17 +82,16 @@ pub fn socket_queues(pids: &[u32]) -> Result<SocketQueues, String> {
             }
         }
     }
-    let mut queues = SocketQueues::default();
     for table in ["tcp", "tcp6"] {
         let path = format!("/proc/{root}/net/{table}");
         match std::fs::read_to_string(&path) {
-            Ok(text) => add_table(&text, &inodes, &mut queues),
+            Ok(text) => rows(&text, &inodes, &mut f),
             // No IPv6 in the kernel: no tcp6 table.
             Err(_) if table == "tcp6" => {}
             Err(e) => return Err(format!("cannot read {path}: {e}")),
         }
     }
-    Ok(queues)
+    Ok(())
 }
 
 /// `socket:[12345]` -> 12345.
@@ -71,12 +102,12 @@ fn socket_inode(link: &str) -> Option<u64> {
         .ok()
 }
 
-/// Adds the queues of the rows of one /proc/net/tcp table whose inode is in `inodes`.
+/// The rows of one /proc/net/tcp table whose inode is in `inodes`.
 /// Columns: sl local rem st tx_queue:rx_queue tr:when retrnsmt uid timeout inode …
-fn add_table(text: &str, inodes: &HashSet<u64>, queues: &mut SocketQueues) {
+fn rows(text: &str, inodes: &HashSet<u64>, f: &mut impl FnMut(Row)) {
     for line in text.lines().skip(1) {
         let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.len() < 10 || cols[3] == LISTEN {
+        if cols.len() < 10 {
             continue;
         }
         let Some(inode) = cols[9].parse::<u64>().ok() else {
@@ -85,13 +116,23 @@ fn add_table(text: &str, inodes: &HashSet<u64>, queues: &mut SocketQueues) {
         if !inodes.contains(&inode) {
             continue;
         }
+        let port = cols[1]
+            .rsplit_once(':')
+            .and_then(|(_, port)| u16::from_str_radix(port, 16).ok());
         let Some((tx, rx)) = cols[4].split_once(':') else {
             continue;
         };
-        if let (Ok(tx), Ok(rx)) = (u64::from_str_radix(tx, 16), u64::from_str_radix(rx, 16)) {
-            queues.send += tx;
-            queues.recv += rx;
-            queues.sockets += 1;
+        if let (Some(port), Ok(tx), Ok(rx)) = (
+            port,
+            u64::from_str_radix(tx, 16),
+            u64::from_str_radix(rx, 16),
+        ) {
+            f(Row {
+                state: cols[3],
+                port,
+                tx,
+                rx,
+            });
         }
     }
 }
@@ -113,7 +154,17 @@ mod tests {
    garbage\n";
         let inodes: HashSet<u64> = [111, 222, 333].into();
         let mut queues = SocketQueues::default();
-        add_table(table, &inodes, &mut queues);
+        let mut listening = Vec::new();
+        rows(table, &inodes, &mut |row| {
+            if row.state == LISTEN {
+                listening.push(row.port);
+            } else {
+                queues.send += row.tx;
+                queues.recv += row.rx;
+                queues.sockets += 1;
+            }
+        });
+        assert_eq!(listening, vec![0x1F90]);
         assert_eq!(
             queues,
             SocketQueues {
@@ -147,8 +198,11 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
             queues = socket_queues(&[me]).unwrap();
         }
+        let ports = listening_ports(&[me]).unwrap();
         drop(receiver);
         assert!(queues.recv >= 3000, "{queues:?}");
         assert!(queues.sockets >= 2, "{queues:?}");
+        let port = listener.local_addr().unwrap().port();
+        assert!(ports.contains(&port), "{port} not in {ports:?}");
     }
 }

@@ -1,7 +1,8 @@
 //! A server the check starts itself (`--spawn`): run through `sh -c` in its own process
-//! group, waited for until its port accepts connections, and stopped, group and all,
-//! when dropped. Its stderr is kept in an unnamed temporary file, so that a server that
-//! dies can be reported with its last words.
+//! group, waited for until it listens on a TCP port (and the URL's port accepts), and
+//! stopped, group and all, when dropped. Its stderr is kept in an unnamed temporary file,
+//! so that the report can quote its last lines (an OutOfMemoryError, a GC warning) and a
+//! server that dies can be reported with its last words.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -12,17 +13,24 @@ use std::time::{Duration, Instant};
 use rustix::process::{kill_process, kill_process_group, Pid, Signal};
 
 use crate::memory::{process_tree, start_time};
+use crate::sockets::listening_ports;
 
 /// How long a stopped server gets between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(3);
 const POLL: Duration = Duration::from_millis(50);
 /// How much of the end of a dead server's stderr a report quotes.
 const LAST_WORDS: u64 = 600;
+/// The lines of its stderr a report quotes, and the most bytes read to find them.
+const TAIL_LINES: usize = 12;
+const TAIL_BYTES: u64 = 8 << 10;
+/// A quoted line longer than this is cut (a stack trace on one line, a binary dump).
+const MAX_LINE: usize = 300;
 
 pub struct SpawnedServer {
     child: Child,
     command: String,
     stderr: File,
+    stopped: bool,
 }
 
 impl SpawnedServer {
@@ -46,6 +54,7 @@ impl SpawnedServer {
             child,
             command: command.to_string(),
             stderr: stderr.1,
+            stopped: false,
         })
     }
 
@@ -65,25 +74,66 @@ impl SpawnedServer {
         }
     }
 
-    /// Waits until `addr` accepts a TCP connection, the server exits, or `timeout` passes.
+    /// Waits until the server listens on a TCP port of its own and `addr` accepts a
+    /// connection, or it exits, or `timeout` passes. The first makes a chain start in
+    /// order: a proxy in front is not started before the app behind it listens.
     pub async fn wait_ready(&mut self, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
         let started = Instant::now();
         loop {
             if let Some(exited) = self.exited() {
                 return Err(format!("{addr} never answered: {exited}"));
             }
-            // Nothing to await but the port itself: poll it, bounded by the timeout.
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            // Nothing to await but the ports themselves: poll them, bounded by the timeout.
+            let listens = listening_ports(&process_tree(self.pid())).is_ok_and(|p| !p.is_empty());
+            if listens && tokio::net::TcpStream::connect(addr).await.is_ok() {
                 return Ok(());
             }
             if started.elapsed() >= timeout {
-                return Err(format!(
-                    "`{}` did not answer on {addr} within {timeout:?}",
-                    self.command
-                ));
+                let what = if listens {
+                    format!("did not answer on {addr}")
+                } else {
+                    "listened on no TCP port".to_string()
+                };
+                return Err(format!("`{}` {what} within {timeout:?}", self.command));
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// Stops the server (as dropping it does) and returns the last lines it wrote to
+    /// stderr, its dying words included.
+    pub fn stop(mut self) -> Vec<String> {
+        self.terminate();
+        self.stderr_tail()
+    }
+
+    fn stderr_tail(&mut self) -> Vec<String> {
+        let mut bytes = Vec::new();
+        let len = self.stderr.metadata().map_or(0, |m| m.len());
+        let from = len.saturating_sub(TAIL_BYTES);
+        let read = self
+            .stderr
+            .seek(SeekFrom::Start(from))
+            .and_then(|_| (&self.stderr).take(TAIL_BYTES).read_to_end(&mut bytes));
+        if read.is_err() {
+            return Vec::new();
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let mut lines: Vec<&str> = text.lines().collect();
+        // Reading from the middle of the file starts in the middle of a line.
+        if from > 0 && !lines.is_empty() {
+            lines.remove(0);
+        }
+        let lines: Vec<String> = lines
+            .into_iter()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty())
+            .map(|l| match l.char_indices().nth(MAX_LINE) {
+                Some((cut, _)) => format!("{}…", &l[..cut]),
+                None => l.to_string(),
+            })
+            .collect();
+        lines[lines.len().saturating_sub(TAIL_LINES)..].to_vec()
     }
 
     /// The end of what the server wrote to stderr, as `: …`, or nothing.
@@ -116,8 +166,11 @@ impl SpawnedServer {
     }
 }
 
-impl Drop for SpawnedServer {
-    fn drop(&mut self) {
+impl SpawnedServer {
+    fn terminate(&mut self) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
         let tree: Vec<_> = process_tree(self.child.id())
             .into_iter()
             .map(|pid| (pid, start_time(pid)))
@@ -142,6 +195,12 @@ impl Drop for SpawnedServer {
     }
 }
 
+impl Drop for SpawnedServer {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
 /// Whether `pid` is still the process that started at `started` and has not exited (a
 /// zombie has closed its files and sockets already).
 fn running(pid: u32, started: Option<u64>) -> bool {
@@ -152,4 +211,38 @@ fn running(pid: u32, started: Option<u64>) -> bool {
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().next());
     started.is_some() && start_time(pid) == started && !matches!(state, Some("Z" | "X") | None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_last_lines_of_stderr_are_kept_after_the_server_stops() {
+        let mut server = SpawnedServer::start(
+            "for i in $(seq 1 2000); do echo \"line $i\" >&2; done; \
+             echo 'java.lang.OutOfMemoryError: Java heap space' >&2; exec sleep 30",
+        )
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // `sleep` listens on nothing: never ready, however open the URL's port.
+        let err = server
+            .wait_ready(addr, Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(err.contains("listened on no TCP port"), "{err}");
+        let pid = server.pid();
+        let tail = server.stop();
+        assert_eq!(tail.len(), TAIL_LINES, "{tail:?}");
+        assert_eq!(tail[TAIL_LINES - 2], "line 2000");
+        assert_eq!(
+            tail.last().map(String::as_str),
+            Some("java.lang.OutOfMemoryError: Java heap space")
+        );
+        assert!(
+            crate::memory::process_rss(pid).is_none(),
+            "{pid} still runs"
+        );
+    }
 }
