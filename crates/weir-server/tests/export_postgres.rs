@@ -279,6 +279,12 @@ async fn an_unreachable_database_is_a_503_with_retry_after() {
     assert_eq!(response.headers()["retry-after"], "1");
     let message = response.text().await.unwrap();
     assert!(message.contains("no database connection"), "{message}");
+    for internal in ["127.0.0.1", "os error", "refused"] {
+        assert!(
+            !message.contains(internal),
+            "{internal:?} leaked: {message}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -146,8 +146,9 @@ fn sql_error(route: &str, e: SqlError) -> Response {
     match e {
         SqlError::BadParameter(m) => plain(StatusCode::BAD_REQUEST, &format!("bad parameter: {m}")),
         SqlError::Unavailable(m) => {
+            // The cause names hosts, paths and OS errors: the log gets it, the client a kind.
             tracing::warn!(route, "export refused: {m}");
-            busy(&m)
+            busy(&format!("route {route}: no database connection now"))
         }
         SqlError::Failed(m) => {
             tracing::error!(route, "export failed before its first row: {m}");
