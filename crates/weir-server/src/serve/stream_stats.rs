@@ -190,10 +190,10 @@ impl StreamStats {
         self.metrics.upstream_bytes.increment(bytes as u64);
     }
 
-    /// An event was encoded for the client; `token` if it carries token text.
-    pub fn event(&mut self, token: bool) {
-        self.events += 1;
-        self.tokens_pending += u64::from(token);
+    /// `events` were encoded for the client, `tokens` of them carrying token text.
+    pub fn events(&mut self, events: u64, tokens: u64) {
+        self.events += events;
+        self.tokens_pending += tokens;
     }
 
     /// The body is polled for its next chunk: the time since the last chunk went out was
@@ -327,11 +327,10 @@ mod tests {
     #[test]
     fn the_first_token_is_timed_when_its_chunk_goes_out() {
         let mut s = stats();
-        s.event(false);
+        s.events(1, 0);
         s.chunk_out(10);
         assert_eq!((s.first_token, s.tokens, s.events), (None, 0, 1));
-        s.event(true);
-        s.event(true);
+        s.events(2, 2);
         assert!(s.first_token.is_none(), "encoded, not yet handed out");
         s.chunk_out(20);
         assert!(s.first_token.is_some());

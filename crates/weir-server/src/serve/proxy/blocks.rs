@@ -46,6 +46,10 @@ impl<T> Blocks<T> {
         }
     }
 
+    pub fn keys(&self) -> impl Iterator<Item = u64> + '_ {
+        self.entries.iter().map(|(b, _)| *b)
+    }
+
     pub fn values(&self) -> impl Iterator<Item = &T> {
         self.entries.iter().map(|(_, t)| t)
     }

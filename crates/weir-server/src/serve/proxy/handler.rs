@@ -8,11 +8,12 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
+use super::relay::{Relay, TextFilter};
 use super::scrub::scrub_body;
-use super::stream::{sse_limits, ProxyStream, StreamTiming, TextFilter};
+use super::stream::{sse_limits, ProxyStream, StreamTiming};
 use super::upstream::{tls_failure, SendError, Upstream};
 use crate::serve::admission::{Admission, Refusal};
-use crate::serve::config::{LlmProxyRoute, Protocol};
+use crate::serve::config::LlmProxyRoute;
 use crate::serve::metrics::RouteMetrics;
 use crate::serve::request_body::{self, BodyError, BodyLimits};
 use crate::serve::send_queue::Backlog;
@@ -71,10 +72,7 @@ impl ProxyRoute {
                     )
                 })?;
                 secret = (!key.is_empty()).then(|| Arc::from(key.as_bytes()));
-                let value = match config.protocol {
-                    Protocol::Openai => format!("Bearer {key}"),
-                    Protocol::Anthropic => key,
-                };
+                let (_, value) = config.protocol.dialect().key_header(&key);
                 let mut value = HeaderValue::from_str(&value).map_err(|_| {
                     format!(
                         "route {}: {var} holds characters not allowed in a header",
@@ -109,7 +107,7 @@ impl ProxyRoute {
     }
 
     fn error(&self, status: StatusCode, kind: &str, message: &str) -> Response {
-        let body = self.config.protocol.error_body(kind, message);
+        let body = self.config.protocol.dialect().error_body(kind, message);
         (status, axum::Json(body)).into_response()
     }
 
@@ -197,10 +195,7 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
         .filter_map(|&name| parts.headers.get(name).map(|v| (name, v.as_bytes())))
         .collect();
     if let Some(key) = &route.upstream_key {
-        let name = match route.config.protocol {
-            Protocol::Openai => header::AUTHORIZATION.as_str(),
-            Protocol::Anthropic => "x-api-key",
-        };
+        let (name, _) = route.config.protocol.dialect().key_header("");
         headers.push((name, key.as_bytes()));
     }
     let timeout = route.config.first_byte_timeout;
@@ -278,18 +273,15 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
     };
     let filter = route.filter.as_ref().map(|make| make());
     stats.streaming(StatusCode::OK);
-    let stream = ProxyStream::new(
-        upstream.body,
-        route.config.protocol,
-        timing,
+    let relay = Relay::new(
+        route.config.protocol.dialect(),
         sse_limits(route.config.buffer),
         filter,
-        ticket,
-        stats,
-    )
-    .waiting_on(request_backlog)
-    .scrubbing(route.secret.clone())
-    .ending_with(&shutdown);
+    );
+    let stream = ProxyStream::new(upstream.body, relay, timing, ticket, stats)
+        .waiting_on(request_backlog)
+        .scrubbing(route.secret.clone())
+        .ending_with(&shutdown);
     let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
     headers.insert(

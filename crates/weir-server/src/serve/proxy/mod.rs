@@ -1,15 +1,17 @@
 //! `kind = "llm_proxy"`: an LLM API's token stream, forwarded at the client's pace.
 
 mod blocks;
+mod dialect;
 mod handler;
-mod protocol;
 mod redaction;
+mod relay;
 mod scrub;
 mod stream;
 mod upstream;
 
 pub use handler::{handle, FilterFactory, ProxyRoute};
-pub use stream::{StreamTiming, TextFilter};
+pub use relay::TextFilter;
+pub use stream::StreamTiming;
 
 /// The text filter for a route's `redact` list, or none when the list is empty.
 pub fn filter_for(redact: &[String]) -> Result<Option<FilterFactory>, String> {

@@ -6,7 +6,7 @@ use weir_stages::codec::redact::{RedactConfig, RedactStream, Redactor};
 
 use super::blocks::Blocks;
 use super::handler::FilterFactory;
-use super::stream::TextFilter;
+use super::relay::TextFilter;
 
 /// The redacting streams of one response, keyed by text block (choice or content index).
 pub struct Redaction {

@@ -1,0 +1,145 @@
+//! The LLM APIs' streaming formats, one file each. An upstream event is parsed once, into
+//! one typed [`Frame`] that the plain path and the redacting path both act on, so that what
+//! the proxy does with an event never depends on whether redaction is configured. A new
+//! protocol is one new file implementing [`Dialect`].
+
+mod anthropic;
+mod openai;
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use weir_stages::codec::sse::SseEvent;
+
+pub use anthropic::Anthropic;
+pub use openai::Openai;
+
+use crate::serve::config::Protocol;
+
+/// What an upstream event is, for the proxy.
+pub enum Frame<'a> {
+    /// Token text for text block `block`; `ends_block` when the same event also ends it
+    /// (an OpenAI chunk with both `content` and `finish_reason`).
+    Text {
+        block: u64,
+        text: TokenText<'a>,
+        ends_block: bool,
+    },
+    /// Generated output that is not text (a tool call's arguments): a token, passed unchanged.
+    ToolCall,
+    /// Ends a text block: its held-back text is released before the event.
+    EndOfBlock { block: u64 },
+    /// The last event of a complete stream (`[DONE]`, `message_stop`).
+    Terminal,
+    /// The upstream reports an error in band: the stream ends after it.
+    Error,
+    /// Anything else, forwarded unchanged.
+    Other,
+}
+
+/// One LLM API's streaming format.
+pub trait Dialect: Send + Sync + 'static {
+    /// Reads `event` once; an error names what is wrong with it (data that must be JSON
+    /// and is not).
+    fn parse<'a>(&self, event: &'a SseEvent) -> Result<Frame<'a>, String>;
+
+    /// A token event carrying `text` for `block`, shaped like `template` (the data of the
+    /// block's last token event), to release held-back text.
+    fn token_event(&self, template: &str, block: u64, text: &str) -> SseEvent;
+
+    /// The event weir sends in band when the stream fails after the headers went out.
+    fn error_event(&self, code: &str, message: &str) -> SseEvent;
+
+    /// The JSON body of an error answered before any stream (502, 504, 401 …).
+    fn error_body(&self, kind: &str, message: &str) -> Value;
+
+    /// The request header carrying the upstream key, and its value.
+    fn key_header(&self, key: &str) -> (&'static str, String);
+}
+
+impl Protocol {
+    pub fn dialect(self) -> &'static dyn Dialect {
+        match self {
+            Protocol::Openai => &Openai,
+            Protocol::Anthropic => &Anthropic,
+        }
+    }
+}
+
+/// The token text of an event and where its JSON string lies in the event's data, so the
+/// text can be replaced without re-serialising (and reordering) the rest of the event.
+pub struct TokenText<'a> {
+    pub text: Cow<'a, str>,
+    span: Range<usize>,
+}
+
+impl<'a> TokenText<'a> {
+    /// `raw` must borrow from `event.data`; `None` when it is not a JSON string.
+    fn new(event: &'a SseEvent, raw: &'a RawValue) -> Option<Self> {
+        let text: Cow<'a, str> = serde_json::from_str(raw.get()).ok()?;
+        let start = (raw.get().as_ptr() as usize).checked_sub(event.data.as_ptr() as usize)?;
+        let span = start..start + raw.get().len();
+        (event.data.get(span.clone()) == Some(raw.get())).then_some(TokenText { text, span })
+    }
+
+    /// `event` with this token text replaced by `text`; every other byte is the upstream's.
+    pub fn replaced_in(&self, event: &SseEvent, text: &str) -> SseEvent {
+        let quoted = Value::from(text).to_string();
+        let mut data = String::with_capacity(event.data.len() + quoted.len());
+        data.push_str(&event.data[..self.span.start]);
+        data.push_str(&quoted);
+        data.push_str(&event.data[self.span.end..]);
+        SseEvent {
+            event: event.event.clone(),
+            data,
+            id: event.id.clone(),
+            retry: event.retry,
+        }
+    }
+}
+
+/// Checks that `data` is JSON, naming the problem if not.
+fn require_json(data: &str) -> Result<(), String> {
+    serde_json::from_str::<IgnoredAny>(data)
+        .map(drop)
+        .map_err(|e| format!("upstream event is not JSON ({e}): {data:.200}"))
+}
+
+/// A field that is there, whatever its value (`"error": null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(d).map(|_| true)
+}
+
+#[cfg(test)]
+pub(crate) fn event(name: Option<&str>, data: &str) -> SseEvent {
+    SseEvent {
+        event: name.map(str::to_string),
+        data: data.to_string(),
+        id: None,
+        retry: None,
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn describe(frame: &Frame<'_>) -> String {
+    match frame {
+        Frame::Text {
+            block,
+            text,
+            ends_block,
+        } => format!(
+            "text {block} {:?}{}",
+            text.text,
+            if *ends_block { " end" } else { "" }
+        ),
+        Frame::ToolCall => "tool".into(),
+        Frame::EndOfBlock { block } => format!("end {block}"),
+        Frame::Terminal => "terminal".into(),
+        Frame::Error => "error".into(),
+        Frame::Other => "other".into(),
+    }
+}
