@@ -19,7 +19,7 @@ use crate::client::{slow_client, ClientEnd, ClientPlan, LiveCounts};
 use crate::fit::{settled_at, LineFit, Thresholds, Trend};
 use crate::judge::{judge as judge_series, Judgement};
 use crate::memory::{
-    cgroup_limit, process_name, process_rss, process_trees, trees_rss, MetricsSampler,
+    cgroup_limit, own_trees, process_name, process_rss, trees_rss, MetricsSampler,
 };
 use crate::report::{
     human_bytes, ClientSummary, KernelSummary, LimitProjection, MemorySummary, ProcessSummary,
@@ -224,10 +224,9 @@ impl Target {
     }
 }
 
-/// `pid 123 (nginx)`, named after the process of `pid`'s tree holding the most memory (a
+/// `pid 123 (nginx)`, named after the process of its tree holding the most memory (a
 /// spawned `sh -c` is rarely what holds the bytes).
-fn label(pid: u32) -> String {
-    let tree = process_trees(&[pid]).pop().unwrap_or_default();
+fn label(pid: u32, tree: &[u32]) -> String {
     let biggest = tree
         .iter()
         .copied()
@@ -256,7 +255,11 @@ impl CheckConfig {
         }
         let mut processes: Vec<Process> = Vec::new();
         let mut descriptions = Vec::new();
-        for from in &self.memory {
+        let last_spawn = self
+            .memory
+            .iter()
+            .rposition(|m| matches!(m, MemoryFrom::Spawn(_)));
+        for (i, from) in self.memory.iter().enumerate() {
             match from {
                 MemoryFrom::Metrics(url) => {
                     return Err(CheckError::Usage(format!(
@@ -275,7 +278,7 @@ impl CheckConfig {
                     descriptions.push(format!("pid {pid} and its children"));
                     processes.push(Process {
                         pid: *pid,
-                        label: label(*pid),
+                        label: String::new(),
                         command: None,
                         spawned: None,
                         front: false,
@@ -283,15 +286,17 @@ impl CheckConfig {
                 }
                 MemoryFrom::Spawn(command) => {
                     let mut server = SpawnedServer::start(command).map_err(CheckError::Setup)?;
+                    // Only the last one started serves the URL; those before it, behind it.
+                    let url = (Some(i) == last_spawn).then_some(addr);
                     server
-                        .wait_ready(addr, self.spawn_timeout)
+                        .wait_ready(url, self.spawn_timeout)
                         .await
                         .map_err(CheckError::Setup)?;
                     let pid = server.pid();
                     descriptions.push(format!("spawned `{command}` (pid {pid} and its children)"));
                     processes.push(Process {
                         pid,
-                        label: label(pid),
+                        label: String::new(),
                         command: Some(command.clone()),
                         spawned: Some(server),
                         front: false,
@@ -305,11 +310,13 @@ impl CheckConfig {
             ));
         }
         let roots: Vec<u32> = processes.iter().map(|p| p.pid).collect();
-        for (process, tree) in processes.iter_mut().zip(process_trees(&roots)) {
-            process.front = listening_ports(&tree).is_ok_and(|ports| ports.contains(&addr.port()));
+        let trees = own_trees(&roots);
+        for (process, tree) in processes.iter_mut().zip(&trees) {
+            process.label = label(process.pid, tree);
+            process.front = listening_ports(tree).is_ok_and(|ports| ports.contains(&addr.port()));
         }
         let mut description = descriptions.join("; ");
-        let union: Vec<u32> = process_trees(&roots).concat();
+        let union: Vec<u32> = trees.concat();
         let queues = match socket_queues(&union) {
             Ok(_) => true,
             Err(e) => {
@@ -464,7 +471,7 @@ async fn take_sample(target: &Target, live: &LiveCounts, t: f64) -> Result<Sampl
         }
         Source::Processes(processes) => {
             let roots: Vec<u32> = processes.iter().map(|p| p.pid).collect();
-            let trees = process_trees(&roots);
+            let trees = own_trees(&roots);
             let (each, total) =
                 trees_rss(&trees).map_err(|pid| match processes.iter().find(|p| p.pid == pid) {
                     Some(p) if p.spawned.is_none() => Lost::Pid(format!(

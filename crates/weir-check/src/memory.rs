@@ -68,6 +68,29 @@ pub fn process_trees(roots: &[u32]) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// The tree of each of `roots`, less the trees of the other roots inside it: a process
+/// given on its own (`--pid` of a server and of its parent) is counted as itself, not as
+/// its parent's child too.
+pub fn own_trees(roots: &[u32]) -> Vec<Vec<u32>> {
+    let trees = process_trees(roots);
+    trees
+        .iter()
+        .enumerate()
+        .map(|(i, tree)| {
+            let nested: Vec<&Vec<u32>> = trees
+                .iter()
+                .enumerate()
+                .filter(|&(j, other)| j != i && other[0] != tree[0] && tree.contains(&other[0]))
+                .map(|(_, other)| other)
+                .collect();
+            tree.iter()
+                .copied()
+                .filter(|pid| !nested.iter().any(|other| other.contains(pid)))
+                .collect()
+        })
+        .collect()
+}
+
 /// The resident bytes of each tree (its root must be alive: `Err(root)` names the first
 /// that has exited) and of all of them together, a process in two trees counted once.
 pub fn trees_rss(trees: &[Vec<u32>]) -> Result<(Vec<u64>, u64), u32> {

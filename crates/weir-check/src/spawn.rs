@@ -74,27 +74,37 @@ impl SpawnedServer {
         }
     }
 
-    /// Waits until the server listens on a TCP port of its own and `addr` accepts a
-    /// connection, or it exits, or `timeout` passes. The first makes a chain start in
-    /// order: a proxy in front is not started before the app behind it listens.
-    pub async fn wait_ready(&mut self, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    /// Waits until the server listens on a TCP port of its own (and, given `url`, that
+    /// address accepts a connection), or it exits, or `timeout` passes. The first makes a
+    /// chain start in order: a proxy in front is not started before the app behind it
+    /// listens.
+    pub async fn wait_ready(
+        &mut self,
+        url: Option<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<(), String> {
         let started = Instant::now();
+        let what = url.map_or_else(|| "a TCP port".to_string(), |a| a.to_string());
         loop {
             if let Some(exited) = self.exited() {
-                return Err(format!("{addr} never answered: {exited}"));
+                return Err(format!("{what} never answered: {exited}"));
             }
             // Nothing to await but the ports themselves: poll them, bounded by the timeout.
             let listens = listening_ports(&process_tree(self.pid())).is_ok_and(|p| !p.is_empty());
-            if listens && tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let answers = match url {
+                Some(addr) if listens => tokio::net::TcpStream::connect(addr).await.is_ok(),
+                _ => listens,
+            };
+            if answers {
                 return Ok(());
             }
             if started.elapsed() >= timeout {
-                let what = if listens {
-                    format!("did not answer on {addr}")
+                let failed = if listens {
+                    format!("did not answer on {what}")
                 } else {
                     "listened on no TCP port".to_string()
                 };
-                return Err(format!("`{}` {what} within {timeout:?}", self.command));
+                return Err(format!("`{}` {failed} within {timeout:?}", self.command));
             }
             tokio::time::sleep(POLL).await;
         }
@@ -228,7 +238,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         // `sleep` listens on nothing: never ready, however open the URL's port.
         let err = server
-            .wait_ready(addr, Duration::from_millis(300))
+            .wait_ready(Some(addr), Duration::from_millis(300))
             .await
             .unwrap_err();
         assert!(err.contains("listened on no TCP port"), "{err}");

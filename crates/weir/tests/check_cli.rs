@@ -234,6 +234,19 @@ fn usage_errors_exit_2_and_name_the_problem() {
             &[url, "--pid", &pid, "--body", "x", "--body-file", "y"],
             "--body",
         ),
+        (
+            &[url, "--pid", &pid, "--pid", "4294967"],
+            "--pid 4294967: no such process",
+        ),
+        (&[url, "--pid", &pid, "--pid", &pid], "given twice"),
+        (
+            &[url, "--pid", &pid, "--metrics-url", "http://127.0.0.1:9/m"],
+            "--metrics-url",
+        ),
+        (
+            &[url, "--pid", &pid, "--max-per-client", "0"],
+            "--max-per-client",
+        ),
     ];
     for (args, says) in cases {
         let run = weir_check(args);
@@ -447,9 +460,120 @@ fn the_table_states_the_verdict_and_the_rule_is_in_help() {
         "THE VERDICT",
         "--max-slope",
         "R²",
+        "--max-per-client (default 2 MiB)",
+        "a ceiling such as a heap",
+        "the proxy in front buffers",
+        "--spawn 'exec python3 app.py 9000' --spawn",
         "EXIT CODES",
         "3 INCONCLUSIVE",
     ] {
         assert!(help.contains(words), "no `{words}` in --help");
+    }
+}
+
+/// A `--pid` that exits mid-run: an error naming it (exit 2), never a verdict.
+#[test]
+fn a_pid_that_exits_during_the_run_is_an_error_naming_it() {
+    let (server, port) = steady_server();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("2")
+        .spawn()
+        .unwrap();
+    let sleeper_pid = sleeper.id().to_string();
+    let run = weir_check(&[
+        &format!("http://127.0.0.1:{port}/"),
+        "--pid",
+        &server.0.id().to_string(),
+        "--pid",
+        &sleeper_pid,
+        "--clients",
+        "2",
+        "--duration",
+        "20s",
+        "--interval",
+        "250ms",
+        "--json",
+    ]);
+    let _ = sleeper.wait();
+    assert_eq!(
+        run.code, 2,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stdout.is_empty(),
+        "a report was printed: {}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "--pid {sleeper_pid}: pid {sleeper_pid} (sleep) exited at"
+        )) && run.stderr.contains("no verdict from missing samples"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// Two processes measured at once: each judged alone, the one serving the URL found.
+#[test]
+fn each_pid_is_measured_and_the_one_in_front_is_found() {
+    let (server, port) = steady_server();
+    let me = std::process::id();
+    let run = weir_check(&[
+        &format!("http://127.0.0.1:{port}/"),
+        "--pid",
+        &me.to_string(),
+        "--pid",
+        &server.0.id().to_string(),
+        "--clients",
+        "4",
+        "--duration",
+        "4s",
+        "--warmup",
+        "1s",
+        "--min-window",
+        "2s",
+        "--settle-window",
+        "1s",
+        "--interval",
+        "250ms",
+        "--json",
+    ]);
+    assert_eq!(
+        run.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let report = run.json();
+    let processes = report["processes"].as_array().unwrap();
+    assert_eq!(processes.len(), 2, "{report:#}");
+    assert_eq!(processes[0]["pid"], me);
+    assert!(!processes[0]["front"].as_bool().unwrap(), "{report:#}");
+    assert!(processes[1]["front"].as_bool().unwrap(), "{report:#}");
+    assert!(
+        processes[1]["label"].as_str().unwrap().contains("python3"),
+        "{report:#}"
+    );
+    for process in processes {
+        assert_eq!(process["judgement"]["verdict"], "PASS", "{report:#}");
+    }
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("every process is bounded"),
+        "{report:#}"
+    );
+    // Every sample holds each process's RSS, the total counting each process once.
+    for sample in report["samples"].as_array().unwrap() {
+        let each: Vec<u64> = sample["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(each.len(), 2);
+        assert!(each.iter().all(|&b| b > 0));
+        assert!(sample["rss"].as_u64().unwrap() <= each.iter().sum::<u64>());
     }
 }

@@ -1,7 +1,10 @@
-//! `weir check` against real servers, each run measured for tens of seconds: weir's own
-//! proxy and the Node.js reference pass, a Python proxy that buffers its upstream in
-//! memory fails. Ignored by default (minutes of wall time, and RSS measurements want the
-//! machine to themselves); `scripts/test` runs them one at a time:
+//! `weir check` against real servers in several languages, each run measured for tens of
+//! seconds: weir's own proxy, the Node.js reference, a Java server that writes as its
+//! clients read and a Python server whose memory saws in a bounded band pass; a Python
+//! proxy that buffers its upstream in memory, a Java server with an unbounded queue under
+//! a heap cap (a ceiling reached in the warm-up) and a Node proxy that buffers in front of
+//! a good Java app (named) fail. Ignored by default (minutes of wall time, and RSS
+//! measurements want the machine to themselves); `scripts/test` runs them one at a time:
 //! `cargo test -p weir --test check_slow -- --ignored --test-threads=1`.
 
 mod check;
@@ -9,7 +12,7 @@ mod check;
 use std::io::Write;
 use std::path::PathBuf;
 
-use check::{script, weir_check, weir_mock_llm, WEIR};
+use check::{have, script, weir_check, weir_mock_llm, WEIR};
 
 const CHAT_BODY: &str =
     r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
@@ -198,5 +201,191 @@ fn the_node_reference_proxy_passes() {
         "queues settled at {} s; a fit from the warm-up's end: {:+.1} KB/s",
         report["window"]["queues_settled_s"],
         ::weir_check::fit::LineFit::of(&naive).unwrap().slope / 1000.0
+    );
+}
+
+const MIB: f64 = 1048576.0;
+
+/// The judgement of process `i` in a report.
+fn judgement(report: &serde_json::Value, i: usize) -> &serde_json::Value {
+    &report["processes"][i]["judgement"]
+}
+
+/// The run's length, asserted within the target of 60 s a check.
+fn assert_within_a_minute(report: &serde_json::Value) {
+    let end = report["window"]["end_s"].as_f64().unwrap();
+    assert!(end <= 60.0, "the run lasted {end} s");
+}
+
+#[test]
+#[ignore = "slow: 30 s of slow clients against a Java server"]
+fn a_java_server_that_writes_as_its_clients_read_passes() {
+    let test = "a_java_server_that_writes_as_its_clients_read_passes";
+    if !have("java", "WEIR_REQUIRE_JAVA", test) {
+        return;
+    }
+    let port = check::free_port();
+    let spawn = format!(
+        "exec java {} {port} bounded",
+        script("Server.java").display()
+    );
+    let run = weir_check(&[
+        &format!("http://127.0.0.1:{port}/stream"),
+        "--spawn",
+        &spawn,
+        "--duration",
+        "30s",
+        "--json",
+    ]);
+    let report = verdict_of(&run, 0, "PASS");
+    assert_within_a_minute(&report);
+    assert_eq!(report["clients"]["streaming_at_end"], 50);
+    let j = judgement(&report, 0);
+    assert_eq!(j["finding"], "levelled", "{j:#}");
+    let per_client = j["per_client"].as_f64().unwrap();
+    assert!(per_client < 2.0 * MIB, "{per_client} bytes per client");
+    assert!(report["processes"][0]["front"].as_bool().unwrap());
+    assert!(
+        report["processes"][0]["label"]
+            .as_str()
+            .unwrap()
+            .contains("(java"),
+        "{report:#}"
+    );
+}
+
+/// The report from the field: memory rises by about 10 MiB per slow client while they
+/// connect, reaches the JVM's -Xmx in the warm-up and then looks flat. A fit over the
+/// steady state alone would pass it.
+#[test]
+#[ignore = "slow: 30 s of slow clients against a Java server under a heap cap"]
+fn a_java_server_with_an_unbounded_queue_under_a_heap_cap_fails_as_a_ceiling() {
+    let test = "a_java_server_with_an_unbounded_queue_under_a_heap_cap_fails_as_a_ceiling";
+    if !have("java", "WEIR_REQUIRE_JAVA", test) {
+        return;
+    }
+    let port = check::free_port();
+    // 2 MB/s per client, 50 clients: the 512 MiB heap is full within seconds.
+    let spawn = format!(
+        "exec java -Xmx512m {} {port} unbounded 2000000",
+        script("Server.java").display()
+    );
+    let run = weir_check(&[
+        &format!("http://127.0.0.1:{port}/stream"),
+        "--spawn",
+        &spawn,
+        "--duration",
+        "30s",
+        "--json",
+    ]);
+    let report = verdict_of(&run, 1, "FAIL");
+    assert_within_a_minute(&report);
+    let j = judgement(&report, 0);
+    assert_eq!(j["finding"], "ceiling", "{j:#}");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("grew ")
+            && reason.contains("then stopped at")
+            && reason.contains("a ceiling such as a heap or container limit"),
+        "{reason}"
+    );
+    // Flat over the steady state: the line alone would have said PASS.
+    let slope = j["fit"]["slope"].as_f64().unwrap();
+    assert!(slope < 16_000.0, "slope {slope} B/s");
+    let per_client = j["per_client"].as_f64().unwrap();
+    assert!(per_client > 5.0 * MIB, "{per_client} bytes per client");
+    // The evidence, from the server's own stderr.
+    let stderr = report["processes"][0]["stderr_tail"].to_string();
+    assert!(stderr.contains("OutOfMemoryError"), "stderr tail: {stderr}");
+}
+
+#[test]
+#[ignore = "slow: 30 s of slow clients against a Python server whose memory saws"]
+fn a_python_server_whose_memory_saws_in_a_bounded_band_passes() {
+    let port = check::free_port();
+    let spawn = format!(
+        "exec python3 {} {port}",
+        script("sawing_server.py").display()
+    );
+    let run = weir_check(&[
+        &format!("http://127.0.0.1:{port}/stream"),
+        "--spawn",
+        &spawn,
+        "--duration",
+        "30s",
+        "--json",
+    ]);
+    let report = verdict_of(&run, 0, "PASS");
+    assert_within_a_minute(&report);
+    let j = judgement(&report, 0);
+    let finding = j["finding"].as_str().unwrap();
+    assert!(["bounded_band", "levelled"].contains(&finding), "{j:#}");
+    // It does saw: swings of about 40 MiB, a full period seen, the band not climbing.
+    let band = &j["band"];
+    let height = band["high"].as_f64().unwrap() - band["low"].as_f64().unwrap();
+    assert!(height > 30.0 * MIB, "{band:#}");
+    let swings =
+        band["peaks"].as_array().unwrap().len() + band["troughs"].as_array().unwrap().len();
+    assert!(swings >= 3, "{band:#}");
+    if finding == "bounded_band" {
+        let reason = report["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("neither its peaks nor its troughs climb"),
+            "{reason}"
+        );
+    }
+}
+
+/// A chain started by weir check itself: a good Java app (blocking writes, 400 KB/s per
+/// stream) behind a Node proxy that ignores `res.write`'s backpressure. The report must
+/// name the proxy.
+#[test]
+#[ignore = "slow: 30 s of slow clients against a Node proxy in front of a Java app"]
+fn a_buffering_node_proxy_in_front_of_a_good_java_app_fails_naming_the_proxy() {
+    let test = "a_buffering_node_proxy_in_front_of_a_good_java_app_fails_naming_the_proxy";
+    if !have("java", "WEIR_REQUIRE_JAVA", test) || !have("node", "WEIR_REQUIRE_NODE", test) {
+        return;
+    }
+    let (app_port, port) = (check::free_port(), check::free_port());
+    let app = format!(
+        "exec java {} {app_port} bounded 400000",
+        script("Server.java").display()
+    );
+    let proxy = format!(
+        "exec node {} {port} {app_port}",
+        script("buffering_proxy.js").display()
+    );
+    let run = weir_check(&[
+        &format!("http://127.0.0.1:{port}/stream"),
+        "--spawn",
+        &app,
+        "--spawn",
+        &proxy,
+        "--clients",
+        "20",
+        "--duration",
+        "30s",
+        "--json",
+    ]);
+    let report = verdict_of(&run, 1, "FAIL");
+    assert_within_a_minute(&report);
+    let reason = report["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("the proxy in front buffers: +") && reason.contains("(node"),
+        "{reason}"
+    );
+    let processes = report["processes"].as_array().unwrap();
+    assert_eq!(processes.len(), 2);
+    assert!(!processes[0]["front"].as_bool().unwrap() && processes[1]["front"].as_bool().unwrap());
+    assert_eq!(judgement(&report, 0)["verdict"], "PASS", "{report:#}");
+    assert_eq!(judgement(&report, 1)["verdict"], "FAIL", "{report:#}");
+    let growth = judgement(&report, 1)["growth"].as_f64().unwrap();
+    assert!(growth > 50.0 * MIB, "the proxy grew {growth} bytes");
+    assert!(
+        report["where_bytes_live"]
+            .as_str()
+            .unwrap()
+            .contains("most of it in pid"),
+        "{report:#}"
     );
 }

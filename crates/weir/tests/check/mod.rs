@@ -86,6 +86,31 @@ fn steady_server_args(extra: &[&str]) -> (Guard, u16) {
     (guard, port)
 }
 
+/// Whether `tool` runs (`tool --version`, or `-version` for java). Without it, a test
+/// fails when the environment variable `require` is set (`scripts/test` sets it, having
+/// installed the tool), and otherwise prints a SKIP line and returns false.
+pub fn have(tool: &str, require: &str, test: &str) -> bool {
+    let flag = if tool == "java" {
+        "-version"
+    } else {
+        "--version"
+    };
+    let runs = Command::new(tool)
+        .arg(flag)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !runs {
+        assert!(
+            std::env::var_os(require).is_none(),
+            "{test}: `{tool}` is required ({require} is set) but does not run"
+        );
+        eprintln!("\n*** SKIP {test}: no `{tool}` (set {require}=1 to make this a failure) ***\n");
+    }
+    runs
+}
+
 /// The outcome of one `weir check` run.
 pub struct Run {
     pub code: i32,
