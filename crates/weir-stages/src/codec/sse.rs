@@ -243,7 +243,7 @@ impl SseDecoder {
         self.in_event = true;
         match field {
             b"data" => {
-                let value = String::from_utf8_lossy(value);
+                let value = text(value);
                 if self.data.len() + value.len() + 1 > self.limits.max_event {
                     return Err(SseError::EventTooLarge {
                         limit: self.limits.max_event,
@@ -255,11 +255,11 @@ impl SseDecoder {
             }
             b"event" => {
                 self.event_type.clear();
-                self.event_type.push_str(&String::from_utf8_lossy(value));
+                self.event_type.push_str(&text(value));
             }
             b"id" if memchr(0, value).is_none() => {
                 self.last_id.clear();
-                self.last_id.push_str(&String::from_utf8_lossy(value));
+                self.last_id.push_str(&text(value));
             }
             b"retry" => {
                 // An all-digit value too large for u64 is ignored like any other invalid one.
@@ -381,6 +381,15 @@ fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.push(b'\n');
+}
+
+/// `bytes` as text, invalid UTF-8 replaced; valid text (nearly always) checked by the
+/// standard library's fast path, which `from_utf8_lossy` does not take.
+fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 #[cfg(test)]

@@ -78,10 +78,11 @@ impl Relay {
         }
     }
 
-    /// Whether the relay takes upstream bytes now: not ended, and its last output handed out
-    /// (nothing is read ahead of the client).
-    pub fn wants_upstream(&self) -> bool {
-        self.ended.is_none() && self.out.is_empty()
+    /// Whether the relay takes more upstream bytes now: not ended, and less than `batch`
+    /// bytes of output made and not yet handed out (a slow client gets a batch of 1: nothing
+    /// is read ahead of it).
+    pub fn wants_upstream(&self, batch: usize) -> bool {
+        self.ended.is_none() && self.out.len() < batch
     }
 
     /// How the stream ended, once it has.
@@ -356,7 +357,7 @@ mod tests {
                 "nothing after it: {out}"
             );
             assert!(!after.contains("[DONE]"), "{out}");
-            assert!(!r.wants_upstream(), "ended: no more reading");
+            assert!(!r.wants_upstream(usize::MAX), "ended: no more reading");
         }
     }
 
@@ -393,11 +394,12 @@ mod tests {
     #[test]
     fn output_waits_for_the_client_before_more_is_read() {
         let mut r = relay(Protocol::Openai, false);
-        assert!(r.wants_upstream());
+        assert!(r.wants_upstream(1));
         r.feed(openai_token("hi").as_bytes());
-        assert!(!r.wants_upstream(), "its output is not taken yet");
+        assert!(!r.wants_upstream(1), "its output is not taken yet");
+        assert!(r.wants_upstream(16 << 10), "a fast client's batch has room");
         assert!(r.take_output().is_some());
-        assert!(r.wants_upstream());
+        assert!(r.wants_upstream(1));
         r.keepalive();
         assert_eq!(r.take_output().as_deref(), Some(&b": keep-alive\n\n"[..]));
     }

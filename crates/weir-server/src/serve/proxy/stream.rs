@@ -49,6 +49,10 @@ use crate::serve::stream_stats::{Outcome, StreamStats};
 /// The step in which chunk allocations are sized (see `settled`).
 const CHUNK_GRANULE: usize = 1024;
 
+/// Output gathered from several upstream reads into one chunk while the client keeps up:
+/// fewer, larger writes. A slow client's chunks are one read each.
+const FAST_BATCH: usize = 16 << 10;
+
 /// Limits and pacing of one proxied stream.
 #[derive(Clone, Copy, Debug)]
 pub struct StreamTiming {
@@ -198,23 +202,25 @@ impl Stream for ProxyStream {
                     this.relay.fail(Outcome::ServerShutdown, SHUTTING_DOWN);
                 }
             }
-            if let Some(chunk) = this.next_chunk() {
-                return Poll::Ready(Some(Ok(chunk)));
-            }
-            if let Some(outcome) = this.relay.ended() {
-                this.stats.settle(outcome);
-                this.stats.delivered();
-                return Poll::Ready(None);
+            let batch = match &this.backlog {
+                Some(b) if b.is_slow() => 1,
+                _ => FAST_BATCH,
+            };
+            if !this.relay.wants_upstream(batch) {
+                if let Some(chunk) = this.next_chunk() {
+                    return Poll::Ready(Some(Ok(chunk)));
+                }
+                if let Some(outcome) = this.relay.ended() {
+                    this.stats.settle(outcome);
+                    this.stats.delivered();
+                    return Poll::Ready(None);
+                }
             }
             let relay = &mut this.relay;
-            // All it made was handed out: the client took it, so the upstream may be read.
-            debug_assert!(relay.wants_upstream());
             let read = this.upstream.poll_read_body(cx, |data| relay.feed(data));
-            let upstream_bytes = relay.take_tally();
-            this.stats
-                .upstream_read(upstream_bytes.upstream_bytes as usize);
-            this.stats
-                .events(upstream_bytes.events, upstream_bytes.tokens);
+            let tally = relay.take_tally();
+            this.stats.upstream_read(tally.upstream_bytes as usize);
+            this.stats.events(tally.events, tally.tokens);
             match read {
                 Poll::Ready(Ok(ended)) => {
                     this.last_upstream = Instant::now();
@@ -231,6 +237,10 @@ impl Stream for ProxyStream {
                     relay.fail(outcome, &e.client_message());
                 }
                 Poll::Pending => {
+                    // Nothing more now: what the batch gathered goes out.
+                    if let Some(chunk) = this.next_chunk() {
+                        return Poll::Ready(Some(Ok(chunk)));
+                    }
                     if this.poll_quiet(cx).is_pending() {
                         return Poll::Pending;
                     }
