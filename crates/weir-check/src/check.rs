@@ -17,15 +17,15 @@ use url::Url;
 
 use crate::client::{slow_client, ClientEnd, ClientPlan, LiveCounts};
 use crate::fit::{settled_at, LineFit, Thresholds, Trend};
-use crate::judge::{judge as judge_series, Judgement};
+use crate::judge::{judge as judge_series, Judgement, Load};
 use crate::memory::{
     cgroup_limit, own_trees, process_name, process_rss, trees_rss, MetricsSampler,
 };
 use crate::report::{
-    human_bytes, ClientSummary, KernelSummary, LimitProjection, MemorySummary, ProcessSummary,
-    Report, Sample, Verdict, Window,
+    human_bytes, signed_bytes, ClientSummary, KernelSummary, LimitProjection, MemorySummary,
+    ProcessSample, ProcessSummary, Report, Sample, Verdict, Window,
 };
-use crate::sockets::{listening_ports, socket_queues};
+use crate::sockets::{listening_ports, socket_queues, SocketQueues};
 use crate::spawn::SpawnedServer;
 use crate::CheckError;
 
@@ -467,7 +467,7 @@ async fn take_sample(target: &Target, live: &LiveCounts, t: f64) -> Result<Sampl
     let (processes, rss, queues) = match &target.source {
         Source::Metrics { sampler, .. } => {
             let rss = sampler.sample().await.map_err(Lost::Scrape)?;
-            (vec![rss], rss, None)
+            (vec![ProcessSample { rss, queued: None }], rss, None)
         }
         Source::Processes(processes) => {
             let roots: Vec<u32> = processes.iter().map(|p| p.pid).collect();
@@ -481,12 +481,21 @@ async fn take_sample(target: &Target, live: &LiveCounts, t: f64) -> Result<Sampl
                     )),
                     _ => Lost::Target(format!("process {pid} has exited")),
                 })?;
-            let queues = if target.queues {
-                Some(socket_queues(&trees.concat()).map_err(Lost::Target)?)
-            } else {
-                None
-            };
-            (each, total, queues)
+            let mut processes = Vec::with_capacity(each.len());
+            let mut queues: Option<SocketQueues> = None;
+            for (tree, rss) in trees.iter().zip(each) {
+                let queued = if target.queues {
+                    let q = socket_queues(tree).map_err(Lost::Target)?;
+                    let sum = queues.get_or_insert_with(SocketQueues::default);
+                    sum.send += q.send;
+                    sum.recv += q.recv;
+                    Some(q.total())
+                } else {
+                    None
+                };
+                processes.push(ProcessSample { rss, queued });
+            }
+            (processes, total, queues)
         }
     };
     Ok(Sample {
@@ -597,14 +606,17 @@ fn judge(
         .map(|(i, m)| {
             let points: Vec<(f64, f64)> = samples
                 .iter()
-                .filter_map(|s| Some((s.t, *s.processes.get(i)? as f64)))
+                .filter_map(|s| Some((s.t, s.processes.get(i)?.rss as f64)))
                 .collect();
             let judgement = match (&early, start) {
                 (None, Some(start)) => Some(judge_series(
                     &points,
                     start,
                     end_s,
-                    clients.streaming_at_end,
+                    Load {
+                        clients: clients.streaming_at_end,
+                        kernel_share: kernel_share(&samples, i, start),
+                    },
                     &config.thresholds,
                 )),
                 _ => None,
@@ -672,6 +684,17 @@ fn judge(
     }
 }
 
+/// The median of process `i`'s socket queues from `start` on; 0 when not measured.
+fn kernel_share(samples: &[Sample], i: usize, start: f64) -> f64 {
+    let mut queued: Vec<u64> = samples
+        .iter()
+        .filter(|s| s.t >= start)
+        .filter_map(|s| s.processes.get(i)?.queued)
+        .collect();
+    queued.sort_unstable();
+    queued.get(queued.len() / 2).map_or(0.0, |&q| q as f64)
+}
+
 /// The worst of the processes' verdicts, its reason naming the process that holds the
 /// bytes when there is more than one; `None` when none was judged.
 fn verdict_of(processes: &[ProcessSummary]) -> Option<(Verdict, String)> {
@@ -693,10 +716,7 @@ fn verdict_of(processes: &[ProcessSummary]) -> Option<(Verdict, String)> {
     if judged.len() == 1 {
         return Some((judgement.verdict, judgement.reason.clone()));
     }
-    let grew = |j: &Judgement| {
-        let g = growth(j);
-        format!("{}{}", if g >= 0.0 { "+" } else { "" }, human_bytes(g))
-    };
+    let grew = |j: &Judgement| signed_bytes(growth(j));
     let others: Vec<String> = judged
         .iter()
         .filter(|(p, _)| !std::ptr::eq(*p, worst))
@@ -878,7 +898,16 @@ mod tests {
             command: None,
             front,
             peak: 0,
-            judgement: Some(judge_series(&points, 12.0, 30.0, 50, &c.thresholds)),
+            judgement: Some(judge_series(
+                &points,
+                12.0,
+                30.0,
+                Load {
+                    clients: 50,
+                    kernel_share: 0.0,
+                },
+                &c.thresholds,
+            )),
             stderr_tail: Vec::new(),
         }
     }

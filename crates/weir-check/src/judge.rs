@@ -4,14 +4,16 @@
 //! fit of `fit`)? That is a FAIL. Does it saw without a steady trend? Then the band
 //! decides: peaks or troughs that climb are growth (FAIL), a band that does not climb is a
 //! bound, and less than one full swing seen is INCONCLUSIVE. Is it flat or a bounded band?
-//! Then the growth since the clients connected decides: at most `max_per_client` per slow
-//! client is a bound (PASS); more, followed by a plateau, is a ceiling such as a heap or
-//! container limit that the server runs into, not a bound (FAIL).
+//! Then the growth since the clients connected decides: beyond what the process's own
+//! socket queues hold (while the kernel's queues fill, a runtime's heap rises with them, a
+//! transient that ends when they are full), at most `max_per_client` per slow client is a
+//! bound (PASS); more, followed by a plateau, is a ceiling such as a heap or container
+//! limit that the server runs into, not a bound (FAIL).
 
 use serde::Serialize;
 
 use crate::fit::{LineFit, Thresholds, Trend};
-use crate::report::{human_bytes, Verdict};
+use crate::report::{human_bytes, signed_bytes, Verdict};
 
 /// The rise is over once memory first reaches this share of its growth.
 const RISE_DONE: f64 = 0.9;
@@ -166,18 +168,30 @@ pub struct Judgement {
     pub level: Option<f64>,
     /// `level - baseline`.
     pub growth: Option<f64>,
+    /// Bytes in the process's socket queues over the window (their median): growth up to
+    /// this much is the kernel's backlog mirrored in the heap, not counted per client.
+    pub kernel_share: f64,
+    /// `(growth - kernel_share) / clients`: what the process holds itself per slow client.
     pub per_client: Option<f64>,
     /// Seconds from the first sample until memory first reached 90 % of its growth.
     pub rise_s: Option<f64>,
 }
 
+/// The slow clients a process served and what its socket queues held meanwhile.
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    pub clients: usize,
+    /// Bytes in the process's socket queues over the window; 0 when not measured.
+    pub kernel_share: f64,
+}
+
 /// Judges `points` (`(seconds, bytes)`, the first taken before any client connected) over
-/// the steady-state window from `window_start` to `end_s`, loaded by `clients` slow clients.
+/// the steady-state window from `window_start` to `end_s`, under `load`.
 pub fn judge(
     points: &[(f64, f64)],
     window_start: f64,
     end_s: f64,
-    clients: usize,
+    load: Load,
     rule: &Thresholds,
 ) -> Judgement {
     let baseline = points.first().map_or(0.0, |p| p.1);
@@ -189,7 +203,7 @@ pub fn judge(
     let fit = LineFit::of(&window);
     let level = median(window.iter().map(|p| p.1).collect());
     let growth = level.map(|l| l - baseline);
-    let per_client = growth.map(|g| g / clients.max(1) as f64);
+    let per_client = growth.map(|g| load.per_client(g));
     // When the rise ended, for the reason of a ceiling.
     let rise_s = growth.and_then(|g| {
         let first_t = points.first()?.0;
@@ -213,6 +227,7 @@ pub fn judge(
         baseline,
         level,
         growth,
+        kernel_share: load.kernel_share,
         per_client,
         rise_s,
     };
@@ -224,7 +239,7 @@ pub fn judge(
     let kb = |bytes_per_s: f64| format!("{:+.1} KB/s", bytes_per_s / 1000.0);
     let bounded = match rule.trend(&fit) {
         Trend::Growing => {
-            judgement.settle_at(fit.at(end_s), clients);
+            judgement.settle_at(fit.at(end_s), load);
             judgement.verdict = Verdict::Fail;
             judgement.finding = Finding::Growing;
             judgement.reason = format!(
@@ -253,7 +268,7 @@ pub fn judge(
                     along(band.trough_slope)
                 );
                 if band.climbs(rule.max_slope) {
-                    judgement.settle_at(fit.at(end_s), clients);
+                    judgement.settle_at(fit.at(end_s), load);
                     judgement.verdict = Verdict::Fail;
                     judgement.finding = Finding::ClimbingBand;
                     judgement.reason = format!(
@@ -285,13 +300,21 @@ pub fn judge(
             }
         },
     };
+    let beyond = if load.kernel_share > 0.0 {
+        format!(
+            " beyond the {} its socket queues hold",
+            human_bytes(load.kernel_share)
+        )
+    } else {
+        String::new()
+    };
     if per_client > rule.max_per_client {
         judgement.verdict = Verdict::Fail;
         judgement.finding = Finding::Ceiling;
         judgement.reason = format!(
-            "grew {} ({} per slow client) in {:.0} s, then stopped at {}: a ceiling such as a \
-             heap or container limit, not a bound ({bounded}; a bounded server holds at most \
-             --max-per-client {} per slow client)",
+            "grew {} ({} per slow client{beyond}) in {:.0} s, then stopped at {}: a ceiling \
+             such as a heap or container limit, not a bound ({bounded}; a bounded server \
+             holds at most --max-per-client {} per slow client)",
             human_bytes(growth),
             human_bytes(per_client),
             judgement.rise_s.unwrap_or(0.0),
@@ -305,7 +328,7 @@ pub fn judge(
     }
     judgement.verdict = Verdict::Pass;
     judgement.reason = format!(
-        "{bounded}; {} since the clients connected ({} per slow client, at most {})",
+        "{bounded}; {} since the clients connected ({} per slow client{beyond}, at most {})",
         signed_bytes(growth),
         signed_bytes(per_client),
         human_bytes(rule.max_per_client)
@@ -313,19 +336,17 @@ pub fn judge(
     judgement
 }
 
-impl Judgement {
-    fn settle_at(&mut self, level: f64, clients: usize) {
-        self.level = Some(level);
-        self.growth = Some(level - self.baseline);
-        self.per_client = Some((level - self.baseline) / clients.max(1) as f64);
+impl Load {
+    fn per_client(&self, growth: f64) -> f64 {
+        (growth - self.kernel_share) / self.clients.max(1) as f64
     }
 }
 
-fn signed_bytes(bytes: f64) -> String {
-    if bytes >= 0.0 {
-        format!("+{}", human_bytes(bytes))
-    } else {
-        human_bytes(bytes)
+impl Judgement {
+    fn settle_at(&mut self, level: f64, load: Load) {
+        self.level = Some(level);
+        self.growth = Some(level - self.baseline);
+        self.per_client = Some(load.per_client(level - self.baseline));
     }
 }
 
@@ -371,9 +392,14 @@ mod tests {
         low + height * (t % period) / period
     }
 
+    const LOAD: Load = Load {
+        clients: CLIENTS,
+        kernel_share: 0.0,
+    };
+
     fn judged(points: &[(f64, f64)], start: f64) -> Judgement {
         let end = points.last().unwrap().0;
-        judge(points, start, end, CLIENTS, &RULE)
+        judge(points, start, end, LOAD, &RULE)
     }
 
     #[test]
@@ -446,13 +472,61 @@ mod tests {
         };
         let points = rose_by(3.0 * MIB);
         assert_eq!(
-            judge(&points, 15.0, 40.0, CLIENTS, &more).verdict,
+            judge(&points, 15.0, 40.0, LOAD, &more).verdict,
             Verdict::Pass
         );
         // The allowance is per client: the same rise over ten times the clients is a bound.
+        let more_clients = Load {
+            clients: 10 * CLIENTS,
+            ..LOAD
+        };
         assert_eq!(
-            judge(&points, 15.0, 40.0, 10 * CLIENTS, &RULE).verdict,
+            judge(&points, 15.0, 40.0, more_clients, &RULE).verdict,
             Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn a_heap_that_rose_with_the_kernel_queues_is_not_counted_against_the_server() {
+        // As the Node.js reference was measured: its heap rose 150 MiB while 147 MiB filled
+        // its socket queues, then both stayed flat. 3 MiB per client, less the kernel's share.
+        let points = series(30, 0.0, |t| 42.0 * MIB + (t / 15.0).min(1.0) * 150.0 * MIB);
+        let node = Load {
+            clients: CLIENTS,
+            kernel_share: 147.0 * MIB,
+        };
+        let j = judge(&points, 15.0, 30.0, node, &RULE);
+        assert_eq!(
+            (j.verdict, j.finding),
+            (Verdict::Pass, Finding::Levelled),
+            "{}",
+            j.reason
+        );
+        assert!(
+            j.reason.contains("+150.0 MiB since the clients connected (+61.4 KiB per slow client beyond the 147.0 MiB its socket queues hold, at most 2.0 MiB)"),
+            "{}",
+            j.reason
+        );
+        // Without queues to account for it, the same rise is a ceiling.
+        let j = judged(&points, 15.0);
+        assert_eq!(
+            (j.verdict, j.finding),
+            (Verdict::Fail, Finding::Ceiling),
+            "{}",
+            j.reason
+        );
+        // And a heap far beyond its queues still is one, the queues named in the reason.
+        let capped = series(30, 0.0, |t| 90.0 * MIB + (t / 5.0).min(1.0) * 490.0 * MIB);
+        let java = Load {
+            clients: CLIENTS,
+            kernel_share: 4.5 * MIB,
+        };
+        let j = judge(&capped, 10.0, 30.0, java, &RULE);
+        assert_eq!(j.finding, Finding::Ceiling, "{}", j.reason);
+        assert!(
+            j.reason.starts_with("grew 490.0 MiB (9.7 MiB per slow client beyond the 4.5 MiB its socket queues hold) in 5 s, then stopped at 580.0 MiB"),
+            "{}",
+            j.reason
         );
     }
 
@@ -629,7 +703,7 @@ mod tests {
             (Verdict::Inconclusive, Finding::NoWindow)
         );
         assert!(j.reason.contains("too short for a fit"), "{}", j.reason);
-        assert_eq!(judge(&[], 0.0, 0.0, 1, &RULE).finding, Finding::NoWindow);
+        assert_eq!(judge(&[], 0.0, 0.0, LOAD, &RULE).finding, Finding::NoWindow);
     }
 
     #[test]

@@ -166,7 +166,7 @@ where
 mod tests {
     use super::*;
     use crate::fit::{LineFit, Thresholds};
-    use crate::report::{ClientSummary, Sample, Verdict, Window};
+    use crate::report::{ClientSummary, ProcessSample, Sample, Verdict, Window};
 
     fn report() -> Report {
         let samples: Vec<Sample> = (0..40)
@@ -175,7 +175,10 @@ mod tests {
                 Sample {
                     t,
                     rss: (20.0 * MIB + t.min(8.0) * MIB) as u64,
-                    processes: vec![(20.0 * MIB + t.min(8.0) * MIB) as u64],
+                    processes: vec![ProcessSample {
+                        rss: (20.0 * MIB + t.min(8.0) * MIB) as u64,
+                        queued: None,
+                    }],
                     queued_send: Some((t.min(6.0) * 2.0 * MIB) as u64),
                     queued_recv: Some(0),
                     streaming: 10,

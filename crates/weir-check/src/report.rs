@@ -51,9 +51,8 @@ pub struct Sample {
     pub t: f64,
     /// Resident bytes of the target: all its processes, each counted once.
     pub rss: u64,
-    /// Resident bytes of each process (and its children), in the order of
-    /// `Report::processes`.
-    pub processes: Vec<u64>,
+    /// Each process (and its children), in the order of `Report::processes`.
+    pub processes: Vec<ProcessSample>,
     /// Bytes in the target's socket send queues (with `--pid` / `--spawn`).
     pub queued_send: Option<u64>,
     /// Bytes in the target's socket receive queues.
@@ -62,6 +61,14 @@ pub struct Sample {
     pub streaming: u64,
     /// Body bytes all clients had received.
     pub received: u64,
+}
+
+/// One process's part of a sample.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ProcessSample {
+    pub rss: u64,
+    /// Bytes in its sockets' send and receive queues.
+    pub queued: Option<u64>,
 }
 
 impl Sample {
@@ -297,14 +304,19 @@ impl Report {
                 continue;
             };
             let growth = match (j.growth, j.per_client) {
-                (Some(g), Some(c)) => format!(
-                    "{}{} since the clients connected ({}{} per slow client; at most {})",
-                    if g >= 0.0 { "+" } else { "" },
-                    human_bytes(g),
-                    if c >= 0.0 { "+" } else { "" },
-                    human_bytes(c),
-                    human_bytes(self.thresholds.max_per_client)
-                ),
+                (Some(g), Some(c)) => {
+                    let beyond = if j.kernel_share > 0.0 {
+                        format!(" beyond {} in its sockets", human_bytes(j.kernel_share))
+                    } else {
+                        String::new()
+                    };
+                    format!(
+                        "{} since the clients connected ({} per slow client{beyond}; at most {})",
+                        signed_bytes(g),
+                        signed_bytes(c),
+                        human_bytes(self.thresholds.max_per_client)
+                    )
+                }
                 _ => "no steady-state level".into(),
             };
             let front = if process.front { ", in front" } else { "" };
@@ -361,6 +373,15 @@ impl Report {
         }
         let _ = writeln!(out, "{}: {}", self.verdict, self.reason);
         out
+    }
+}
+
+/// `+12.3 MiB` or `-1.0 KiB`.
+pub fn signed_bytes(bytes: f64) -> String {
+    if bytes >= 0.0 {
+        format!("+{}", human_bytes(bytes))
+    } else {
+        human_bytes(bytes)
     }
 }
 

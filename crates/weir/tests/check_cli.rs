@@ -514,15 +514,22 @@ fn a_pid_that_exits_during_the_run_is_an_error_naming_it() {
     );
 }
 
-/// Two processes measured at once: each judged alone, the one serving the URL found.
+/// Two processes measured at once (a server and an idle worker): each judged alone, the
+/// one serving the URL found.
 #[test]
 fn each_pid_is_measured_and_the_one_in_front_is_found() {
     let (server, port) = steady_server();
-    let me = std::process::id();
+    let worker = check::Guard(
+        std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap(),
+    );
+    let worker_pid = worker.0.id();
     let run = weir_check(&[
         &format!("http://127.0.0.1:{port}/"),
         "--pid",
-        &me.to_string(),
+        &worker_pid.to_string(),
         "--pid",
         &server.0.id().to_string(),
         "--clients",
@@ -547,7 +554,8 @@ fn each_pid_is_measured_and_the_one_in_front_is_found() {
     let report = run.json();
     let processes = report["processes"].as_array().unwrap();
     assert_eq!(processes.len(), 2, "{report:#}");
-    assert_eq!(processes[0]["pid"], me);
+    assert_eq!(processes[0]["pid"], worker_pid);
+    assert_eq!(processes[0]["label"], format!("pid {worker_pid} (sleep)"));
     assert!(!processes[0]["front"].as_bool().unwrap(), "{report:#}");
     assert!(processes[1]["front"].as_bool().unwrap(), "{report:#}");
     assert!(
@@ -564,16 +572,40 @@ fn each_pid_is_measured_and_the_one_in_front_is_found() {
             .starts_with("every process is bounded"),
         "{report:#}"
     );
-    // Every sample holds each process's RSS, the total counting each process once.
+    // Every sample holds each process's RSS and socket queues; the total is their sum.
     for sample in report["samples"].as_array().unwrap() {
-        let each: Vec<u64> = sample["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap())
-            .collect();
+        let each = sample["processes"].as_array().unwrap();
         assert_eq!(each.len(), 2);
-        assert!(each.iter().all(|&b| b > 0));
-        assert!(sample["rss"].as_u64().unwrap() <= each.iter().sum::<u64>());
+        let rss: Vec<u64> = each.iter().map(|p| p["rss"].as_u64().unwrap()).collect();
+        assert!(rss.iter().all(|&b| b > 0), "{sample}");
+        assert_eq!(sample["rss"].as_u64().unwrap(), rss.iter().sum::<u64>());
+        assert_eq!(each[0]["queued"], 0, "the worker holds no socket: {sample}");
     }
+    let table = weir_check(&[
+        &format!("http://127.0.0.1:{port}/"),
+        "--pid",
+        &worker_pid.to_string(),
+        "--pid",
+        &server.0.id().to_string(),
+        "--clients",
+        "2",
+        "--duration",
+        "2s",
+        "--warmup",
+        "500ms",
+        "--min-window",
+        "1s",
+        "--settle-window",
+        "500ms",
+        "--interval",
+        "250ms",
+    ]);
+    assert!(
+        table
+            .stdout
+            .contains(&format!("  pid {worker_pid} (sleep)"))
+            && table.stdout.contains(", in front: +"),
+        "{}",
+        table.stdout
+    );
 }

@@ -221,7 +221,7 @@ fn assert_within_a_minute(report: &serde_json::Value) {
 #[ignore = "slow: 30 s of slow clients against a Java server"]
 fn a_java_server_that_writes_as_its_clients_read_passes() {
     let test = "a_java_server_that_writes_as_its_clients_read_passes";
-    if !have("java", "WEIR_REQUIRE_JAVA", test) {
+    if !have("javac", "WEIR_REQUIRE_JAVA", test) {
         return;
     }
     let port = check::free_port();
@@ -261,7 +261,7 @@ fn a_java_server_that_writes_as_its_clients_read_passes() {
 #[ignore = "slow: 30 s of slow clients against a Java server under a heap cap"]
 fn a_java_server_with_an_unbounded_queue_under_a_heap_cap_fails_as_a_ceiling() {
     let test = "a_java_server_with_an_unbounded_queue_under_a_heap_cap_fails_as_a_ceiling";
-    if !have("java", "WEIR_REQUIRE_JAVA", test) {
+    if !have("javac", "WEIR_REQUIRE_JAVA", test) {
         return;
     }
     let port = check::free_port();
@@ -343,7 +343,7 @@ fn a_python_server_whose_memory_saws_in_a_bounded_band_passes() {
 #[ignore = "slow: 30 s of slow clients against a Node proxy in front of a Java app"]
 fn a_buffering_node_proxy_in_front_of_a_good_java_app_fails_naming_the_proxy() {
     let test = "a_buffering_node_proxy_in_front_of_a_good_java_app_fails_naming_the_proxy";
-    if !have("java", "WEIR_REQUIRE_JAVA", test) || !have("node", "WEIR_REQUIRE_NODE", test) {
+    if !have("javac", "WEIR_REQUIRE_JAVA", test) || !have("node", "WEIR_REQUIRE_NODE", test) {
         return;
     }
     let (app_port, port) = (check::free_port(), check::free_port());

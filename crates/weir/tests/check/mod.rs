@@ -86,7 +86,7 @@ fn steady_server_args(extra: &[&str]) -> (Guard, u16) {
     (guard, port)
 }
 
-/// Whether `tool` runs (`tool --version`, or `-version` for java). Without it, a test
+/// Whether `tool` runs (`tool --version`, or `-version` for the JDK's). Without it, a test
 /// fails when the environment variable `require` is set (`scripts/test` sets it, having
 /// installed the tool), and otherwise prints a SKIP line and returns false.
 pub fn have(tool: &str, require: &str, test: &str) -> bool {
