@@ -24,6 +24,7 @@ use weir_stages::transforms::per_record::PerRecord;
 
 use super::config::{option_pairs, OptionValue, PipelineConfig, SinkConfig, SourceConfig};
 use super::metrics;
+use crate::serve::console::{PipelineEntry, Registry};
 
 /// A pipeline that stopped on its own, and why (the stage and the record named).
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +175,7 @@ pub async fn run(
     config: PipelineConfig,
     stop: CancellationToken,
     grace: Duration,
+    console: Option<Registry>,
 ) -> Result<(), PipelineFailed> {
     let failed = |message: String| PipelineFailed {
         name: config.name.clone(),
@@ -201,6 +203,24 @@ pub async fn run(
     let stages: Vec<Arc<StageStats>> = pipeline.stats();
     let figures: Arc<ConsumerFigures> = committer.figures();
     let ledger = committer.ledger();
+    let _shown = console.map(|registry| {
+        let lag_of = Arc::clone(&figures);
+        let acks = ledger.clone();
+        registry.register_pipeline(PipelineEntry::new(
+            config.name.clone(),
+            stages.clone(),
+            Box::new(move || {
+                let lag = lag_of.lag.lock().unwrap_or_else(|e| e.into_inner());
+                let mut lag: Vec<(String, i32, i64)> = lag
+                    .iter()
+                    .map(|((topic, partition), lag)| (topic.to_string(), *partition, *lag))
+                    .collect();
+                lag.sort();
+                lag
+            }),
+            Box::new(move || acks.pending()),
+        ))
+    });
     let watch_stop = CancellationToken::new();
     tokio::spawn(metrics::watch(
         config.name.clone(),

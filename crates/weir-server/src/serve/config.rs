@@ -45,6 +45,10 @@ pub struct ServeConfig {
     /// Largest request body accepted (413 past it).
     #[serde(default = "defaults::max_request_body", deserialize_with = "size")]
     pub max_request_body: u64,
+    /// Keys that open the console (`/_weir/`): `Authorization: Bearer KEY` or `x-api-key`;
+    /// none = the console answers only loopback clients.
+    #[serde(default)]
+    pub admin_keys: Vec<String>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
     /// Long-running pipelines (Kafka -> transforms -> sink), run until SIGTERM or SIGINT.

@@ -119,7 +119,7 @@ fn describe() {
 }
 
 /// VmRSS of this process from /proc; `None` where there is no /proc.
-fn resident_bytes() -> Option<u64> {
+pub(crate) fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kib: u64 = status
         .lines()

@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod console;
 mod cors;
 pub mod export;
 pub mod metrics;

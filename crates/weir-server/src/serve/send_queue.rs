@@ -14,10 +14,10 @@
 //! keeps up is not held, since each hold costs its task a wake-up per chunk.
 
 use std::io::{self, IoSlice};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 
 use futures::task::AtomicWaker;
@@ -50,6 +50,11 @@ struct BacklogState {
     /// The send queue was over half full at the last flush.
     slow: AtomicBool,
     drained: AtomicWaker,
+    /// The socket while the connection holds it, so that the console can read its send
+    /// queue; cleared (under the lock) before the socket is closed.
+    socket: Mutex<Option<RawFd>>,
+    /// Bytes in the send queue when the connection last looked (SIOCOUTQ).
+    queued: AtomicU64,
 }
 
 impl Backlog {
@@ -76,6 +81,30 @@ impl Backlog {
     /// client slower than what is sent to it.
     pub fn is_slow(&self) -> bool {
         self.0.slow.load(Ordering::Acquire)
+    }
+
+    /// Whether the body's last chunk has not all reached the kernel yet.
+    pub fn is_waiting(&self) -> bool {
+        self.0.waiting.load(Ordering::Acquire)
+    }
+
+    /// Bytes in the socket's send queue now, or `None` once the connection is closed.
+    pub fn send_queue(&self) -> Option<u64> {
+        let socket = self.socket();
+        let fd = (*socket)?;
+        // SAFETY: the descriptor stays open while the lock is held: the connection clears
+        // it under the same lock before it closes the socket.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        queued_on(fd).ok().map(|n| n as u64)
+    }
+
+    /// Bytes in the send queue when the connection last looked: no system call.
+    pub fn last_send_queue(&self) -> u64 {
+        self.0.queued.load(Ordering::Relaxed)
+    }
+
+    fn socket(&self) -> MutexGuard<'_, Option<RawFd>> {
+        self.0.socket.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Waits until the chunk the body is held on has all reached the kernel.
@@ -110,6 +139,7 @@ impl BoundedSendQueue {
     /// `tcp`'s SO_SNDBUF should already hold `limit` (see `socket_buffer`): the kernel
     /// then reports the socket writable only once the queue is below the limit.
     pub fn new(tcp: TcpStream, limit: u64, backlog: Backlog) -> Self {
+        *backlog.socket() = Some(tcp.as_raw_fd());
         BoundedSendQueue {
             tcp,
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
@@ -148,7 +178,7 @@ impl BoundedSendQueue {
     fn poll_room(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.tcp.poll_write_ready(cx))?;
-            let room = self.limit.saturating_sub(queued(&self.tcp)?);
+            let room = self.limit.saturating_sub(self.queued()?);
             if room > 0 {
                 return Poll::Ready(Ok(room));
             }
@@ -165,11 +195,30 @@ impl BoundedSendQueue {
     }
 }
 
+impl BoundedSendQueue {
+    /// The send queue's bytes, kept for the console too.
+    fn queued(&self) -> io::Result<usize> {
+        let bytes = queued(&self.tcp)?;
+        self.backlog.0.queued.store(bytes as u64, Ordering::Relaxed);
+        Ok(bytes)
+    }
+}
+
+impl Drop for BoundedSendQueue {
+    fn drop(&mut self) {
+        *self.backlog.socket() = None;
+    }
+}
+
 /// Bytes in `tcp`'s send queue, sent or not, not yet acknowledged.
 fn queued(tcp: &TcpStream) -> io::Result<usize> {
+    queued_on(tcp.as_fd())
+}
+
+fn queued_on(fd: BorrowedFd<'_>) -> io::Result<usize> {
     // SAFETY: SIOCOUTQ on a socket writes one `c_int` through the pointer `Getter`
     // passes, which points at its own `c_int`; the descriptor is borrowed for the call.
-    let bytes = unsafe { ioctl(tcp.as_fd(), Getter::<SIOCOUTQ, std::ffi::c_int>::new()) }?;
+    let bytes = unsafe { ioctl(fd, Getter::<SIOCOUTQ, std::ffi::c_int>::new()) }?;
     Ok(usize::try_from(bytes).unwrap_or(0))
 }
 
@@ -225,7 +274,7 @@ impl AsyncWrite for BoundedSendQueue {
         // The room known from the last look is there still: ask the kernel (a system call
         // per chunk would show in a burst's latency) only when it is under half.
         if self.room < half {
-            if let Ok(bytes) = queued(&self.tcp) {
+            if let Ok(bytes) = self.queued() {
                 self.room = self.limit.saturating_sub(bytes);
             }
         }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::routing::{get, post};
 use axum::Router;
 use hyper::body::Incoming;
@@ -19,6 +19,7 @@ use weir_runtime::MemoryBudget;
 
 use super::admission::Admission;
 use super::config::{RouteConfig, ServeConfig};
+use super::console::{self, Console, Registry, Sources};
 use super::cors::Cors;
 use super::export::{self, ExportRoute};
 use super::metrics;
@@ -44,6 +45,7 @@ pub struct Server {
     router: Router,
     admission: Admission,
     exports: Vec<Arc<ExportRoute>>,
+    registry: Registry,
 }
 
 impl Server {
@@ -59,7 +61,16 @@ impl Server {
         let mut exports = Vec::new();
         let mut topics = Vec::new();
         let mut router = Router::new().route("/healthz", get(|| async { "ok\n" }));
+        let registry = Registry::default();
+        let mut kinds = Vec::new();
         for route in &config.routes {
+            let kind = match route {
+                RouteConfig::LlmProxy(_) => "llm_proxy",
+                RouteConfig::Topic(_) => "topic",
+                RouteConfig::FileTail(_) => "file_tail",
+                RouteConfig::SqlExport(_) => "sql_export",
+            };
+            kinds.push((Arc::from(route.path()), kind));
             match route {
                 RouteConfig::LlmProxy(r) => {
                     if r.client_keys.is_empty() {
@@ -100,22 +111,41 @@ impl Server {
                 }
             }
         }
+        let console = Arc::new(Console {
+            sources: Sources {
+                registry: registry.clone(),
+                admission: admission.clone(),
+                routes: kinds,
+                topics: topics.clone(),
+                send_buffer: config.send_buffer,
+                started: std::time::Instant::now(),
+            },
+            admin_keys: config.admin_keys.clone(),
+        });
         let scraped = admission.clone();
         let respond = move || {
             let subscribers = || topic::render_subscriber_metrics(&topics);
             std::future::ready(metrics::respond(&scraped, subscribers))
         };
-        let router = router.route("/metrics", get(respond));
+        let router = router
+            .route("/metrics", get(respond))
+            .merge(console::router(console));
         Ok(Server {
             config,
             router,
             admission,
             exports,
+            registry,
         })
     }
 
     pub fn admission(&self) -> &Admission {
         &self.admission
+    }
+
+    /// The streams and pipelines the console shows; `[[pipeline]]`s register here.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// A listener on `addr` whose queue of connections not yet accepted holds
@@ -149,10 +179,10 @@ impl Server {
             .max_buf_size(WRITE_BUFFER);
         tokio::spawn(metrics::upkeep(shutdown.clone()));
         loop {
-            let tcp = tokio::select! {
+            let (tcp, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, _)) => tcp,
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of descriptors, or a connection gone before accept: pause, go on.
                         tracing::warn!("accept failed: {e}");
@@ -172,10 +202,14 @@ impl Server {
             let io = TokioIo::new(StallGuard::new(tcp, limit.clone()));
             let router = self.router.clone();
             let request_stop = stop.clone();
+            let registry = self.registry.clone();
             let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(limit.clone());
-                req.extensions_mut().insert(backlog.clone());
-                req.extensions_mut().insert(request_stop.clone());
+                let extensions = req.extensions_mut();
+                extensions.insert(limit.clone());
+                extensions.insert(backlog.clone());
+                extensions.insert(request_stop.clone());
+                extensions.insert(registry.clone());
+                extensions.insert(ConnectInfo(peer));
                 router.clone().oneshot(req)
             });
             let conn = http.serve_connection(io, service).with_upgrades();

@@ -19,6 +19,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use tokio::time::Instant;
 
+use super::console::Watched;
 use super::metrics::{record_redactions, record_rejection, RouteMetrics};
 
 /// How a request to a stream route ended.
@@ -124,6 +125,8 @@ pub struct StreamStats {
     redactions: Vec<(String, u64)>,
     /// What went wrong, whole: for the log, never for the client.
     cause: Option<String>,
+    /// The stream's entry in the console, once admitted.
+    watched: Option<Watched>,
 }
 
 impl StreamStats {
@@ -146,7 +149,13 @@ impl StreamStats {
             chunk_out_at: None,
             redactions: Vec::new(),
             cause: None,
+            watched: None,
         }
+    }
+
+    /// The stream shows in the console until these figures are reported.
+    pub fn watched(&mut self, watched: Watched) {
+        self.watched = Some(watched);
     }
 
     /// Records the full cause of a failure for the stream's log line.
@@ -207,6 +216,9 @@ impl StreamStats {
         let now = Instant::now();
         self.client_bytes += bytes as u64;
         self.metrics.client_bytes.increment(bytes as u64);
+        if let Some(w) = &self.watched {
+            w.sent(bytes);
+        }
         if self.tokens_pending > 0 && self.first_token.is_none() {
             let ttft = now - self.arrived;
             self.first_token = Some(ttft);

@@ -135,6 +135,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let pipelines = config.pipelines.clone();
     let grace = config.shutdown_grace;
     let server = Server::new(config).map_err(Failure::Usage)?;
+    let registry = server.registry().clone();
     if args.check_config {
         println!("{}: ok", args.config.display());
         return Ok(());
@@ -153,7 +154,12 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     };
     let mut running = tokio::task::JoinSet::new();
     for p in pipelines {
-        running.spawn(pipeline::run(p, shutdown.clone(), grace));
+        running.spawn(pipeline::run(
+            p,
+            shutdown.clone(),
+            grace,
+            Some(registry.clone()),
+        ));
     }
     let mut failure = None;
     while let Some(ended) = running.join_next().await {

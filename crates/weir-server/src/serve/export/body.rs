@@ -38,6 +38,7 @@ use weir_runtime::{BoxError, Pipeline, PipelineError, Report, Sink};
 
 use super::metrics::{ExportMetrics, ExportOutcome};
 use crate::serve::admission::Ticket;
+use crate::serve::console::Watched;
 use crate::serve::shutdown::{Shutdown, SHUTTING_DOWN};
 
 /// Hands each chunk to the response body, waiting until the body has taken the last.
@@ -78,6 +79,7 @@ pub(super) struct ExportBody {
     finished: bool,
     /// The server's shutdown grace is over: the transfer is aborted, as on a failure.
     grace_over: Pin<Box<WaitForCancellationFutureOwned>>,
+    watched: Option<Watched>,
 }
 
 impl ExportBody {
@@ -95,6 +97,7 @@ impl ExportBody {
         route: String,
         metrics: Arc<ExportMetrics>,
         shutdown: &Shutdown,
+        watched: Option<Watched>,
     ) -> Self {
         let cancel = pipeline.cancel_token();
         ExportBody {
@@ -108,6 +111,7 @@ impl ExportBody {
             bytes: 0,
             finished: false,
             grace_over: shutdown.grace_over(),
+            watched,
         }
     }
 
@@ -131,6 +135,9 @@ impl ExportBody {
             if let Some(chunk) = next {
                 body.bytes += chunk.len() as u64;
                 body.metrics.bytes.increment(chunk.len() as u64);
+                if let Some(w) = &body.watched {
+                    w.sent(chunk.len());
+                }
                 return Some((Ok(chunk), body));
             }
             body.finished = true;

@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use weir_runtime::Pipeline;
+use weir_runtime::{Pipeline, StageStats};
 use weir_stages::sources::sql::SqlError;
 use weir_stages::transforms::csv::CsvEncoder;
 use weir_stages::transforms::gzip::{Gzip, GzipConfig};
@@ -18,6 +18,8 @@ use super::request::{bind_params, choose_format, content_type, wants_gzip, Rejec
 use super::route::ExportRoute;
 use crate::serve::admission::Refusal;
 use crate::serve::config::ExportFormat;
+use crate::serve::console::{Holds, Registry, StreamInfo};
+use crate::serve::send_queue::Backlog;
 use crate::serve::shutdown::Shutdown;
 use crate::serve::stall::StallLimit;
 
@@ -38,6 +40,11 @@ pub async fn handle(State(route): State<Arc<ExportRoute>>, request: Request) -> 
 
 async fn start(route: &Arc<ExportRoute>, request: Request) -> Response {
     let shutdown = Shutdown::of(request.extensions());
+    let registry = Registry::of(request.extensions());
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
     if let Some(limit) = request.extensions().get::<StallLimit>() {
         limit.set(route.config.client_stall_timeout);
     }
@@ -91,6 +98,18 @@ async fn start(route: &Arc<ExportRoute>, request: Request) -> Response {
     };
     let (sink, chunks) = ExportBody::sink();
     let pipeline = encoded.sink("client", sink);
+    let watched = registry.map(|registry| {
+        let stages = pipeline.stats();
+        registry.register(StreamInfo {
+            route: Arc::from(route.config.path.as_str()),
+            kind: "sql_export",
+            client,
+            budget: buffer as u64,
+            backlog: request.extensions().get::<Backlog>().cloned(),
+            holds: Some(Arc::new(Channels(stages.clone()))),
+            stages,
+        })
+    });
     let body = ExportBody::start(
         pipeline,
         chunks,
@@ -101,6 +120,7 @@ async fn start(route: &Arc<ExportRoute>, request: Request) -> Response {
         route.config.path.clone(),
         Arc::clone(&route.metrics),
         &shutdown,
+        watched,
     );
     let mut response = Response::new(Body::from_stream(body.into_stream()));
     let headers = response.headers_mut();
@@ -118,6 +138,15 @@ async fn start(route: &Arc<ExportRoute>, request: Request) -> Response {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     response
+}
+
+/// An export's channels: what its pipeline holds between stages.
+struct Channels(Vec<Arc<StageStats>>);
+
+impl Holds for Channels {
+    fn held(&self) -> u64 {
+        self.0.iter().map(|s| s.snapshot().buffered_bytes).sum()
+    }
 }
 
 fn plain(status: StatusCode, message: &str) -> Response {

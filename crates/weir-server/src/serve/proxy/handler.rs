@@ -14,6 +14,7 @@ use super::stream::{sse_limits, ProxyStream, StreamTiming};
 use super::upstream::{tls_failure, SendError, Upstream};
 use crate::serve::admission::{Admission, Refusal};
 use crate::serve::config::LlmProxyRoute;
+use crate::serve::console::{Registry, StreamInfo};
 use crate::serve::metrics::RouteMetrics;
 use crate::serve::request_body::{self, BodyError, BodyLimits};
 use crate::serve::send_queue::Backlog;
@@ -47,6 +48,8 @@ pub struct ProxyRoute {
     body_limits: BodyLimits,
     filter: Option<FilterFactory>,
     metrics: Arc<RouteMetrics>,
+    /// The route's path, shared by its streams' console entries.
+    path: Arc<str>,
 }
 
 impl ProxyRoute {
@@ -98,6 +101,7 @@ impl ProxyRoute {
             body_limits,
             filter,
             metrics: Arc::new(RouteMetrics::new(&config.path)),
+            path: Arc::from(config.path.as_str()),
             config,
         })
     }
@@ -145,6 +149,11 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
         limit.set(route.config.client_stall_timeout);
     }
     let request_backlog = request.extensions().get::<Backlog>().cloned();
+    let registry = Registry::of(request.extensions());
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
     let shutdown = Shutdown::of(request.extensions());
     if !route.authorised(request.headers()) {
         stats.refuse(
@@ -190,6 +199,17 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
             return response;
         }
     };
+    if let Some(registry) = &registry {
+        stats.watched(registry.register(StreamInfo {
+            route: Arc::clone(&route.path),
+            kind: "llm_proxy",
+            client,
+            budget: route.config.buffer,
+            backlog: request_backlog.clone(),
+            holds: None,
+            stages: Vec::new(),
+        }));
+    }
     let mut headers: Vec<(&str, &[u8])> = FORWARDED_HEADERS
         .iter()
         .filter_map(|&name| parts.headers.get(name).map(|v| (name, v.as_bytes())))

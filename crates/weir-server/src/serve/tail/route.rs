@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::follow::{Follower, Read, Start};
 use super::lines::{parse_token, Format, LineWriter};
 use crate::serve::config::FileTailRoute;
+use crate::serve::console::{Registry, StreamInfo, Watched};
 use crate::serve::reply::{json_error, wants_ndjson};
 use crate::serve::send_queue::Backlog;
 use crate::serve::shutdown::{last_event, Shutdown};
@@ -34,6 +35,8 @@ pub struct TailRoute {
     file: PathBuf,
     changes: watch::Receiver<u64>,
     _watcher: notify::RecommendedWatcher,
+    /// The route's path, shared by its readers' console entries.
+    path: Arc<str>,
 }
 
 impl TailRoute {
@@ -55,6 +58,7 @@ impl TailRoute {
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(|e| format!("{at}: cannot watch {}: {e}", dir.display()))?;
         Ok(TailRoute {
+            path: Arc::from(config.path.as_str()),
             config,
             file,
             changes,
@@ -136,6 +140,20 @@ pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Re
     });
     let chunk = (route.config.buffer as usize).clamp(1024, 64 << 10);
     let backlog = request.extensions.get::<Backlog>().cloned();
+    let watched = Registry::of(&request.extensions).map(|registry| {
+        registry.register(StreamInfo {
+            route: Arc::clone(&route.path),
+            kind: "file_tail",
+            client: request
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0),
+            budget: route.config.buffer,
+            backlog: backlog.clone(),
+            holds: None,
+            stages: Vec::new(),
+        })
+    });
     let writer = LineWriter::new(format, route.config.max_line as usize, grep);
     let mut tail = Tail {
         follower,
@@ -146,6 +164,7 @@ pub async fn handle(State(route): State<Arc<TailRoute>>, request: Request) -> Re
         inode: None,
         backlog,
         notice,
+        watched,
     };
     if let Some(upgrade) = upgrade {
         return ws::respond(
@@ -187,6 +206,7 @@ struct Tail {
     backlog: Option<Backlog>,
     /// Sent before any line: the file does not exist yet.
     notice: Option<String>,
+    watched: Option<Watched>,
 }
 
 const MISSING_FILE: &str = r#"{"error": {"type": "file_missing", "message": "the followed file does not exist yet: waiting for it"}}"#;
@@ -220,6 +240,9 @@ impl Tail {
         };
         if let Some(b) = &self.backlog {
             b.handed_a_chunk();
+        }
+        if let Some(w) = &self.watched {
+            w.sent(bytes.len());
         }
         Ok(bytes)
     }

@@ -226,6 +226,12 @@ impl Subscriber {
     }
 }
 
+impl crate::serve::console::Holds for Subscriber {
+    fn held(&self) -> u64 {
+        self.queued_bytes() as u64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use futures::StreamExt;
 
 use super::gate::{Next, Offer, Policy, Subscriber, TopicCounters};
 use crate::serve::config::TopicRoute;
+use crate::serve::console::{Holds, Registry, StreamInfo};
 use crate::serve::reply::{json_error, wants_ndjson};
 use crate::serve::send_queue::Backlog;
 use crate::serve::shutdown::{last_event, Shutdown};
@@ -89,6 +90,19 @@ pub fn render_subscriber_metrics(topics: &[Arc<Topic>]) -> String {
     out
 }
 
+/// A topic as the console shows it.
+#[derive(serde::Serialize)]
+pub struct TopicSummary {
+    pub path: String,
+    pub subscribers: usize,
+    pub published: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub disconnected: u64,
+    /// Bytes waiting in all its subscribers' queues.
+    pub queued: u64,
+}
+
 /// Subscribers by the number each was given.
 type Connected = Vec<(u64, Arc<Subscriber>)>;
 
@@ -125,6 +139,21 @@ impl Topic {
         }
         runtime.spawn(publish_metrics(Arc::downgrade(&topic)));
         Ok(topic)
+    }
+
+    /// Its counters, and its subscribers' queues added up.
+    pub fn summary(&self) -> TopicSummary {
+        let subs = self.subscribers();
+        let c = &self.counters;
+        TopicSummary {
+            path: self.config.path.clone(),
+            subscribers: subs.len(),
+            published: c.published.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            disconnected: c.disconnected.load(Ordering::Relaxed),
+            queued: subs.iter().map(|s| s.queued_bytes() as u64).sum(),
+        }
     }
 
     fn subscribers(&self) -> Vec<Arc<Subscriber>> {
@@ -351,10 +380,24 @@ pub async fn subscribe(State(topic): State<Arc<Topic>>, request: Request) -> Res
     let keepalive = topic.config.keepalive;
     let backlog = request.extensions.get::<Backlog>().cloned();
     let subscription = topic.subscribe();
-    let messages = futures::stream::unfold(Some(subscription), move |state| {
+    let watched = Registry::of(&request.extensions).map(|registry| {
+        registry.register(StreamInfo {
+            route: Arc::from(topic.config.path.as_str()),
+            kind: "topic",
+            client: request
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0),
+            budget: topic.config.buffer,
+            backlog: backlog.clone(),
+            holds: Some(Arc::clone(&subscription.sub) as Arc<dyn Holds>),
+            stages: Vec::new(),
+        })
+    });
+    let messages = futures::stream::unfold(Some((subscription, watched)), move |state| {
         let backlog = backlog.clone();
         async move {
-            let subscription = state?;
+            let (subscription, watched) = state?;
             // A slow client is given no new message until its connection sent the last.
             if let Some(b) = &backlog {
                 b.drained().await;
@@ -363,9 +406,12 @@ pub async fn subscribe(State(topic): State<Arc<Topic>>, request: Request) -> Res
             if let Some(b) = &backlog {
                 b.handed_a_chunk();
             }
+            if let Some(w) = &watched {
+                w.sent(bytes.len());
+            }
             Some((
                 Ok::<_, std::io::Error>(bytes),
-                go_on.then_some(subscription),
+                go_on.then_some((subscription, watched)),
             ))
         }
     });

@@ -1,0 +1,234 @@
+//! One look at the whole server: built from counters already kept, the worst streams in
+//! full and the rest counted.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::registry::{Registry, StreamEntry};
+use super::stages::StageView;
+use crate::serve::admission::Admission;
+use crate::serve::metrics::resident_bytes;
+use crate::serve::topic::{Topic, TopicSummary};
+
+/// Streams sent in full unless asked otherwise; the rest are counted.
+pub const DEFAULT_TOP: usize = 100;
+/// The most a client may ask for in full.
+pub const MAX_TOP: usize = 1000;
+
+/// What the console knows of the server besides its registry.
+pub struct Sources {
+    pub registry: Registry,
+    pub admission: Admission,
+    /// Every route: its path and kind.
+    pub routes: Vec<(Arc<str>, &'static str)>,
+    pub topics: Vec<Arc<Topic>>,
+    pub send_buffer: u64,
+    pub started: Instant,
+}
+
+#[derive(Serialize)]
+pub struct State {
+    /// Unix time of the snapshot, in milliseconds.
+    pub time_ms: u64,
+    pub uptime_s: f64,
+    pub memory: Memory,
+    /// Resident set size of the process (none where there is no /proc).
+    pub rss: Option<u64>,
+    pub routes: Vec<RouteView>,
+    pub streams: Streams,
+    pub pipelines: Vec<PipelineView>,
+    pub topics: Vec<TopicSummary>,
+}
+
+/// The global memory budget.
+#[derive(Serialize)]
+pub struct Memory {
+    pub limit: u64,
+    /// Reserved by open streams.
+    pub reserved: u64,
+    pub free: u64,
+    /// Bytes sitting in pipelines' channels now.
+    pub buffered: u64,
+}
+
+#[derive(Serialize)]
+pub struct RouteView {
+    pub path: Arc<str>,
+    pub kind: &'static str,
+    pub streams: usize,
+    pub slow: usize,
+    pub buffered: u64,
+}
+
+#[derive(Serialize)]
+pub struct Streams {
+    pub open: usize,
+    pub slow: usize,
+    /// The streams with the most bytes waiting for their clients, worst first.
+    pub shown: Vec<StreamView>,
+    /// Streams not shown, and what they buffer together.
+    pub rest: usize,
+    pub rest_buffered: u64,
+}
+
+#[derive(Serialize)]
+pub struct StreamView {
+    pub id: u64,
+    pub route: Arc<str>,
+    pub kind: &'static str,
+    pub client: Option<SocketAddr>,
+    pub age_s: f64,
+    pub bytes_out: u64,
+    /// Bytes per second out, over the last second.
+    pub rate: f64,
+    /// Bytes held in weir's heap for this client, against its share of the budget.
+    pub buffered: u64,
+    pub budget: u64,
+    /// The client socket's kernel send queue now, against `send_buffer`.
+    pub send_queue: Option<u64>,
+    pub send_buffer: u64,
+    /// The send queue was over half full at the connection's last write.
+    pub slow: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bottleneck: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct PipelineView {
+    pub name: String,
+    pub stages: Vec<StageView>,
+    pub bottleneck: Option<String>,
+    pub lag: Vec<PartitionLag>,
+    pub acks_pending: usize,
+}
+
+#[derive(Serialize)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    pub lag: i64,
+}
+
+/// Builds a snapshot with the `top` worst streams in full.
+pub fn build(sources: &Sources, top: usize) -> State {
+    let now = Instant::now();
+    let entries: Vec<Arc<StreamEntry>> = sources.registry.streams().values().cloned().collect();
+    let mut routes: Vec<RouteView> = sources
+        .routes
+        .iter()
+        .map(|(path, kind)| RouteView {
+            path: Arc::clone(path),
+            kind,
+            streams: 0,
+            slow: 0,
+            buffered: 0,
+        })
+        .collect();
+    let mut ranked: Vec<(u64, u64, &Arc<StreamEntry>)> = Vec::with_capacity(entries.len());
+    let mut slow = 0;
+    for e in &entries {
+        let waiting = e.waiting();
+        let is_slow = e.is_slow();
+        slow += usize::from(is_slow);
+        if let Some(r) = routes.iter_mut().find(|r| *r.path == *e.info.route) {
+            r.streams += 1;
+            r.slow += usize::from(is_slow);
+            r.buffered += waiting;
+        }
+        ranked.push((waiting, e.id, e));
+    }
+    let top = top.min(ranked.len());
+    let worst_first = |a: &(u64, u64, &Arc<StreamEntry>), b: &(u64, u64, &Arc<StreamEntry>)| {
+        b.0.cmp(&a.0).then(a.1.cmp(&b.1))
+    };
+    if top > 0 && top < ranked.len() {
+        ranked.select_nth_unstable_by(top - 1, worst_first);
+    }
+    let (shown, rest) = ranked.split_at_mut(top);
+    shown.sort_unstable_by(worst_first);
+    let rest_buffered = rest.iter().map(|(w, _, _)| w).sum();
+    let shown = shown
+        .iter()
+        .map(|(_, _, e)| stream_view(e, sources.send_buffer, now))
+        .collect();
+    let pipelines = {
+        let registered: Vec<_> = sources.registry.pipelines().values().cloned().collect();
+        let mut views: Vec<PipelineView> = registered
+            .iter()
+            .map(|p| {
+                let (stages, bottleneck) = p.window.view(&p.stages, now);
+                PipelineView {
+                    name: p.name.clone(),
+                    stages,
+                    bottleneck,
+                    lag: (p.lag)()
+                        .into_iter()
+                        .map(|(topic, partition, lag)| PartitionLag {
+                            topic,
+                            partition,
+                            lag,
+                        })
+                        .collect(),
+                    acks_pending: (p.acks_pending)(),
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        views
+    };
+    let budget = sources.admission.budget();
+    let (limit, reserved) = (budget.limit() as u64, budget.reserved() as u64);
+    State {
+        time_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        uptime_s: sources.started.elapsed().as_secs_f64(),
+        memory: Memory {
+            limit,
+            reserved,
+            free: limit.saturating_sub(reserved),
+            buffered: budget.buffered() as u64,
+        },
+        rss: resident_bytes(),
+        routes,
+        streams: Streams {
+            open: entries.len(),
+            slow,
+            shown,
+            rest: rest.len(),
+            rest_buffered,
+        },
+        pipelines,
+        topics: sources.topics.iter().map(|t| t.summary()).collect(),
+    }
+}
+
+fn stream_view(e: &StreamEntry, send_buffer: u64, now: Instant) -> StreamView {
+    let (stages, bottleneck) = if e.info.stages.is_empty() {
+        (Vec::new(), None)
+    } else {
+        e.window.view(&e.info.stages, now)
+    };
+    StreamView {
+        id: e.id,
+        route: Arc::clone(&e.info.route),
+        kind: e.info.kind,
+        client: e.info.client,
+        age_s: now.saturating_duration_since(e.started).as_secs_f64(),
+        bytes_out: e.bytes_out.load(Ordering::Relaxed),
+        rate: e.rate(now),
+        buffered: e.buffered(),
+        budget: e.info.budget,
+        send_queue: e.info.backlog.as_ref().and_then(|b| b.send_queue()),
+        send_buffer,
+        slow: e.is_slow(),
+        stages,
+        bottleneck,
+    }
+}
