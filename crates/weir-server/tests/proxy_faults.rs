@@ -185,7 +185,12 @@ async fn an_upstream_event_must_fit_in_half_the_stream_buffer() {
         .json();
     assert_eq!(last["error"]["code"], "upstream_malformed", "{last}");
     let message = last["error"]["message"].as_str().unwrap();
-    assert!(message.contains("2048 bytes"), "{last}");
+    // Refused by the decoder's limit (half the buffer) or, when what the stream holds
+    // around it is counted first, by the buffer itself.
+    assert!(
+        message.contains("2048 bytes") || message.contains("buffer of 4096 bytes"),
+        "{last}"
+    );
     // The default share (64 KiB) takes the same event.
     assert_eq!(last_event_through(body, "").await.data, "[DONE]");
 }

@@ -90,6 +90,15 @@ impl Default for SseDecoder {
 }
 
 impl SseDecoder {
+    /// Bytes the decoder has allocated for what it holds between feeds (a partial line,
+    /// a partial event), for memory accounting.
+    pub fn buffered_bytes(&self) -> usize {
+        self.line.capacity()
+            + self.data.capacity()
+            + self.event_type.capacity()
+            + self.last_id.capacity()
+    }
+
     pub fn new(limits: SseLimits) -> Self {
         SseDecoder {
             limits,

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::relay::{Relay, TextFilter};
 use super::scrub::scrub_body;
-use super::stream::{sse_limits, ProxyStream, StreamTiming};
+use super::stream::{ProxyStream, StreamTiming};
 use super::upstream::{tls_failure, SendError, Upstream};
 use crate::serve::admission::{Admission, Refusal};
 use crate::serve::config::LlmProxyRoute;
@@ -293,11 +293,8 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
     };
     let filter = route.filter.as_ref().map(|make| make());
     stats.streaming(StatusCode::OK);
-    let relay = Relay::new(
-        route.config.protocol.dialect(),
-        sse_limits(route.config.buffer),
-        filter,
-    );
+    let buffer = usize::try_from(route.config.buffer).unwrap_or(usize::MAX);
+    let relay = Relay::new(route.config.protocol.dialect(), buffer, filter);
     let stream = ProxyStream::new(upstream.body, relay, timing, ticket, stats)
         .waiting_on(request_backlog)
         .scrubbing(route.secret.clone())

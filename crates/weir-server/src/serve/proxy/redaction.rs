@@ -8,6 +8,10 @@ use super::blocks::Blocks;
 use super::handler::FilterFactory;
 use super::relay::TextFilter;
 
+/// What a block's redacting stream allocates besides its held text (its matcher's state),
+/// at most; checked by the relay's allocation test.
+const BLOCK_STATE: usize = 2048;
+
 /// The redacting streams of one response, keyed by text block (choice or content index).
 pub struct Redaction {
     redactor: Arc<Redactor>,
@@ -27,6 +31,13 @@ impl TextFilter for Redaction {
             .get_mut(block)
             .map(RedactStream::finish)
             .unwrap_or_default()
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.blocks
+            .values()
+            .map(|s| BLOCK_STATE + 2 * s.held())
+            .sum()
     }
 
     fn redactions(&self, report: &mut dyn FnMut(&str, u64)) {

@@ -22,6 +22,13 @@ use super::blocks::Blocks;
 use super::dialect::{Dialect, Frame};
 use crate::serve::stream_stats::Outcome;
 
+/// Output gathered from several upstream reads into one chunk while the client keeps up:
+/// fewer, larger writes.
+const FAST_BATCH: usize = 16 << 10;
+
+/// What a relay allocates whatever it holds (its filter's box, its containers' headers).
+const RELAY_FIXED: usize = 256;
+
 /// Text blocks (choices, content blocks) one stream may use: each keeps a template and,
 /// when redacting, a redacting stream, so the upstream's block index must not make that
 /// state grow without bound.
@@ -33,6 +40,8 @@ pub trait TextFilter: Send + 'static {
     fn push(&mut self, block: u64, text: &str) -> String;
     /// The block ends: everything still held, rewritten.
     fn flush(&mut self, block: u64) -> String;
+    /// Bytes the filter holds (text held back and its state), at most.
+    fn held_bytes(&self) -> usize;
     /// Reports the redactions made so far as `(kind, count)`, for the stream's metrics
     /// and its end-of-stream log line; called once, when the stream ends.
     fn redactions(&self, _report: &mut dyn FnMut(&str, u64)) {}
@@ -47,6 +56,9 @@ pub struct Tally {
 }
 
 pub struct Relay {
+    /// The stream's share of the memory budget: everything the relay holds counts against
+    /// it, and a stream that would hold more fails.
+    buffer: usize,
     dialect: &'static dyn Dialect,
     decoder: SseDecoder,
     encoder: SseEncoder,
@@ -60,12 +72,20 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// A relay holding at most `buffer` bytes: a line or an event may take half, the
+    /// blocks' templates an eighth, a fast client's batch a quarter; a stream that would
+    /// hold more than `buffer` in all fails.
     pub fn new(
         dialect: &'static dyn Dialect,
-        limits: SseLimits,
+        buffer: usize,
         filter: Option<Box<dyn TextFilter>>,
     ) -> Self {
+        let limits = SseLimits {
+            max_line: buffer / 2,
+            max_event: buffer / 2,
+        };
         Relay {
+            buffer,
             dialect,
             decoder: SseDecoder::new(limits),
             encoder: SseEncoder::new(),
@@ -78,11 +98,33 @@ impl Relay {
         }
     }
 
-    /// Whether the relay takes more upstream bytes now: not ended, and less than `batch`
-    /// bytes of output made and not yet handed out (a slow client gets a batch of 1: nothing
-    /// is read ahead of it).
-    pub fn wants_upstream(&self, batch: usize) -> bool {
+    /// Whether the relay takes more upstream bytes now: not ended, and for a slow client
+    /// its last output handed out (nothing is read ahead of it); a client that keeps up
+    /// gets output of several reads in one chunk, up to `FAST_BATCH` or a quarter of the
+    /// buffer.
+    pub fn wants_upstream(&self, client_is_slow: bool) -> bool {
+        let batch = if client_is_slow {
+            1
+        } else {
+            FAST_BATCH.min(self.buffer / 4)
+        };
         self.ended.is_none() && self.out.len() < batch
+    }
+
+    /// Bytes the relay has allocated for what it holds between two feeds: the decoder's
+    /// partial line and event, output not yet handed out, the blocks' templates and the
+    /// filter's held-back text. Never more than `buffer` once a feed returns.
+    pub fn held_bytes(&self) -> usize {
+        let template_entry = std::mem::size_of::<(u64, String)>();
+        RELAY_FIXED
+            + self.decoder.buffered_bytes()
+            + self.out.capacity()
+            + self
+                .templates
+                .values()
+                .map(|t| template_entry + t.capacity())
+                .sum::<usize>()
+            + self.filter.as_ref().map_or(0, |f| f.held_bytes())
     }
 
     /// How the stream ended, once it has.
@@ -132,6 +174,15 @@ impl Relay {
             );
         } else if let Some(message) = failure {
             self.fail(Outcome::UpstreamMalformed, &message);
+        } else if self.held_bytes() > self.buffer {
+            let held = self.held_bytes();
+            self.fail(
+                Outcome::UpstreamMalformed,
+                &format!(
+                    "the stream needs {held} bytes at once, more than this route's buffer of {} bytes",
+                    self.buffer
+                ),
+            );
         }
     }
 
@@ -202,8 +253,7 @@ impl Relay {
                     (released != *text.text).then(|| text.replaced_in(&event, &released));
                 drop(text);
                 self.emit(rewritten.as_ref().unwrap_or(&event), token)?;
-                // The shape for releasing held-back text later: moved in, not copied.
-                self.templates.insert(block, event.data);
+                self.keep_template(block, event.data);
                 Ok(())
             }
             Frame::EndOfBlock { block } => {
@@ -225,6 +275,23 @@ impl Relay {
         }
     }
 
+    /// Keeps `data` (moved in, not copied) as the shape for releasing `block`'s held-back
+    /// text later, if the templates' share of the buffer has room; else that text is
+    /// released in a bare event.
+    fn keep_template(&mut self, block: u64, data: String) {
+        let others: usize = self
+            .templates
+            .keys()
+            .filter(|&b| b != block)
+            .filter_map(|b| self.templates.get(b).map(String::capacity))
+            .sum();
+        if others + data.capacity() <= self.buffer / 8 {
+            self.templates.insert(block, data);
+        } else {
+            self.templates.insert(block, String::new());
+        }
+    }
+
     /// Sends what the filter still holds of `block`, redacted, as a token event.
     fn release_block(&mut self, block: u64) -> Result<(), String> {
         let Some(filter) = self.filter.as_mut() else {
@@ -234,7 +301,10 @@ impl Relay {
         if rest.is_empty() {
             return Ok(());
         }
-        let template = self.templates.get(block).map_or("null", String::as_str);
+        let template = match self.templates.get(block) {
+            Some(t) if !t.is_empty() => t.as_str(),
+            _ => "null",
+        };
         let release = self.dialect.token_event(template, block, &rest);
         self.emit(&release, true)
     }
@@ -263,14 +333,13 @@ mod tests {
     use super::*;
     use crate::serve::config::Protocol;
     use crate::serve::proxy::redaction;
-    use crate::serve::proxy::stream::sse_limits;
 
     fn relay(protocol: Protocol, redact: bool) -> Relay {
         let filter = redact.then(|| {
             let make = redaction::factory(&["email".to_string()]).expect("filter");
             make()
         });
-        Relay::new(protocol.dialect(), sse_limits(64 << 10), filter)
+        Relay::new(protocol.dialect(), 64 << 10, filter)
     }
 
     fn openai_token(text: &str) -> String {
@@ -357,7 +426,7 @@ mod tests {
                 "nothing after it: {out}"
             );
             assert!(!after.contains("[DONE]"), "{out}");
-            assert!(!r.wants_upstream(usize::MAX), "ended: no more reading");
+            assert!(!r.wants_upstream(false), "ended: no more reading");
         }
     }
 
@@ -394,12 +463,12 @@ mod tests {
     #[test]
     fn output_waits_for_the_client_before_more_is_read() {
         let mut r = relay(Protocol::Openai, false);
-        assert!(r.wants_upstream(1));
+        assert!(r.wants_upstream(true));
         r.feed(openai_token("hi").as_bytes());
-        assert!(!r.wants_upstream(1), "its output is not taken yet");
-        assert!(r.wants_upstream(16 << 10), "a fast client's batch has room");
+        assert!(!r.wants_upstream(true), "its output is not taken yet");
+        assert!(r.wants_upstream(false), "a fast client's batch has room");
         assert!(r.take_output().is_some());
-        assert!(r.wants_upstream(1));
+        assert!(r.wants_upstream(true));
         r.keepalive();
         assert_eq!(r.take_output().as_deref(), Some(&b": keep-alive\n\n"[..]));
     }
@@ -428,5 +497,142 @@ mod tests {
         r.upstream_ended();
         assert_eq!(r.ended(), Some(Outcome::Completed));
         assert_eq!(r.take_output().as_deref(), Some(&b"data: [DONE]\n\n"[..]));
+    }
+}
+
+/// Every byte allocated on this thread, live: the relay's allocation test compares what the
+/// relay says it holds with what it has allocated.
+#[cfg(test)]
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+    }
+
+    pub struct Counting;
+
+    fn add(bytes: isize) {
+        // A const-initialised Cell without destructor: reading it never allocates.
+        let _ = LIVE.try_with(|live| live.set(live.get() + bytes));
+    }
+
+    pub fn live() -> isize {
+        LIVE.with(Cell::get)
+    }
+
+    // SAFETY: every call is passed to `System` unchanged with the caller's layout and
+    // pointer, so `System`'s guarantees are ours; the counting beside it touches only a
+    // thread-local integer and never allocates.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: the caller's contract for `alloc` is `System::alloc`'s.
+            let p = unsafe { System.alloc(layout) };
+            if !p.is_null() {
+                add(layout.size() as isize);
+            }
+            p
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: as for `alloc`.
+            let p = unsafe { System.alloc_zeroed(layout) };
+            if !p.is_null() {
+                add(layout.size() as isize);
+            }
+            p
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` and `layout` come from this allocator, which is `System`'s.
+            unsafe { System.dealloc(ptr, layout) };
+            add(-(layout.size() as isize));
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            // SAFETY: as for `dealloc`, with the caller's contract for `realloc`.
+            let p = unsafe { System.realloc(ptr, layout, new_size) };
+            if !p.is_null() {
+                add(new_size as isize - layout.size() as isize);
+            }
+            p
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::counting::live;
+    use super::*;
+    use crate::serve::config::Protocol;
+    use crate::serve::proxy::redaction;
+
+    /// A stream that makes a relay hold all it can: many text blocks each holding back a
+    /// possible address, long events, and lines split across reads.
+    fn demanding_stream(blocks: usize) -> String {
+        let mut s = String::new();
+        for round in 0..3 {
+            for block in 0..blocks {
+                let pad = "x".repeat(40 * (block % 7));
+                s.push_str(&format!(
+                    "data: {{\"id\":\"chatcmpl-{round}-{block}\",\"model\":\"m{pad}\",\"choices\":[{{\"index\":{block},\"delta\":{{\"content\":\"write to someone{block}@exam\"}},\"finish_reason\":null}}]}}\n\n"
+                ));
+            }
+            let long = "y".repeat(3000);
+            s.push_str(&format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{long}\"}}}}]}}\n\n"
+            ));
+        }
+        s.push_str("data: [DONE]\n\n");
+        s
+    }
+
+    #[test]
+    fn everything_the_relay_holds_is_counted_and_within_its_buffer() {
+        let buffer = 64 << 10;
+        let make = redaction::factory(&["email".to_string(), "phone".to_string()]).expect("filter");
+        let input = demanding_stream(12);
+        for read in [97, 700, 4096] {
+            let base = live();
+            let mut relay = Relay::new(Protocol::Openai.dialect(), buffer, Some(make()));
+            let (mut peak_actual, mut peak_counted) = (0isize, 0usize);
+            for piece in input.as_bytes().chunks(read) {
+                relay.feed(piece);
+                let actual = live() - base;
+                let counted = relay.held_bytes();
+                assert!(
+                    counted as isize >= actual,
+                    "reads of {read}: counted {counted} < allocated {actual}"
+                );
+                assert!(counted <= buffer, "reads of {read}: {counted} > {buffer}");
+                peak_actual = peak_actual.max(actual);
+                peak_counted = peak_counted.max(counted);
+                drop(relay.take_output());
+            }
+            assert_eq!(relay.ended(), None, "the stream was held within its buffer");
+            println!("reads of {read}: peak allocated {peak_actual}, peak counted {peak_counted}");
+        }
+    }
+
+    #[test]
+    fn a_stream_that_would_hold_more_than_its_buffer_fails_naming_it() {
+        let make = redaction::factory(&["email".to_string()]).expect("filter");
+        let input = demanding_stream(60);
+        let mut relay = Relay::new(Protocol::Openai.dialect(), 32 << 10, Some(make()));
+        let mut out = Vec::new();
+        for piece in input.as_bytes().chunks(4096) {
+            relay.feed(piece);
+            out.extend(relay.take_output().unwrap_or_default());
+        }
+        assert_eq!(relay.ended(), Some(Outcome::UpstreamMalformed));
+        let out = String::from_utf8(out).expect("utf-8");
+        assert!(
+            out.contains("more than this route's buffer of 32768 bytes"),
+            "{out:.300}"
+        );
     }
 }

@@ -36,7 +36,6 @@ use bytes::Bytes;
 use futures::Stream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
-use weir_stages::codec::sse::SseLimits;
 
 use super::relay::Relay;
 use super::scrub::Scrubber;
@@ -49,25 +48,14 @@ use crate::serve::stream_stats::{Outcome, StreamStats};
 /// The step in which chunk allocations are sized (see `settled`).
 const CHUNK_GRANULE: usize = 1024;
 
-/// Output gathered from several upstream reads into one chunk while the client keeps up:
-/// fewer, larger writes. A slow client's chunks are one read each.
-const FAST_BATCH: usize = 16 << 10;
+/// Polls in a row with the client keeping up before its chunks gather several reads.
+const KEPT_UP: u32 = 16;
 
 /// Limits and pacing of one proxied stream.
 #[derive(Clone, Copy, Debug)]
 pub struct StreamTiming {
     pub idle_timeout: Duration,
     pub keepalive: Duration,
-}
-
-/// The decoder's limits for a stream whose share of the memory budget is `buffer`: a
-/// partial line and an event's data are what it holds, so each may take half.
-pub fn sse_limits(buffer: u64) -> SseLimits {
-    let half = usize::try_from(buffer / 2).unwrap_or(usize::MAX);
-    SseLimits {
-        max_line: half,
-        max_event: half,
-    }
 }
 
 pub struct ProxyStream {
@@ -85,6 +73,9 @@ pub struct ProxyStream {
     scrubber: Option<Scrubber>,
     /// The server's shutdown grace is over: end with the protocol's error event.
     grace_over: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// Polls in a row that found the client's connection keeping up; batching starts only
+    /// after `KEPT_UP` of them, so a client that is slow now and then gets single reads.
+    kept_up: u32,
     // Dropped before the stats: a stream counted as ended no longer holds its admission.
     _ticket: Ticket,
     stats: StreamStats,
@@ -109,6 +100,7 @@ impl ProxyStream {
             backlog: None,
             scrubber: None,
             grace_over: None,
+            kept_up: 0,
             _ticket: ticket,
             stats,
         }
@@ -195,6 +187,10 @@ impl Stream for ProxyStream {
             ready!(backlog.poll_drained(cx));
         }
         this.stats.polled();
+        this.kept_up = match &this.backlog {
+            Some(b) if b.is_slow() => 0,
+            _ => this.kept_up.saturating_add(1),
+        };
         loop {
             if let Some(grace_over) = &mut this.grace_over {
                 if grace_over.as_mut().poll(cx).is_ready() {
@@ -202,11 +198,8 @@ impl Stream for ProxyStream {
                     this.relay.fail(Outcome::ServerShutdown, SHUTTING_DOWN);
                 }
             }
-            let batch = match &this.backlog {
-                Some(b) if b.is_slow() => 1,
-                _ => FAST_BATCH,
-            };
-            if !this.relay.wants_upstream(batch) {
+            let slow = this.kept_up < KEPT_UP;
+            if !this.relay.wants_upstream(slow) {
                 if let Some(chunk) = this.next_chunk() {
                     return Poll::Ready(Some(Ok(chunk)));
                 }
