@@ -26,6 +26,7 @@ enum Command {
     Sample(cli::sample::SampleArgs),
     Serve(cli::serve::ServeArgs),
     Check(Box<cli::check::CheckArgs>),
+    Top(cli::top::TopArgs),
     /// An upstream that streams like the OpenAI and Anthropic APIs, for demos and tests.
     MockLlm(weir_server::mock_llm::MockLlmArgs),
 }
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
             Command::Sample(args) => cli::sample::run(args),
             Command::Serve(args) => cli::serve::run(args).await,
             Command::Check(args) => cli::check::run(*args).await,
+            Command::Top(args) => cli::top::run(args).await,
             Command::MockLlm(args) => weir_server::mock_llm::run_cli(args).await.map_err(|e| {
                 if e.kind() == std::io::ErrorKind::InvalidInput {
                     Failure::Usage(e.to_string())

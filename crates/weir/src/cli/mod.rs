@@ -9,6 +9,7 @@ pub mod run_kafka;
 pub mod sample;
 pub mod serve;
 pub mod stages;
+pub mod top;
 
 /// Why a command did not succeed, and so which exit code it gets.
 pub enum Failure {
