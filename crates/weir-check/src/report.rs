@@ -11,6 +11,9 @@ use crate::client::ClientEnd;
 use crate::fit::{LineFit, Thresholds};
 use crate::judge::Judgement;
 
+/// The lines of a passing server's stderr the table shows.
+const PASS_TAIL: usize = 3;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Verdict {
@@ -363,11 +366,18 @@ impl Report {
             );
         }
         for process in &self.processes {
-            if process.stderr_tail.is_empty() {
+            // A bounded server's log is rarely evidence: its last few lines, the rest in --json.
+            let passed = process
+                .judgement
+                .as_ref()
+                .is_some_and(|j| j.verdict == Verdict::Pass);
+            let shown = if passed { PASS_TAIL } else { usize::MAX };
+            let tail = &process.stderr_tail;
+            if tail.is_empty() {
                 continue;
             }
             let _ = writeln!(out, "  stderr of {}, last lines:", process.label);
-            for line in &process.stderr_tail {
+            for line in &tail[tail.len().saturating_sub(shown)..] {
                 let _ = writeln!(out, "    | {line}");
             }
         }
@@ -442,5 +452,84 @@ mod tests {
         assert_eq!(human_bytes(1536.0), "1.5 KiB");
         assert_eq!(human_bytes(-3.0 * 1048576.0), "-3.0 MiB");
         assert_eq!(human_bytes(1.4 * 1073741824.0), "1.40 GiB");
+    }
+
+    fn report_with(processes: Vec<ProcessSummary>) -> Report {
+        Report {
+            verdict: Verdict::Fail,
+            reason: "the proxy in front buffers".into(),
+            url: "http://127.0.0.1:1/".into(),
+            memory_source: "pid 1; pid 2".into(),
+            window: Window {
+                warmup_s: 10.0,
+                queues_settled_s: None,
+                start_s: Some(10.0),
+                end_s: 30.0,
+            },
+            fit: None,
+            thresholds: Thresholds {
+                max_slope: 16_000.0,
+                min_r2: 0.5,
+                max_per_client: 2.0 * 1048576.0,
+            },
+            memory: None,
+            kernel: None,
+            where_bytes_live: String::new(),
+            processes,
+            limit: None,
+            clients: ClientSummary::default(),
+            samples: Vec::new(),
+        }
+    }
+
+    fn process(label: &str, verdict: Verdict, front: bool, lines: usize) -> ProcessSummary {
+        let points: Vec<(f64, f64)> = (0..=30).map(|i| (i as f64, 1e7)).collect();
+        let rule = report_with(Vec::new()).thresholds;
+        let load = crate::judge::Load {
+            clients: 10,
+            kernel_share: 0.0,
+        };
+        let mut judgement = crate::judge::judge(&points, 10.0, 30.0, load, &rule);
+        judgement.verdict = verdict;
+        ProcessSummary {
+            label: label.into(),
+            pid: Some(1),
+            command: None,
+            front,
+            peak: 1 << 20,
+            judgement: Some(judgement),
+            stderr_tail: (1..=lines).map(|i| format!("line {i}")).collect(),
+        }
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_process_and_their_stderr() {
+        let table = report_with(vec![
+            process("pid 2 (java)", Verdict::Pass, false, 12),
+            process("pid 1 (node)", Verdict::Fail, true, 12),
+        ])
+        .table();
+        assert!(
+            table.contains("  pid 2 (java)           PASS: +0 B since the clients connected (+0 B per slow client; at most 2.0 MiB), peak 1.0 MiB"),
+            "{table}"
+        );
+        assert!(
+            table.contains("  pid 1 (node)           FAIL, in front: +0 B"),
+            "{table}"
+        );
+        // All of a failing server's last lines, a passing one's last three.
+        let java = table.split("stderr of pid 2 (java)").nth(1).unwrap();
+        let java = java.split("stderr of").next().unwrap();
+        assert_eq!(java.matches("    | line").count(), 3, "{table}");
+        assert!(
+            java.contains("| line 10\n") && java.contains("| line 12\n"),
+            "{table}"
+        );
+        let node = table.split("stderr of pid 1 (node)").nth(1).unwrap();
+        assert_eq!(node.matches("    | line").count(), 12, "{table}");
+        assert!(
+            table.ends_with("FAIL: the proxy in front buffers\n"),
+            "{table}"
+        );
     }
 }

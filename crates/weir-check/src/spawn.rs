@@ -136,11 +136,11 @@ impl SpawnedServer {
         }
         let lines: Vec<String> = lines
             .into_iter()
-            .map(str::trim_end)
+            .map(plain)
             .filter(|l| !l.is_empty())
             .map(|l| match l.char_indices().nth(MAX_LINE) {
                 Some((cut, _)) => format!("{}…", &l[..cut]),
-                None => l.to_string(),
+                None => l,
             })
             .collect();
         lines[lines.len().saturating_sub(TAIL_LINES)..].to_vec()
@@ -211,6 +211,28 @@ impl Drop for SpawnedServer {
     }
 }
 
+/// `line` without terminal escape sequences (a logger's colours) or other control
+/// characters, which would garble the report or the terminal it is printed on.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters, ended by a byte from @ to ~.
+            if chars.next() == Some('[') {
+                for end in chars.by_ref() {
+                    if ('@'..='~').contains(&end) {
+                        break;
+                    }
+                }
+            }
+        } else if c == '\t' || !c.is_control() {
+            out.push(c);
+        }
+    }
+    out.trim_end().to_string()
+}
+
 /// Whether `pid` is still the process that started at `started` and has not exited (a
 /// zombie has closed its files and sockets already).
 fn running(pid: u32, started: Option<u64>) -> bool {
@@ -226,6 +248,15 @@ fn running(pid: u32, started: Option<u64>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colours_and_control_characters_are_stripped() {
+        assert_eq!(
+            plain("\x1b[2m2026\x1b[0m \x1b[32m INFO\x1b[0m stream ended\r\x07  "),
+            "2026  INFO stream ended"
+        );
+        assert_eq!(plain("a\tb"), "a\tb");
+    }
 
     #[tokio::test]
     async fn the_last_lines_of_stderr_are_kept_after_the_server_stops() {

@@ -152,8 +152,9 @@ THE VERDICT:
     FAIL          a line through RSS over the window rises at --max-slope or more
                   with R² >= --min-r2                          memory grows steadily
     FAIL/PASS     the line rises but scatters (R² < --min-r2): memory saws. The tops
-                  and bottoms of its swings decide: climbing at --max-slope or more is
-                  growth (FAIL); a band that does not climb is a bound
+                  and bottoms of its swings decide: climbing at --max-slope or more,
+                  by more than one sample's step (the most a sample can miss a top
+                  by), is growth (FAIL); a band that does not climb is a bound
     INCONCLUSIVE  it saws but the window holds less than one full swing: run longer
     FAIL          flat (or a bounded band), but it rose since the clients connected,
                   beyond what its own socket queues hold, by more than --max-per-client
@@ -178,10 +179,11 @@ THE VERDICT:
   1 MiB. While the kernel's socket queues fill (MiBs per connection on loopback), a
   runtime's heap rises with them (Node.js by about half as much), and that part is not
   counted: growth is measured beyond what the process's own socket queues hold, which
-  the kernel bounds. Measured with 50 clients: weir serve 55 KiB per client, a Java
-  server writing as its clients read 150 KiB, the Node.js reference +72 MiB with 147 MiB
-  in its queues (nothing beyond them). A server with an unbounded queue per client holds
-  many MiB per client within seconds: a JVM under -Xmx512m, 9.8 MiB each (488 MiB in
+  the kernel bounds. Measured with 50 clients: weir serve +2.9 MiB in all, a Java server
+  writing as its clients read +7.1 MiB (72 KiB per client beyond its queues), the
+  Node.js reference +68 MiB with 146 MiB in its queues (nothing beyond them; 1.4 MiB per
+  client if they were not counted). A server with an unbounded queue per client holds
+  many MiB per client within seconds: a JVM under -Xmx512m, 9.7 MiB each (488 MiB in
   4 s), then flat at its cap. 2 MiB sits between the two with room on both sides; raise
   it for a server that holds more per stream by design (a replay buffer per client).
 
