@@ -232,3 +232,89 @@ fn stream_view(e: &StreamEntry, send_buffer: u64, now: Instant) -> StreamView {
         bottleneck,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::console::registry::{Holds, StreamInfo, Watched};
+    use crate::serve::send_queue::Backlog;
+    use weir_runtime::MemoryBudget;
+
+    struct Fixed(u64);
+
+    impl Holds for Fixed {
+        fn held(&self) -> u64 {
+            self.0
+        }
+    }
+
+    fn sources(registry: &Registry) -> Sources {
+        Sources {
+            registry: registry.clone(),
+            admission: Admission::new(20_000, MemoryBudget::new(1 << 30)),
+            routes: vec![(Arc::from("/a"), "llm_proxy"), (Arc::from("/b"), "topic")],
+            topics: Vec::new(),
+            send_buffer: 64 << 10,
+            started: Instant::now(),
+        }
+    }
+
+    fn register(registry: &Registry, route: &str, held: u64) -> Watched {
+        registry.register(StreamInfo {
+            route: Arc::from(route),
+            kind: "llm_proxy",
+            client: Some("127.0.0.1:40000".parse().unwrap()),
+            budget: 64 << 10,
+            backlog: Some(Backlog::default()),
+            holds: Some(Arc::new(Fixed(held))),
+            stages: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn the_worst_are_shown_in_order_and_the_rest_counted_by_route() {
+        let registry = Registry::default();
+        let held: Vec<Watched> = (0..10u64)
+            .map(|i| register(&registry, if i % 2 == 0 { "/a" } else { "/b" }, i * 100))
+            .collect();
+        let state = build(&sources(&registry), 3);
+        let shown: Vec<u64> = state.streams.shown.iter().map(|s| s.buffered).collect();
+        assert_eq!(shown, [900, 800, 700]);
+        assert_eq!((state.streams.open, state.streams.rest), (10, 7));
+        assert_eq!(
+            state.streams.rest_buffered,
+            (0..7).map(|i| i * 100).sum::<u64>()
+        );
+        assert_eq!(state.routes[0].streams, 5);
+        assert_eq!(state.routes[1].buffered, 100 + 300 + 500 + 700 + 900);
+        drop(held);
+        assert_eq!(
+            build(&sources(&registry), 3).streams.open,
+            0,
+            "entries go with their streams"
+        );
+    }
+
+    /// The figure for bench/RESULTS.md: `cargo test --release -p weir-server snapshot_of_10000 -- --nocapture`.
+    #[test]
+    fn snapshot_of_10000_streams_shows_100_within_2_mb() {
+        let registry = Registry::default();
+        let _held: Vec<Watched> = (0..10_000u64)
+            .map(|i| register(&registry, "/a", (i * 7919) % 65_536))
+            .collect();
+        let sources = sources(&registry);
+        let mut best = std::time::Duration::MAX;
+        let mut wire = 0;
+        for _ in 0..20 {
+            let cpu = std::time::Instant::now();
+            let state = build(&sources, DEFAULT_TOP);
+            let json = serde_json::to_vec(&state).unwrap();
+            best = best.min(cpu.elapsed());
+            wire = json.len();
+            assert_eq!(state.streams.shown.len(), 100);
+            assert_eq!(state.streams.rest, 9_900);
+        }
+        println!("snapshot of 10,000 streams: {best:?} to build and encode, {wire} bytes");
+        assert!(wire <= 2 << 20, "{wire} bytes on the wire");
+    }
+}

@@ -1,0 +1,299 @@
+//! The console's state API over real HTTP on loopback: its figures agree with what the
+//! test drives (a client that stopped reading shows slow with its queues full, a stalled
+//! subscriber's buffer full, a finished stream gone within 2 s), `/_weir/events` streams
+//! snapshots, and without a valid admin key nothing about streams or clients leaks.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use weir_server::serve::{RunningServer, ServeConfig, Server};
+
+async fn state(server: &RunningServer, key: Option<&str>) -> (u16, Value) {
+    let mut request = client().get(server.url("/_weir/state"));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("GET /_weir/state");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON"))
+}
+
+/// Polls the state until `pick` finds what it looks for; panics with the last state at the deadline.
+async fn until<T>(server: &RunningServer, what: &str, pick: impl Fn(&Value) -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        let (status, s) = state(server, None).await;
+        assert_eq!(status, 200, "{s}");
+        if let Some(found) = pick(&s) {
+            return found;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{what}: not seen within {DEADLINE:?}; last state: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn streams_of<'a>(s: &'a Value, route: &str) -> Vec<&'a Value> {
+    s["streams"]["shown"]
+        .as_array()
+        .expect("streams.shown")
+        .iter()
+        .filter(|st| st["route"] == route)
+        .collect()
+}
+
+/// A stream request written by hand on a socket whose receive buffer is small and which
+/// is never read.
+async fn stalled_client(addr: std::net::SocketAddr, request: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(addr).await.expect("connect");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    tcp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_state_shows_a_stalled_proxy_client_slow_with_its_send_queue_full() {
+    let mock = start().await;
+    let upstream = mock.url("/v1/chat/completions?tokens=0&token_size=200");
+    let server = start_proxy("openai", &upstream, "send_buffer = \"32KiB\"", "").await;
+    let request =
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\nauthorization: Bearer key-1\r\n\
+content-type: application/json\r\ncontent-length: 15\r\n\r\n{\"stream\":true}";
+    let tcp = stalled_client(server.local_addr(), request).await;
+    let client_addr = tcp.local_addr().unwrap().to_string();
+    let stream = until(&server, "the stalled stream, slow", |s| {
+        streams_of(s, "/v1/chat/completions")
+            .into_iter()
+            .find(|st| st["slow"] == true && st["send_queue"].as_u64() >= Some(16 << 10))
+            .cloned()
+    })
+    .await;
+    assert_eq!(stream["client"], client_addr.as_str(), "{stream:#}");
+    assert_eq!(stream["kind"], "llm_proxy");
+    assert_eq!(stream["budget"], 64 << 10, "the route's buffer");
+    assert_eq!(stream["send_buffer"], 32 << 10);
+    assert!(
+        stream["send_queue"].as_u64() <= Some(32 << 10),
+        "over send_buffer: {stream:#}"
+    );
+    assert!(
+        stream["bytes_out"].as_u64() >= stream["send_queue"].as_u64(),
+        "{stream:#}"
+    );
+    let (_, s) = state(&server, None).await;
+    assert_eq!(s["streams"]["open"], 1);
+    assert_eq!(s["streams"]["slow"], 1);
+    let route = &s["routes"][0];
+    assert_eq!(
+        (&route["path"], &route["streams"], &route["slow"]),
+        (
+            &Value::from("/v1/chat/completions"),
+            &Value::from(1),
+            &Value::from(1)
+        )
+    );
+    assert!(s["memory"]["reserved"].as_u64() >= Some(64 << 10), "{s:#}");
+    assert!(s["rss"].as_u64() > Some(0));
+    drop(tcp);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_state_shows_a_stalled_subscribers_buffer_full() {
+    let toml = "listen = \"127.0.0.1:0\"\nsend_buffer = \"16KiB\"\n[[route]]\nkind = \"topic\"\n\
+path = \"/topics/ticks\"\nbuffer = \"8KiB\"\npolicy = \"drop_oldest\"\n";
+    let server = Server::new(ServeConfig::parse(toml).expect("config"))
+        .expect("server")
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("bind");
+    let tcp = stalled_client(
+        server.local_addr(),
+        "GET /topics/ticks HTTP/1.1\r\nhost: weir\r\naccept: application/x-ndjson\r\n\r\n",
+    )
+    .await;
+    until(&server, "the subscriber", |s| {
+        (s["topics"][0]["subscribers"] == 1).then_some(())
+    })
+    .await;
+    let line = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(200));
+    // Far more than the subscriber's buffer, its socket's and its send queue together.
+    for _ in 0..10 {
+        let body = line.repeat(100);
+        let response = client()
+            .post(server.url("/topics/ticks"))
+            .body(body)
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(response.status(), 200);
+    }
+    let stream = until(&server, "the subscriber's buffer full", |s| {
+        streams_of(s, "/topics/ticks")
+            .into_iter()
+            .find(|st| st["buffered"].as_u64() >= Some(7 << 10))
+            .cloned()
+    })
+    .await;
+    assert_eq!(stream["budget"], 8 << 10, "{stream:#}");
+    // The queue holds up to its buffer; one message more may wait in hyper.
+    let frame = line.len() as u64;
+    assert!(
+        stream["buffered"].as_u64() <= Some((8 << 10) + frame),
+        "{stream:#}"
+    );
+    assert_eq!(stream["slow"], true, "{stream:#}");
+    let (_, s) = state(&server, None).await;
+    let topic = &s["topics"][0];
+    assert_eq!(topic["published"], 1000, "{topic:#}");
+    assert!(topic["dropped"].as_u64() > Some(0), "{topic:#}");
+    let queued = topic["queued"].as_u64().expect("queued");
+    assert!((7 << 10..=8 << 10).contains(&queued), "{s:#}");
+    drop(tcp);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_state_drops_a_finished_stream_within_2_s() {
+    let mock = start().await;
+    let upstream = mock.url("/v1/chat/completions?tokens=20&rate=20");
+    let server = start_proxy("openai", &upstream, "", "").await;
+    let response = proxy_request(&client(), &server.url("/v1/chat/completions"), false)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(response.status(), 200);
+    let shown = until(&server, "the running stream", |s| {
+        streams_of(s, "/v1/chat/completions")
+            .first()
+            .map(|st| (*st).clone())
+    })
+    .await;
+    assert!(shown["age_s"].as_f64() < Some(2.0), "{shown:#}");
+    let (body, err) = read_all(response).await;
+    assert!(err.is_none(), "{err:?}");
+    assert!(body.contains("[DONE]"));
+    let ended = Instant::now();
+    until(&server, "the finished stream gone", |s| {
+        (s["streams"]["open"] == 0).then_some(())
+    })
+    .await;
+    assert!(
+        ended.elapsed() < Duration::from_secs(2),
+        "gone only after {:?}",
+        ended.elapsed()
+    );
+    let (_, s) = state(&server, None).await;
+    assert_eq!(s["streams"]["shown"].as_array().map(Vec::len), Some(0));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_state_without_a_valid_admin_key_is_401_and_says_nothing_of_streams() {
+    let mock = start().await;
+    let upstream = mock.url("/v1/chat/completions?tokens=0&rate=5");
+    let server = start_proxy("openai", &upstream, "admin_keys = [\"adm-1\"]", "").await;
+    let response = proxy_request(&client(), &server.url("/v1/chat/completions"), false)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(response.status(), 200);
+    for key in [None, Some("adm-2"), Some("key-1"), Some("")] {
+        for path in ["/_weir/state", "/_weir/events"] {
+            let mut request = client().get(server.url(path));
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let refused = request.send().await.expect("GET");
+            assert_eq!(refused.status(), 401, "{path} with {key:?}");
+            let body = refused.text().await.unwrap();
+            let v: Value = serde_json::from_str(&body).expect("a JSON error");
+            assert_eq!(v["error"]["type"], "unauthorized", "{body}");
+            for leak in ["127.0.0.1", "chat/completions", "streams", "memory"] {
+                assert!(
+                    !body.contains(leak),
+                    "{path} with {key:?} leaks {leak}: {body}"
+                );
+            }
+        }
+    }
+    let (status, s) = state(&server, Some("adm-1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(s["streams"]["open"], 1, "{s:#}");
+    let by_header = client()
+        .get(server.url("/_weir/state"))
+        .header("x-api-key", "adm-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_header.status(), 200);
+    let page = client().get(server.url("/_weir/")).send().await.unwrap();
+    assert_eq!(page.status(), 200, "the page holds no data: served to all");
+    assert!(page.text().await.unwrap().contains("weir console"));
+    let bad = client()
+        .get(server.url("/_weir/state?top=lots"))
+        .bearer_auth("adm-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    drop(response);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_events_sends_a_snapshot_a_second_and_counts_itself() {
+    let mock = start().await;
+    let server = start_proxy("openai", &mock.url("/v1/chat/completions"), "", "").await;
+    let mut events = client()
+        .get(server.url("/_weir/events"))
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(events.status(), 200);
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let started = Instant::now();
+    let mut pending = String::new();
+    let mut snapshots = Vec::new();
+    while snapshots.len() < 3 {
+        let chunk = tokio::time::timeout(DEADLINE, events.chunk())
+            .await
+            .expect("a snapshot within the deadline")
+            .expect("read")
+            .expect("not ended");
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            let data = event.strip_prefix("data: ").expect("a data event");
+            snapshots.push(serde_json::from_str::<Value>(data.trim_end()).expect("JSON"));
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
+        "3 snapshots took {took:?}"
+    );
+    let me = streams_of(&snapshots[2], "/_weir/events");
+    assert_eq!(me.len(), 1, "{:#}", snapshots[2]);
+    assert_eq!(me[0]["kind"], "console");
+    assert!(me[0]["bytes_out"].as_u64() > Some(0));
+    assert!(
+        snapshots[2]["memory"]["reserved"].as_u64() > Some(0),
+        "the events stream reserves its bytes"
+    );
+    drop(events);
+    until(&server, "the console stream gone", |s| {
+        (s["streams"]["open"] == 0).then_some(())
+    })
+    .await;
+    assert_eq!(server.admission().budget().reserved(), 0);
+    server.stop().await;
+}
