@@ -1,10 +1,11 @@
 //! `weir check` against real servers in several languages, each run measured for tens of
-//! seconds: weir's own proxy, the Node.js reference, a Java server that writes as its
-//! clients read and a Python server whose memory saws in a bounded band pass; a Python
-//! proxy that buffers its upstream in memory, a Java server with an unbounded queue under
-//! a heap cap (a ceiling reached in the warm-up) and a Node proxy that buffers in front of
-//! a good Java app (named) fail. Ignored by default (minutes of wall time, and RSS
-//! measurements want the machine to themselves); `scripts/test` runs them one at a time:
+//! seconds. Pass: weir's own proxy, the Node.js reference, a Java server that writes as
+//! its clients read, a Python server whose memory saws in a bounded band, a Node proxy
+//! that pipes in front of the Java server. Fail: a Python proxy that buffers its upstream
+//! in memory, a Java server with an unbounded queue under a heap cap (a ceiling reached
+//! in the warm-up) or with room to grow, a Node proxy that buffers in front of the good
+//! Java server (named). Ignored by default (minutes of wall time, and RSS measurements
+//! want the machine to themselves); `scripts/test` runs them one at a time:
 //! `cargo test -p weir --test check_slow -- --ignored --test-threads=1`.
 
 mod check;
@@ -337,14 +338,11 @@ fn a_python_server_whose_memory_saws_in_a_bounded_band_passes() {
 }
 
 /// A chain started by weir check itself: a good Java app (blocking writes, 400 KB/s per
-/// stream) behind a Node proxy that ignores `res.write`'s backpressure. The report must
-/// name the proxy.
-#[test]
-#[ignore = "slow: 30 s of slow clients against a Node proxy in front of a Java app"]
-fn a_buffering_node_proxy_in_front_of_a_good_java_app_fails_naming_the_proxy() {
-    let test = "a_buffering_node_proxy_in_front_of_a_good_java_app_fails_naming_the_proxy";
+/// stream) behind a Node proxy, `good` (it pipes) or `buffering` (it ignores
+/// `res.write`'s backpressure); `None` without java or node.
+fn check_chain(mode: &str, test: &str, code: i32, verdict: &str) -> Option<serde_json::Value> {
     if !have("javac", "WEIR_REQUIRE_JAVA", test) || !have("node", "WEIR_REQUIRE_NODE", test) {
-        return;
+        return None;
     }
     let (app_port, port) = (check::free_port(), check::free_port());
     let app = format!(
@@ -352,8 +350,8 @@ fn a_buffering_node_proxy_in_front_of_a_good_java_app_fails_naming_the_proxy() {
         script("Server.java").display()
     );
     let proxy = format!(
-        "exec node {} {port} {app_port}",
-        script("buffering_proxy.js").display()
+        "exec node {} {port} {app_port} {mode}",
+        script("proxy.js").display()
     );
     let run = weir_check(&[
         &format!("http://127.0.0.1:{port}/stream"),
@@ -367,17 +365,30 @@ fn a_buffering_node_proxy_in_front_of_a_good_java_app_fails_naming_the_proxy() {
         "30s",
         "--json",
     ]);
-    let report = verdict_of(&run, 1, "FAIL");
+    let report = verdict_of(&run, code, verdict);
     assert_within_a_minute(&report);
+    let processes = report["processes"].as_array().unwrap();
+    assert_eq!(processes.len(), 2);
+    assert!(
+        !processes[0]["front"].as_bool().unwrap() && processes[1]["front"].as_bool().unwrap(),
+        "{report:#}"
+    );
+    assert_eq!(judgement(&report, 0)["verdict"], "PASS", "{report:#}");
+    Some(report)
+}
+
+#[test]
+#[ignore = "slow: 30 s of slow clients against a Node proxy in front of a Java app"]
+fn a_buffering_node_proxy_in_front_of_a_good_java_app_fails_naming_the_proxy() {
+    let test = "a_buffering_node_proxy_in_front_of_a_good_java_app_fails_naming_the_proxy";
+    let Some(report) = check_chain("buffering", test, 1, "FAIL") else {
+        return;
+    };
     let reason = report["reason"].as_str().unwrap();
     assert!(
         reason.starts_with("the proxy in front buffers: +") && reason.contains("(node"),
         "{reason}"
     );
-    let processes = report["processes"].as_array().unwrap();
-    assert_eq!(processes.len(), 2);
-    assert!(!processes[0]["front"].as_bool().unwrap() && processes[1]["front"].as_bool().unwrap());
-    assert_eq!(judgement(&report, 0)["verdict"], "PASS", "{report:#}");
     assert_eq!(judgement(&report, 1)["verdict"], "FAIL", "{report:#}");
     let growth = judgement(&report, 1)["growth"].as_f64().unwrap();
     assert!(growth > 50.0 * MIB, "the proxy grew {growth} bytes");
@@ -388,4 +399,53 @@ fn a_buffering_node_proxy_in_front_of_a_good_java_app_fails_naming_the_proxy() {
             .contains("most of it in pid"),
         "{report:#}"
     );
+}
+
+/// The control: the same chain with a proxy that pipes passes, both processes bounded.
+#[test]
+#[ignore = "slow: 30 s of slow clients against a Node proxy in front of a Java app"]
+fn a_piping_node_proxy_in_front_of_a_good_java_app_passes() {
+    let test = "a_piping_node_proxy_in_front_of_a_good_java_app_passes";
+    let Some(report) = check_chain("good", test, 0, "PASS") else {
+        return;
+    };
+    assert_eq!(judgement(&report, 1)["verdict"], "PASS", "{report:#}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("every process is bounded"),
+        "{report:#}"
+    );
+}
+
+/// The server of the ceiling test with room to grow (a 4 GiB heap, 200 KB/s per client):
+/// the same bug, seen as steady growth.
+#[test]
+#[ignore = "slow: 30 s of slow clients against a Java server with an unbounded queue"]
+fn a_java_server_with_an_unbounded_queue_and_room_to_grow_fails_as_growth() {
+    let test = "a_java_server_with_an_unbounded_queue_and_room_to_grow_fails_as_growth";
+    if !have("javac", "WEIR_REQUIRE_JAVA", test) {
+        return;
+    }
+    let port = check::free_port();
+    let spawn = format!(
+        "exec java -Xmx4g {} {port} unbounded 200000",
+        script("Server.java").display()
+    );
+    let run = weir_check(&[
+        &format!("http://127.0.0.1:{port}/stream"),
+        "--spawn",
+        &spawn,
+        "--duration",
+        "30s",
+        "--json",
+    ]);
+    let report = verdict_of(&run, 1, "FAIL");
+    assert_within_a_minute(&report);
+    let j = judgement(&report, 0);
+    assert_eq!(j["finding"], "growing", "{j:#}");
+    // 50 clients x 200 KB/s, less what they read: about 10 MB/s, more while the heap grows.
+    let slope = j["fit"]["slope"].as_f64().unwrap();
+    assert!((5e6..30e6).contains(&slope), "slope {slope} B/s");
 }
