@@ -1,6 +1,6 @@
-//! The picture of a run: RSS and the target's socket queues over time, the line fitted
-//! over the steady-state window, the warm-up and settling shaded; SVG or PNG by the
-//! file's extension.
+//! The picture of a run: RSS (and each process's, for a chain) and the target's socket
+//! queues over time, the line fitted over the steady-state window, the warm-up and
+//! settling shaded; SVG or PNG by the file's extension.
 
 use std::path::Path;
 
@@ -11,6 +11,12 @@ use plotters::style::FontStyle;
 use crate::report::Report;
 
 const SIZE: (u32, u32) = (1000, 560);
+const PROCESS_COLOURS: [RGBColor; 4] = [
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+];
 const MIB: f64 = 1048576.0;
 /// TrueType fonts the text is laid out (and, in a PNG, drawn) with.
 const FONTS: [&str; 4] = [
@@ -129,6 +135,24 @@ where
         .map_err(error)?
         .label("RSS")
         .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], rss_colour.stroke_width(2)));
+    // A chain: each process's own RSS, so that the picture shows which one holds the bytes.
+    if report.processes.len() > 1 {
+        for (i, process) in report.processes.iter().enumerate() {
+            let colour = PROCESS_COLOURS[i % PROCESS_COLOURS.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    samples
+                        .iter()
+                        .filter_map(|s| Some((s.t, s.processes.get(i)?.rss as f64 / MIB))),
+                    colour.stroke_width(1),
+                ))
+                .map_err(error)?
+                .label(format!("RSS of {}", process.label))
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(1))
+                });
+        }
+    }
     let queue_colour = RGBColor(255, 127, 14);
     if samples.iter().any(|s| s.queued().is_some()) {
         chart
@@ -236,6 +260,40 @@ mod tests {
             assert!(svg_text.contains(label), "no `{label}` in the SVG");
         }
         assert!(png_bytes.starts_with(b"\x89PNG\r\n"), "not a PNG");
+        assert!(
+            !svg_text.contains("RSS of"),
+            "one process has no line of its own"
+        );
         assert!(wrong.contains(".svg or .png"), "{wrong}");
+    }
+
+    #[test]
+    fn a_chain_has_a_line_per_process() {
+        let mut chain = report();
+        for sample in &mut chain.samples {
+            let app = ProcessSample {
+                rss: 10 << 20,
+                queued: None,
+            };
+            sample.processes.push(app);
+        }
+        chain.processes = ["pid 1 (node)", "pid 2 (java)"]
+            .iter()
+            .map(|label| crate::report::ProcessSummary {
+                label: label.to_string(),
+                pid: None,
+                command: None,
+                front: false,
+                peak: 0,
+                judgement: None,
+                stderr_tail: Vec::new(),
+            })
+            .collect();
+        let path =
+            std::env::temp_dir().join(format!("weir-check-chain-{}.svg", std::process::id()));
+        plot(&chain, &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(svg.contains("RSS of pid 1 (node)") && svg.contains("RSS of pid 2 (java)"));
     }
 }
