@@ -13,7 +13,7 @@ use crate::budget::{Admission, MemoryBudget};
 use crate::channel::{channel_with_gauge, Receiver, Sender};
 use crate::error::{BoxError, DownstreamClosed, FailureKind, PipelineError};
 use crate::stage::{send_counted, timed_if_waiting, Emit, Sink, Source, Transform, Weighted};
-use crate::stats::{Report, StageKind, StageSnapshot, StageStats};
+use crate::stats::{Report, StageKind, StageSnapshot, StageStats, Wait};
 
 /// The per-stage budget when none is given: 64 KiB.
 pub const DEFAULT_BUFFER: usize = 64 * 1024;
@@ -326,7 +326,7 @@ impl<T: Weighted + Send + 'static> PipelineBuilder<T> {
 }
 
 async fn recv_counted<T: Weighted>(rx: &mut Receiver<T>, stats: &StageStats) -> Option<T> {
-    let item = timed_if_waiting(rx.recv(), |waited| stats.add_starved(waited)).await;
+    let item = timed_if_waiting(rx.recv(), stats, Wait::Starved).await;
     if let Some(i) = &item {
         stats.add_in(i.weight());
     }

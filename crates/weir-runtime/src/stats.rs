@@ -1,7 +1,7 @@
 //! Per-stage statistics, readable while the pipeline runs, and the final report.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,34 @@ pub enum StageKind {
     Sink,
 }
 
+/// What a stage waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Room downstream.
+    Blocked = 1,
+    /// Input from upstream.
+    Starved = 2,
+}
+
+/// A wait under way; counted when dropped.
+pub(crate) struct Waiting<'a> {
+    stats: &'a StageStats,
+    wait: Wait,
+    from: Instant,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        // Cleared before it is added, so that a snapshot between the two counts it at most once.
+        self.stats.waiting.store(0, Ordering::Relaxed);
+        let waited = self.from.elapsed();
+        match self.wait {
+            Wait::Blocked => self.stats.add_blocked(waited),
+            Wait::Starved => self.stats.add_starved(waited),
+        }
+    }
+}
+
 /// Live counters of one stage. Relaxed atomics: each is written by its own stage only.
 pub struct StageStats {
     name: String,
@@ -30,6 +58,10 @@ pub struct StageStats {
     starved_ns: AtomicU64,
     span: Mutex<(Option<Instant>, Option<Instant>)>,
     input: Option<Gauge>,
+    /// The wait under way (`Wait as u8`, 0 for none) and when it began (ns after `epoch`).
+    waiting: AtomicU8,
+    waiting_since_ns: AtomicU64,
+    epoch: Instant,
 }
 
 impl StageStats {
@@ -45,6 +77,9 @@ impl StageStats {
             starved_ns: AtomicU64::new(0),
             span: Mutex::new((None, None)),
             input,
+            waiting: AtomicU8::new(0),
+            waiting_since_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 
@@ -72,6 +107,29 @@ impl StageStats {
             .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }
 
+    pub(crate) fn begin_wait(&self, wait: Wait) -> Waiting<'_> {
+        let from = Instant::now();
+        self.waiting_since_ns
+            .store((from - self.epoch).as_nanos() as u64, Ordering::Relaxed);
+        self.waiting.store(wait as u8, Ordering::Release);
+        Waiting {
+            stats: self,
+            wait,
+            from,
+        }
+    }
+
+    /// The wait under way now and how long it has lasted.
+    fn waiting_now(&self) -> Option<(Wait, Duration)> {
+        let wait = match self.waiting.load(Ordering::Acquire) {
+            1 => Wait::Blocked,
+            2 => Wait::Starved,
+            _ => return None,
+        };
+        let since = Duration::from_nanos(self.waiting_since_ns.load(Ordering::Relaxed));
+        Some((wait, self.epoch.elapsed().saturating_sub(since)))
+    }
+
     fn span(&self) -> std::sync::MutexGuard<'_, (Option<Instant>, Option<Instant>)> {
         self.span.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -92,8 +150,15 @@ impl StageStats {
             (Some(s), None) => s.elapsed(),
             _ => Duration::ZERO,
         };
-        let blocked = Duration::from_nanos(self.blocked_ns.load(Ordering::Relaxed));
-        let starved = Duration::from_nanos(self.starved_ns.load(Ordering::Relaxed));
+        let mut blocked = Duration::from_nanos(self.blocked_ns.load(Ordering::Relaxed));
+        let mut starved = Duration::from_nanos(self.starved_ns.load(Ordering::Relaxed));
+        if end.is_none() {
+            match self.waiting_now() {
+                Some((Wait::Blocked, d)) => blocked += d,
+                Some((Wait::Starved, d)) => starved += d,
+                None => {}
+            }
+        }
         let occupancy = self.input.as_ref().map(Gauge::occupancy);
         StageSnapshot {
             name: self.name.clone(),
@@ -203,5 +268,29 @@ impl fmt::Display for Report {
             write!(f, "; bottleneck: {b}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_under_way_shows_in_a_snapshot_and_is_counted_once() {
+        let stats = StageStats::new("s".into(), StageKind::Transform, None);
+        stats.mark_started();
+        let waiting = stats.begin_wait(Wait::Blocked);
+        std::thread::sleep(Duration::from_millis(50));
+        let during = stats.snapshot();
+        assert!(during.blocked_secs >= 0.05, "{during:?}");
+        assert!(during.busy_secs < during.blocked_secs, "{during:?}");
+        drop(waiting);
+        let after = stats.snapshot();
+        assert!(after.blocked_secs >= during.blocked_secs, "{after:?}");
+        assert!(
+            after.blocked_secs < during.blocked_secs + 0.05,
+            "counted twice: {after:?}"
+        );
+        assert_eq!(after.starved_secs, 0.0);
     }
 }
