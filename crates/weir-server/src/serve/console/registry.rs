@@ -87,8 +87,14 @@ impl StreamEntry {
                 .map_or(0, Backlog::last_send_queue)
     }
 
+    /// Slow at the last flush, or behind now: a write waits for room, or a chunk for the
+    /// kernel (a client that stopped reading may fill its queue in one write, with no flush
+    /// after it).
     pub(super) fn is_slow(&self) -> bool {
-        self.info.backlog.as_ref().is_some_and(Backlog::is_slow)
+        self.info
+            .backlog
+            .as_ref()
+            .is_some_and(|b| b.is_slow() || b.is_waiting())
     }
 
     /// Bytes per second out, over the last second or so.
