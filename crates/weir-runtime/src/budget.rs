@@ -3,7 +3,7 @@
 //! A pipeline reserves the sum of its channel budgets before it starts and keeps the
 //! reservation until it ends, so the bytes buffered by all admitted pipelines together
 //! never exceed the budget. A pipeline that cannot get its share is refused up front
-//! ([`Admission::FailFast`], for an HTTP 503) or waits for one ([`Admission::Wait`]).
+//! ([`WhenFull::FailFast`], for an HTTP 503) or waits for one ([`WhenFull::Wait`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What to do when the budget cannot hold a new pipeline now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admission {
+pub enum WhenFull {
     /// Refuse at once.
     FailFast,
     /// Wait until enough is released.
@@ -138,15 +138,15 @@ impl MemoryBudget {
         })
     }
 
-    /// Reserves according to `admission`.
+    /// Reserves according to `when_full`.
     pub async fn admit(
         &self,
         bytes: usize,
-        admission: Admission,
+        when_full: WhenFull,
     ) -> Result<Reservation, BudgetExhausted> {
-        match admission {
-            Admission::FailFast => self.try_reserve(bytes),
-            Admission::Wait => self.reserve(bytes).await,
+        match when_full {
+            WhenFull::FailFast => self.try_reserve(bytes),
+            WhenFull::Wait => self.reserve(bytes).await,
         }
     }
 }

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
-use crate::stage::Weighted;
+use crate::weight::Weighted;
 
 /// Creates a channel that holds at most `capacity` bytes (but always one item).
 pub fn channel<T: Weighted>(capacity: usize) -> (Sender<T>, Receiver<T>) {

@@ -68,11 +68,13 @@ mod pipeline;
 pub mod size;
 mod stage;
 mod stats;
+mod weight;
 
 pub use ack::{AckToken, Ledger};
-pub use budget::{Admission, BudgetExhausted, MemoryBudget, Reservation};
+pub use budget::{BudgetExhausted, MemoryBudget, Reservation, WhenFull};
 pub use error::{error_chain, BoxError, DownstreamClosed, FailureKind, PipelineError};
 pub use pipeline::{Pipeline, PipelineBuilder, PipelineStart, DEFAULT_BUFFER};
-pub use stage::{Emit, Sink, Source, Transform, Weighted};
+pub use stage::{Emit, Sink, Source, Transform};
 pub use stats::{Report, StageKind, StageSnapshot, StageStats};
 pub use tokio_util::sync::CancellationToken;
+pub use weight::Weighted;

@@ -9,11 +9,12 @@ use std::time::Instant;
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::{Admission, MemoryBudget};
+use crate::budget::{MemoryBudget, WhenFull};
 use crate::channel::{channel_with_gauge, Receiver, Sender};
 use crate::error::{BoxError, DownstreamClosed, FailureKind, PipelineError};
-use crate::stage::{send_counted, timed_if_waiting, Emit, Sink, Source, Transform, Weighted};
+use crate::stage::{send_counted, timed_if_waiting, Emit, Sink, Source, Transform};
 use crate::stats::{Report, StageKind, StageSnapshot, StageStats, Wait};
+use crate::weight::Weighted;
 
 /// The per-stage budget when none is given: 64 KiB.
 pub const DEFAULT_BUFFER: usize = 64 * 1024;
@@ -32,7 +33,7 @@ type Pending<T> = Box<dyn FnOnce(Sender<T>) -> StageTask + Send>;
 #[derive(Clone)]
 struct Settings {
     buffer: usize,
-    budget: Option<(MemoryBudget, Admission)>,
+    budget: Option<(MemoryBudget, WhenFull)>,
     cancel: CancellationToken,
     reserved: usize,
 }
@@ -89,9 +90,9 @@ impl Pipeline {
     pub async fn run(self) -> Result<Report, PipelineError> {
         let Pipeline { stages, settings } = self;
         let _reservation = match &settings.budget {
-            Some((budget, admission)) => Some(
+            Some((budget, when_full)) => Some(
                 budget
-                    .admit(settings.reserved, *admission)
+                    .admit(settings.reserved, *when_full)
                     .await
                     .map_err(|e| PipelineError {
                         stage_index: None,
@@ -202,8 +203,8 @@ impl PipelineStart {
     }
 
     /// Admits the pipeline only if `budget` can hold all its channels; see [`MemoryBudget`].
-    pub fn memory_budget(mut self, budget: MemoryBudget, admission: Admission) -> Self {
-        self.settings.budget = Some((budget, admission));
+    pub fn memory_budget(mut self, budget: MemoryBudget, when_full: WhenFull) -> Self {
+        self.settings.budget = Some((budget, when_full));
         self
     }
 

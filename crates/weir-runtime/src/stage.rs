@@ -1,43 +1,13 @@
-//! The three roles a stage can play, and the weight every item reports.
+//! The three roles a stage can play.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
 
-use bytes::{Bytes, BytesMut};
-
 use crate::channel::Sender;
 use crate::error::{BoxError, DownstreamClosed};
 use crate::stats::{StageStats, Wait};
-
-/// How many bytes an item holds: the unit in which channel budgets are counted.
-pub trait Weighted {
-    fn weight(&self) -> usize;
-}
-
-impl Weighted for Bytes {
-    fn weight(&self) -> usize {
-        self.len()
-    }
-}
-
-impl Weighted for BytesMut {
-    fn weight(&self) -> usize {
-        self.len()
-    }
-}
-
-impl Weighted for Vec<u8> {
-    fn weight(&self) -> usize {
-        self.len()
-    }
-}
-
-impl Weighted for String {
-    fn weight(&self) -> usize {
-        self.len()
-    }
-}
+use crate::weight::Weighted;
 
 /// Where items come from. The runtime asks for the next item only once the previous
 /// one has been accepted downstream, so a source never reads ahead of its consumers.

@@ -8,17 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Numbers, Pass, SlowSink};
-use weir_runtime::{Admission, MemoryBudget, Pipeline};
+use weir_runtime::{MemoryBudget, Pipeline, WhenFull};
 
 const ITEM: usize = 500;
 const BUFFER: usize = 2000;
 /// Each pipeline has two channels.
 const PER_PIPELINE: usize = 2 * BUFFER;
 
-fn pipeline(budget: &MemoryBudget, admission: Admission, items: u64) -> Pipeline {
+fn pipeline(budget: &MemoryBudget, when_full: WhenFull, items: u64) -> Pipeline {
     Pipeline::builder()
         .buffer(BUFFER)
-        .memory_budget(budget.clone(), admission)
+        .memory_budget(budget.clone(), when_full)
         .source(
             "numbers",
             Numbers {
@@ -43,7 +43,7 @@ async fn waiting_pipelines_never_overfill_the_budget() {
     let done = Arc::new(AtomicUsize::new(0));
     let mut runs = Vec::new();
     for _ in 0..10 {
-        let p = pipeline(&budget, Admission::Wait, 60);
+        let p = pipeline(&budget, WhenFull::Wait, 60);
         assert_eq!(p.buffer_bytes(), PER_PIPELINE);
         let done = Arc::clone(&done);
         runs.push(tokio::spawn(async move {
@@ -77,12 +77,12 @@ async fn waiting_pipelines_never_overfill_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_fast_refuses_the_pipeline_that_does_not_fit() {
     let budget = MemoryBudget::new(2 * PER_PIPELINE + PER_PIPELINE / 2);
-    let first = tokio::spawn(pipeline(&budget, Admission::FailFast, 100).run());
-    let second = tokio::spawn(pipeline(&budget, Admission::FailFast, 100).run());
+    let first = tokio::spawn(pipeline(&budget, WhenFull::FailFast, 100).run());
+    let second = tokio::spawn(pipeline(&budget, WhenFull::FailFast, 100).run());
     while budget.reserved() < 2 * PER_PIPELINE {
         tokio::task::yield_now().await;
     }
-    let refused = pipeline(&budget, Admission::FailFast, 100)
+    let refused = pipeline(&budget, WhenFull::FailFast, 100)
         .run()
         .await
         .expect_err("no room for a third");
@@ -93,7 +93,7 @@ async fn fail_fast_refuses_the_pipeline_that_does_not_fit() {
     );
     first.await.expect("joined").expect("first ran");
     second.await.expect("joined").expect("second ran");
-    pipeline(&budget, Admission::FailFast, 10)
+    pipeline(&budget, WhenFull::FailFast, 10)
         .run()
         .await
         .expect("admitted once the others released their share");
