@@ -297,3 +297,58 @@ async fn console_events_sends_a_snapshot_a_second_and_counts_itself() {
     assert_eq!(server.admission().budget().reserved(), 0);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_events_client_that_stalls_is_cut_off_like_any_slow_client() {
+    let toml = "listen = \"127.0.0.1:0\"\nsend_buffer = \"16KiB\"\n[[route]]\nkind = \"topic\"\n\
+path = \"/topics/ticks\"\n";
+    let server = Server::new(ServeConfig::parse(toml).expect("config"))
+        .expect("server")
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("bind");
+    // 100 streams to show make each snapshot tens of KB: one fills a stalled client's queues.
+    let mut subscribers = Vec::new();
+    for _ in 0..100 {
+        let sub = client()
+            .get(server.url("/topics/ticks"))
+            .send()
+            .await
+            .expect("subscribe");
+        subscribers.push(sub);
+    }
+    let tcp = stalled_client(
+        server.local_addr(),
+        "GET /_weir/events?top=100 HTTP/1.1\r\nhost: weir\r\n\r\n",
+    )
+    .await;
+    until(&server, "the console client, slow", |s| {
+        streams_of(s, "/_weir/events")
+            .first()
+            .and_then(|st| (st["slow"] == true).then_some(()))
+    })
+    .await;
+    let slow_at = Instant::now();
+    let cut_within = weir_server::serve::console::STALL_LIMIT + DEADLINE;
+    loop {
+        let (_, s) = state(&server, None).await;
+        if streams_of(&s, "/_weir/events").is_empty() {
+            break;
+        }
+        assert!(
+            slow_at.elapsed() < cut_within,
+            "a stalled console client still open after {:?}",
+            slow_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        server.admission().budget().reserved(),
+        0,
+        "its reservation is returned"
+    );
+    let (_, s) = state(&server, None).await;
+    assert_eq!(s["streams"]["open"], 100, "the subscribers stay");
+    drop((tcp, subscribers));
+    server.stop().await;
+}

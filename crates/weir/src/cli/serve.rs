@@ -44,6 +44,7 @@ const EXAMPLE: &str = r#"CONFIGURATION (weir.toml):
   max_request_body = "1MiB"
   shutdown_grace = "10s"         # after SIGTERM/SIGINT: streams finish and pipelines commit within it
   listen_backlog = 4096          # connects queued before accept (capped by net.core.somaxconn)
+  admin_keys = ["admin-1"]       # the console: /_weir/, weir top; none = loopback clients only
 
   [[route]]
   kind = "llm_proxy"
@@ -109,6 +110,7 @@ TRY IT:
   curl -N http://127.0.0.1:8080/v1/chat/completions -H 'Authorization: Bearer key-1' \
        -H 'content-type: application/json' -d '{"model":"m","stream":true,"messages":[]}'
   curl http://127.0.0.1:8080/metrics     # Prometheus: streams by outcome, bytes, TTFT, budget
+  weir top --url http://127.0.0.1:8080   # live: streams, stages, buffers (or open /_weir/)
   curl -H 'Accept-Encoding: gzip' 'http://127.0.0.1:8080/export/orders?min_amount=10' | zcat | head"#;
 
 pub fn init_logs(format: LogFormat) {
