@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::api::{Api, ApiRequest, Finish, ResponseMeta};
 use super::knobs::{FaultKind, KnobsQuery};
 use super::reset::ResetSwitch;
-use super::server::MockLlm;
+use super::state::MockLlm;
 use super::stats::Counters;
 use super::stream::{sse_body, StreamPlan};
 use super::tokens::TokenGen;
