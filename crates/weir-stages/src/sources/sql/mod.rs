@@ -1,13 +1,17 @@
 //! Database cursors as sources: rows fetched a batch at a time, only when downstream has room.
 
 pub mod params;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod rows;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 pub use params::{NamedQuery, Placeholder};
+#[cfg(feature = "postgres")]
 pub use postgres::PostgresSource;
 pub use rows::{Columns, RowBatch, Value};
+#[cfg(feature = "sqlite")]
 pub use sqlite::{SqlitePool, SqliteSource};
 
 /// Why an export could not start, or stopped.
