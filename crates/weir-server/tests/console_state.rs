@@ -352,3 +352,54 @@ path = \"/topics/ticks\"\n";
     drop((tcp, subscribers));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_state_counts_a_websocket_subscriber_and_drops_it_when_it_closes() {
+    use futures::{SinkExt, StreamExt};
+    let toml = "listen = \"127.0.0.1:0\"\n[[route]]\nkind = \"topic\"\npath = \"/topics/ticks\"\n";
+    let server = Server::new(ServeConfig::parse(toml).expect("config"))
+        .expect("server")
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("bind");
+    let url = format!("ws://{}/topics/ticks", server.local_addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("WebSocket");
+    until(&server, "the WebSocket subscriber", |s| {
+        (streams_of(s, "/topics/ticks").len() == 1).then_some(())
+    })
+    .await;
+    let lines = "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n";
+    let published = client()
+        .post(server.url("/topics/ticks"))
+        .body(lines)
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(published.status(), 200);
+    for _ in 0..3 {
+        let message = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("a message")
+            .expect("open")
+            .expect("read");
+        assert!(message.is_text(), "{message:?}");
+    }
+    let sent = until(&server, "its bytes counted", |s| {
+        streams_of(s, "/topics/ticks")
+            .first()
+            .and_then(|st| st["bytes_out"].as_u64())
+            .filter(|&b| b >= 21)
+    })
+    .await;
+    assert_eq!(sent, 21, "three 7-byte messages");
+    ws.close(None).await.expect("close");
+    let closed = Instant::now();
+    until(&server, "the subscriber gone", |s| {
+        (s["streams"]["open"] == 0).then_some(())
+    })
+    .await;
+    assert!(closed.elapsed() < Duration::from_secs(2));
+    server.stop().await;
+}

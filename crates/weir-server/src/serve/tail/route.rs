@@ -290,6 +290,9 @@ impl FrameSource for LineFrames {
     async fn next_frame(&mut self) -> Option<Frame> {
         loop {
             if let Some(line) = self.pending.pop_front() {
+                if let Some(w) = &self.tail.watched {
+                    w.sent(line.len());
+                }
                 return Some(Frame::Text(line));
             }
             match self.tail.next_chunk().await {

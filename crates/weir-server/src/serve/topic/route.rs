@@ -13,7 +13,7 @@ use futures::StreamExt;
 
 use super::gate::{Next, Offer, Policy, Subscriber, TopicCounters};
 use crate::serve::config::TopicRoute;
-use crate::serve::console::{Holds, Registry, StreamInfo};
+use crate::serve::console::{Holds, Registry, StreamInfo, Watched};
 use crate::serve::reply::{json_error, wants_ndjson};
 use crate::serve::send_queue::Backlog;
 use crate::serve::shutdown::{last_event, Shutdown};
@@ -358,26 +358,6 @@ pub async fn subscribe(State(topic): State<Arc<Topic>>, request: Request) -> Res
     if let Some(limit) = request.extensions.get::<StallLimit>() {
         limit.set(topic.config.client_stall_timeout);
     }
-    if let Some(upgrade) = upgrade {
-        let frames = MessageFrames {
-            subscription: topic.subscribe(),
-            keepalive: topic.config.keepalive,
-            closing: false,
-        };
-        return ws::respond(
-            upgrade,
-            topic.config.buffer as usize,
-            topic.config.client_stall_timeout,
-            frames,
-            &shutdown,
-        );
-    }
-    let format = if wants_ndjson(&request.headers) {
-        Format::Ndjson
-    } else {
-        Format::Sse
-    };
-    let keepalive = topic.config.keepalive;
     let backlog = request.extensions.get::<Backlog>().cloned();
     let subscription = topic.subscribe();
     let watched = Registry::of(&request.extensions).map(|registry| {
@@ -394,6 +374,27 @@ pub async fn subscribe(State(topic): State<Arc<Topic>>, request: Request) -> Res
             stages: Vec::new(),
         })
     });
+    if let Some(upgrade) = upgrade {
+        let frames = MessageFrames {
+            subscription,
+            keepalive: topic.config.keepalive,
+            closing: false,
+            watched,
+        };
+        return ws::respond(
+            upgrade,
+            topic.config.buffer as usize,
+            topic.config.client_stall_timeout,
+            frames,
+            &shutdown,
+        );
+    }
+    let format = if wants_ndjson(&request.headers) {
+        Format::Ndjson
+    } else {
+        Format::Sse
+    };
+    let keepalive = topic.config.keepalive;
     let messages = futures::stream::unfold(Some((subscription, watched)), move |state| {
         let backlog = backlog.clone();
         async move {
@@ -435,10 +436,21 @@ struct MessageFrames {
     subscription: Subscription,
     keepalive: Duration,
     closing: bool,
+    watched: Option<Watched>,
 }
 
 impl FrameSource for MessageFrames {
     async fn next_frame(&mut self) -> Option<Frame> {
+        let frame = self.frame().await;
+        if let (Some(Frame::Text(text)), Some(w)) = (&frame, &self.watched) {
+            w.sent(text.len());
+        }
+        frame
+    }
+}
+
+impl MessageFrames {
+    async fn frame(&mut self) -> Option<Frame> {
         if self.closing {
             return Some(Frame::Close(ws::CLOSE_TOO_SLOW, "too slow".to_string()));
         }
