@@ -9,8 +9,9 @@ mod scrub;
 mod stream;
 mod upstream;
 
+pub use dialect::{Dialect, Frame, FrameError, TokenText};
 pub use handler::{handle, FilterFactory, ProxyRoute};
-pub use relay::TextFilter;
+pub use relay::{Relay, Tally, TextFilter};
 pub use stream::StreamTiming;
 
 /// The text filter for a route's `redact` list, or none when the list is empty.

@@ -19,7 +19,7 @@
 use weir_stages::codec::sse::{SseDecoder, SseEncoder, SseEvent, SseLimits};
 
 use super::blocks::Blocks;
-use super::dialect::{Dialect, Frame};
+use super::dialect::{Dialect, Frame, FrameError};
 use crate::serve::stream_stats::Outcome;
 
 /// Output gathered from several upstream reads into one chunk while the client keeps up:
@@ -172,8 +172,8 @@ impl Relay {
                 Outcome::UpstreamMalformed,
                 &format!("upstream sent a malformed stream: {e}"),
             );
-        } else if let Some(message) = failure {
-            self.fail(Outcome::UpstreamMalformed, &message);
+        } else if let Some(e) = failure {
+            self.fail(Outcome::UpstreamMalformed, &e.to_string());
         } else if self.held_bytes() > self.buffer {
             let held = self.held_bytes();
             self.fail(
@@ -220,7 +220,7 @@ impl Relay {
         self.ended = Some(outcome);
     }
 
-    fn forward(&mut self, event: SseEvent) -> Result<(), String> {
+    fn forward(&mut self, event: SseEvent) -> Result<(), FrameError> {
         if self.saw_terminal {
             return Ok(());
         }
@@ -228,9 +228,10 @@ impl Relay {
         let frame = dialect.parse(&event)?;
         if let Frame::Text { block, .. } | Frame::EndOfBlock { block } = frame {
             if block >= MAX_TEXT_BLOCKS {
-                return Err(format!(
-                    "upstream used text block {block}; at most {MAX_TEXT_BLOCKS} are supported"
-                ));
+                return Err(FrameError::TooManyBlocks {
+                    block,
+                    max: MAX_TEXT_BLOCKS,
+                });
             }
         }
         match frame {
@@ -293,7 +294,7 @@ impl Relay {
     }
 
     /// Sends what the filter still holds of `block`, redacted, as a token event.
-    fn release_block(&mut self, block: u64) -> Result<(), String> {
+    fn release_block(&mut self, block: u64) -> Result<(), FrameError> {
         let Some(filter) = self.filter.as_mut() else {
             return Ok(());
         };
@@ -318,10 +319,8 @@ impl Relay {
     }
 
     /// Encodes `event` for the client; `token` if it carries token text.
-    fn emit(&mut self, event: &SseEvent, token: bool) -> Result<(), String> {
-        self.encoder
-            .encode(event, &mut self.out)
-            .map_err(|e| format!("cannot re-encode an upstream event: {e}"))?;
+    fn emit(&mut self, event: &SseEvent, token: bool) -> Result<(), FrameError> {
+        self.encoder.encode(event, &mut self.out)?;
         self.tally.events += 1;
         self.tally.tokens += u64::from(token);
         Ok(())

@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use weir_stages::codec::sse::SseEvent;
 
-use super::{require_json, Dialect, Frame, TokenText};
+use super::{require_json, Dialect, Frame, FrameError, TokenText};
 
 pub struct Anthropic;
 
@@ -29,7 +29,7 @@ struct Delta<'a> {
 }
 
 impl Dialect for Anthropic {
-    fn parse<'a>(&self, event: &'a SseEvent) -> Result<Frame<'a>, String> {
+    fn parse<'a>(&self, event: &'a SseEvent) -> Result<Frame<'a>, FrameError> {
         let name = event.event.as_deref();
         if !matches!(name, Some("content_block_delta" | "content_block_stop")) {
             if !event.data.is_empty() {

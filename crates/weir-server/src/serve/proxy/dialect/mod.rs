@@ -41,11 +41,26 @@ pub enum Frame<'a> {
     Other,
 }
 
+/// Why an upstream event cannot be forwarded; each names what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("upstream event is not JSON ({error}): {data}")]
+    NotJson {
+        error: serde_json::Error,
+        /// The event's data, its first 200 characters.
+        data: String,
+    },
+    #[error("upstream used text block {block}; at most {max} are supported")]
+    TooManyBlocks { block: u64, max: u64 },
+    #[error("cannot re-encode an upstream event: {0}")]
+    Encode(#[from] weir_stages::codec::sse::SseEncodeError),
+}
+
 /// One LLM API's streaming format.
 pub trait Dialect: Send + Sync + 'static {
     /// Reads `event` once; an error names what is wrong with it (data that must be JSON
     /// and is not).
-    fn parse<'a>(&self, event: &'a SseEvent) -> Result<Frame<'a>, String>;
+    fn parse<'a>(&self, event: &'a SseEvent) -> Result<Frame<'a>, FrameError>;
 
     /// A token event carrying `text` for `block`, shaped like `template` (the data of the
     /// block's last token event), to release held-back text.
@@ -103,10 +118,13 @@ impl<'a> TokenText<'a> {
 }
 
 /// Checks that `data` is JSON, naming the problem if not.
-fn require_json(data: &str) -> Result<(), String> {
+fn require_json(data: &str) -> Result<(), FrameError> {
     serde_json::from_str::<IgnoredAny>(data)
         .map(drop)
-        .map_err(|e| format!("upstream event is not JSON ({e}): {data:.200}"))
+        .map_err(|error| FrameError::NotJson {
+            error,
+            data: data.chars().take(200).collect(),
+        })
 }
 
 /// A field that is there, whatever its value (`"error": null` included).

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use weir_stages::codec::sse::SseEvent;
 
-use super::{present, require_json, Dialect, Frame, TokenText};
+use super::{present, require_json, Dialect, Frame, FrameError, TokenText};
 
 pub struct Openai;
 
@@ -40,7 +40,7 @@ struct Delta<'a> {
 }
 
 impl Dialect for Openai {
-    fn parse<'a>(&self, event: &'a SseEvent) -> Result<Frame<'a>, String> {
+    fn parse<'a>(&self, event: &'a SseEvent) -> Result<Frame<'a>, FrameError> {
         if event.data == "[DONE]" {
             return Ok(Frame::Terminal);
         }
