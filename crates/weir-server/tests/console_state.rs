@@ -355,7 +355,7 @@ path = \"/topics/ticks\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_state_counts_a_websocket_subscriber_and_drops_it_when_it_closes() {
-    use futures::{SinkExt, StreamExt};
+    use futures::StreamExt;
     let toml = "listen = \"127.0.0.1:0\"\n[[route]]\nkind = \"topic\"\npath = \"/topics/ticks\"\n";
     let server = Server::new(ServeConfig::parse(toml).expect("config"))
         .expect("server")
