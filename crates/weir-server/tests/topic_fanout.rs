@@ -193,6 +193,27 @@ async fn topic_publishes_udp_datagrams() {
     assert_eq!(ids.len() as u64 + dropped, 10);
 }
 
+/// `/metrics` once `done` holds for it; fails after 10 s.
+async fn scrape_until(server: &RunningServer, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(server.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 10 s: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn topic_counters_reach_metrics() {
     let toml = "[[route]]\nkind = \"topic\"\npath = \"/topics/metered\"\npolicy = \"drop_newest\"\nbuffer = \"1KiB\"\n";
@@ -216,19 +237,7 @@ async fn topic_counters_reach_metrics() {
     assert_eq!(answer.status(), 200);
     // The counters are published every second.
     let wanted = "weir_topic_published_total{topic=\"/topics/metered\"} 5000";
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let metrics = loop {
-        let text = reqwest::get(server.url("/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        if text.contains(wanted) || std::time::Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let metrics = scrape_until(&server, |text| text.contains(wanted)).await;
     assert!(metrics.contains(wanted), "{metrics}");
     assert!(
         metrics.contains("weir_topic_subscribers{topic=\"/topics/metered\"} 1"),
@@ -267,21 +276,8 @@ async fn topic_counters_reach_metrics() {
     );
     // A subscriber's series go with it.
     drop(idle);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = reqwest::get(server.url("/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        if series(&text, "weir_topic_subscriber_published_total").is_none() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "series stayed: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    scrape_until(&server, |text| {
+        series(text, "weir_topic_subscriber_published_total").is_none()
+    })
+    .await;
 }
