@@ -218,6 +218,16 @@ fn console_top_in_tmux_shows_the_stream_and_quits_on_q() {
     assert!(client_line.contains("127.0.0.1:"), "{client_line}");
     assert!(screen.contains("memory budget"), "{screen}");
 
+    assert!(tmux.run(&["send-keys", "-t", "top", "s"]).status.success());
+    let toggled = Instant::now();
+    while !tmux.screen().contains("(now rate)") {
+        assert!(
+            toggled.elapsed() < DEADLINE,
+            "s did not sort by rate:\n{}",
+            tmux.screen()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let sent = tmux.run(&["send-keys", "-t", "top", "q"]);
     assert!(sent.status.success());
     let quit = Instant::now();

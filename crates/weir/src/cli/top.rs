@@ -3,6 +3,8 @@
 //! It reads `GET /_weir/state` once a second on a task of its own; the terminal is drawn
 //! and its keys read on a blocking thread, so a slow server never freezes the keys.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -121,8 +123,11 @@ enum Latest {
 
 pub async fn run(args: TopArgs) -> Result<(), Failure> {
     let base = args.url.trim_end_matches('/').to_string();
-    let url = url::Url::parse(&format!("{base}/_weir/state?top=100"))
+    let url = url::Url::parse(&format!("{base}/_weir/state"))
         .map_err(|e| Failure::Usage(format!("--url {}: {e}", args.url)))?;
+    // The server ranks all its streams the way the screen sorts, and sends the first 100.
+    let by_rate = Arc::new(AtomicBool::new(false));
+    let asked = Arc::clone(&by_rate);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -131,7 +136,16 @@ pub async fn run(args: TopArgs) -> Result<(), Failure> {
     let poller = tokio::spawn(async move {
         loop {
             let started = Instant::now();
-            let latest = fetch(&client, url.clone(), args.key.as_deref()).await;
+            let mut url = url.clone();
+            let sort = if asked.load(Ordering::Relaxed) {
+                "rate"
+            } else {
+                "buffered"
+            };
+            url.query_pairs_mut()
+                .append_pair("top", "100")
+                .append_pair("sort", sort);
+            let latest = fetch(&client, url, args.key.as_deref()).await;
             if tx.send(latest).is_err() {
                 return;
             }
@@ -141,7 +155,7 @@ pub async fn run(args: TopArgs) -> Result<(), Failure> {
     let shown = base.clone();
     let ui = tokio::task::spawn_blocking(move || {
         let mut terminal = ratatui::try_init()?;
-        let outcome = show(&mut terminal, &shown, rx);
+        let outcome = show(&mut terminal, &shown, rx, &by_rate);
         ratatui::restore();
         outcome
     });
@@ -186,6 +200,7 @@ fn show(
     terminal: &mut DefaultTerminal,
     url: &str,
     rx: watch::Receiver<Latest>,
+    by_rate: &AtomicBool,
 ) -> std::io::Result<()> {
     let mut sort = SortBy::Buffered;
     loop {
@@ -206,7 +221,8 @@ fn show(
                     sort = match sort {
                         SortBy::Buffered => SortBy::Rate,
                         SortBy::Rate => SortBy::Buffered,
-                    }
+                    };
+                    by_rate.store(sort == SortBy::Rate, Ordering::Relaxed);
                 }
                 _ => {}
             }

@@ -26,7 +26,7 @@ use axum::Router;
 use bytes::Bytes;
 
 use super::registry::{Registry, StreamInfo};
-use super::snapshot::{build, Sources, DEFAULT_TOP, MAX_TOP};
+use super::snapshot::{build, SortBy, Sources, View, DEFAULT_TOP, MAX_TOP};
 use crate::serve::reply::json_error;
 use crate::serve::send_queue::Backlog;
 use crate::serve::shutdown::{last_event, Shutdown};
@@ -131,23 +131,31 @@ async fn page(State(console): State<Arc<Console>>, request: Request) -> Response
     response
 }
 
-/// `?top=N`: how many streams to send in full; the message says what is wrong.
-fn top(request: &Request) -> Result<usize, String> {
+/// `?top=N&sort=buffered|rate`: which streams to send in full; the message says what is wrong.
+fn view(request: &Request) -> Result<View, String> {
     let pairs: Vec<(String, String)> = Query::try_from_uri(request.uri())
         .map(|Query(p)| p)
         .map_err(|e| e.to_string())?;
-    let mut top = DEFAULT_TOP;
+    let mut view = View {
+        top: DEFAULT_TOP,
+        sort: SortBy::Buffered,
+    };
     for (k, v) in pairs {
-        match (k.as_str(), v.parse::<usize>()) {
-            ("top", Ok(n)) if n <= MAX_TOP => top = n,
+        match (k.as_str(), v.as_str()) {
+            ("top", n) => match n.parse() {
+                Ok(n) if n <= MAX_TOP => view.top = n,
+                _ => return Err(format!("top={v}: a number from 0 to {MAX_TOP}")),
+            },
+            ("sort", "buffered") => view.sort = SortBy::Buffered,
+            ("sort", "rate") => view.sort = SortBy::Rate,
             _ => {
                 return Err(format!(
-                    "`{k}={v}`: the only parameter is top=N, N from 0 to {MAX_TOP}"
+                    "`{k}={v}`: the parameters are top=N (0 to {MAX_TOP}) and sort=buffered|rate"
                 ))
             }
         }
     }
-    Ok(top)
+    Ok(view)
 }
 
 fn bad_query(message: &str) -> Response {
@@ -158,8 +166,8 @@ async fn state(State(console): State<Arc<Console>>, request: Request) -> Respons
     if let Some(refusal) = console.refusal(&request) {
         return refusal;
     }
-    match top(&request) {
-        Ok(top) => axum::Json(build(&console.sources, top)).into_response(),
+    match view(&request) {
+        Ok(view) => axum::Json(build(&console.sources, view)).into_response(),
         Err(e) => bad_query(&e),
     }
 }
@@ -168,12 +176,12 @@ async fn events(State(console): State<Arc<Console>>, request: Request) -> Respon
     if let Some(refusal) = console.refusal(&request) {
         return refusal;
     }
-    let top = match top(&request) {
-        Ok(top) => top,
+    let view = match view(&request) {
+        Ok(view) => view,
         Err(e) => return bad_query(&e),
     };
     let budget = console.sources.admission.budget();
-    let bytes = EVENTS_BASE + top * EVENTS_PER_STREAM;
+    let bytes = EVENTS_BASE + view.top * EVENTS_PER_STREAM;
     let reservation = match budget.try_reserve(bytes) {
         Ok(r) => r,
         Err(e) => {
@@ -217,7 +225,7 @@ async fn events(State(console): State<Arc<Console>>, request: Request) -> Respon
             }
             let (watched, _, console) = &held;
             let mut chunk = b"data: ".to_vec();
-            if let Err(e) = serde_json::to_writer(&mut chunk, &build(&console.sources, top)) {
+            if let Err(e) = serde_json::to_writer(&mut chunk, &build(&console.sources, view)) {
                 return Some((Err(std::io::Error::other(e)), (held, false)));
             }
             chunk.extend_from_slice(b"\n\n");

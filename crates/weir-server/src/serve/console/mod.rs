@@ -7,5 +7,5 @@ mod stages;
 
 pub use api::{router, Console, STALL_LIMIT};
 pub use registry::{Holds, PipelineEntry, Registry, StreamInfo, Watched, WatchedPipeline};
-pub use snapshot::{build, Sources, State, DEFAULT_TOP, MAX_TOP};
+pub use snapshot::{build, SortBy, Sources, State, View, DEFAULT_TOP, MAX_TOP};
 pub use stages::StageView;

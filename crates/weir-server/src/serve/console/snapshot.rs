@@ -19,6 +19,22 @@ pub const DEFAULT_TOP: usize = 100;
 /// The most a client may ask for in full.
 pub const MAX_TOP: usize = 1000;
 
+/// Which streams a snapshot sends in full.
+#[derive(Clone, Copy, Debug)]
+pub struct View {
+    pub top: usize,
+    pub sort: SortBy,
+}
+
+/// What ranks the streams, worst first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortBy {
+    /// Bytes waiting for the client, in weir and in the kernel.
+    Buffered,
+    /// Bytes per second out.
+    Rate,
+}
+
 /// What the console knows of the server besides its registry.
 pub struct Sources {
     pub registry: Registry,
@@ -115,8 +131,9 @@ pub struct PartitionLag {
     pub lag: i64,
 }
 
-/// Builds a snapshot with the `top` worst streams in full.
-pub fn build(sources: &Sources, top: usize) -> State {
+/// Builds a snapshot with the `view.top` worst streams in full.
+pub fn build(sources: &Sources, view: View) -> State {
+    let top = view.top;
     let now = Instant::now();
     let entries: Vec<Arc<StreamEntry>> = sources.registry.streams().values().cloned().collect();
     let mut routes: Vec<RouteView> = sources
@@ -141,18 +158,22 @@ pub fn build(sources: &Sources, top: usize) -> State {
             r.slow += usize::from(is_slow);
             r.buffered += waiting;
         }
-        ranked.push((waiting, e.id, e));
+        let key = match view.sort {
+            SortBy::Buffered => waiting,
+            SortBy::Rate => e.rate(now) as u64,
+        };
+        ranked.push((key, waiting, e));
     }
     let top = top.min(ranked.len());
     let worst_first = |a: &(u64, u64, &Arc<StreamEntry>), b: &(u64, u64, &Arc<StreamEntry>)| {
-        b.0.cmp(&a.0).then(a.1.cmp(&b.1))
+        b.0.cmp(&a.0).then(a.2.id.cmp(&b.2.id))
     };
     if top > 0 && top < ranked.len() {
         ranked.select_nth_unstable_by(top - 1, worst_first);
     }
     let (shown, rest) = ranked.split_at_mut(top);
     shown.sort_unstable_by(worst_first);
-    let rest_buffered = rest.iter().map(|(w, _, _)| w).sum();
+    let rest_buffered = rest.iter().map(|(_, w, _)| w).sum();
     let shown = shown
         .iter()
         .map(|(_, _, e)| stream_view(e, sources.send_buffer, now))
@@ -259,6 +280,13 @@ mod tests {
         }
     }
 
+    fn worst(top: usize) -> View {
+        View {
+            top,
+            sort: SortBy::Buffered,
+        }
+    }
+
     fn register(registry: &Registry, route: &str, held: u64) -> Watched {
         registry.register(StreamInfo {
             route: Arc::from(route),
@@ -277,7 +305,7 @@ mod tests {
         let held: Vec<Watched> = (0..10u64)
             .map(|i| register(&registry, if i % 2 == 0 { "/a" } else { "/b" }, i * 100))
             .collect();
-        let state = build(&sources(&registry), 3);
+        let state = build(&sources(&registry), worst(3));
         let shown: Vec<u64> = state.streams.shown.iter().map(|s| s.buffered).collect();
         assert_eq!(shown, [900, 800, 700]);
         assert_eq!((state.streams.open, state.streams.rest), (10, 7));
@@ -287,9 +315,20 @@ mod tests {
         );
         assert_eq!(state.routes[0].streams, 5);
         assert_eq!(state.routes[1].buffered, 100 + 300 + 500 + 700 + 900);
+        held[2].sent(5000);
+        held[4].sent(100);
+        let by_rate = build(
+            &sources(&registry),
+            View {
+                top: 2,
+                sort: SortBy::Rate,
+            },
+        );
+        let ids: Vec<u64> = by_rate.streams.shown.iter().map(|s| s.id).collect();
+        assert_eq!(ids, [2, 4], "the fastest first");
         drop(held);
         assert_eq!(
-            build(&sources(&registry), 3).streams.open,
+            build(&sources(&registry), worst(3)).streams.open,
             0,
             "entries go with their streams"
         );
@@ -307,7 +346,7 @@ mod tests {
         let mut wire = 0;
         for _ in 0..20 {
             let cpu = std::time::Instant::now();
-            let state = build(&sources, DEFAULT_TOP);
+            let state = build(&sources, worst(DEFAULT_TOP));
             let json = serde_json::to_vec(&state).unwrap();
             best = best.min(cpu.elapsed());
             wire = json.len();
