@@ -107,13 +107,13 @@ impl Band {
         self.peaks.len() + self.troughs.len() >= 3 && self.peaks.len().min(self.troughs.len()) >= 1
     }
 
-    /// Whether the peaks or the troughs climb at `max_slope` or more, by more than one
-    /// sampling step from the first to the last.
+    /// Whether the peaks or the troughs climb at `max_slope` or more, their last above
+    /// their first by more than one sampling step (a least-squares rise would not do: one
+    /// top seen a step lower than the next, as sampling off the beat does, tilts a line
+    /// through four of them by more than that step).
     pub fn climbs(&self, max_slope: f64) -> bool {
         let climbs = |extremes: &[(f64, f64)], slope: Option<f64>| match (extremes, slope) {
-            ([first, .., last], Some(slope)) => {
-                slope >= max_slope && slope * (last.0 - first.0) > self.step
-            }
+            ([first, .., last], Some(slope)) => slope >= max_slope && last.1 - first.1 > self.step,
             _ => false,
         };
         climbs(&self.peaks, self.peak_slope) || climbs(&self.troughs, self.trough_slope)
@@ -248,10 +248,11 @@ pub fn judge(
         Trend::Erratic => match judgement.band.clone() {
             Some(band) if band.full_period() => {
                 let swings = format!(
-                    "memory saws between {} and {} over {window_desc} ({} swings)",
+                    "memory saws between {} and {} over {window_desc} ({} swing{})",
                     human_bytes(band.low),
                     human_bytes(band.high),
-                    band.swings()
+                    band.swings(),
+                    if band.swings() == 1 { "" } else { "s" }
                 );
                 let along = |slope: Option<f64>| slope.map_or_else(|| "-".to_string(), kb);
                 let envelope = format!(
@@ -566,6 +567,31 @@ mod tests {
             assert!(band.full_period(), "{band:?}");
             assert!((7.0 * MIB..9.0 * MIB).contains(&band.step), "{band:?}");
         }
+    }
+
+    #[test]
+    fn tops_and_bottoms_seen_a_step_apart_are_not_a_climb() {
+        // Measured from sawing_server.py: the tops are seen at 55.9 MiB and then, the
+        // sampling having drifted, at 62.9; the bottoms at 23.9 and then 30.9. A line
+        // through the four bottoms rises 8.8 MB over 16 s, more than the 8 MiB step; their
+        // last is above their first by 7 MiB, less than it.
+        let rss = [
+            15.0, 24.9, 32.9, 40.9, 48.9, 56.9, 24.9, 32.9, 40.9, 48.9, 55.9, 23.9, 31.9, 39.9,
+            47.9, 55.9, 23.9, 31.9, 39.9, 47.9, 55.9, 62.9, 30.9, 38.9, 46.9, 54.9, 62.9, 30.9,
+            38.9, 46.9, 54.9,
+        ];
+        let points: Vec<(f64, f64)> = rss
+            .iter()
+            .enumerate()
+            .map(|(i, mib)| (i as f64, mib * MIB))
+            .collect();
+        let j = judged(&points, 10.0);
+        assert_eq!(j.verdict, Verdict::Pass, "{}", j.reason);
+        assert_eq!(j.finding, Finding::BoundedBand, "{}", j.reason);
+        let band = j.band.unwrap();
+        let troughs = LineFit::of(&band.troughs).unwrap();
+        let tilt = troughs.slope * (band.troughs[3].0 - band.troughs[0].0);
+        assert!(tilt > band.step, "{band:?}");
     }
 
     #[test]
