@@ -686,3 +686,18 @@ fn a_new_text_after_finish_does_not_look_behind_into_the_old_one() {
     assert_eq!(stream.push("10.0.0.1"), "");
     assert_eq!(stream.finish(), "[IPV4]");
 }
+
+#[test]
+fn the_hold_back_stays_within_the_cap_on_long_runs() {
+    let r = SMALL_CAP.clone();
+    let run = "16.0.9.6.14.1234-5678-9012-3456-".repeat(40);
+    let mut stream = r.stream();
+    let mut out = String::new();
+    for (i, _) in run.char_indices() {
+        out.push_str(&stream.push(&run[i..i + 1]));
+        assert!(stream.held() <= MIN_MAX_HOLD, "held {}", stream.held());
+    }
+    out.push_str(&stream.finish());
+    assert_eq!(out, r.redact_all(&run));
+    assert_eq!(out, run);
+}
