@@ -500,6 +500,16 @@ impl ServeConfig {
                 return Err(format!("{at}: another pipeline has the same name"));
             }
         }
+        if let Some(bad) = self
+            .admin_keys
+            .iter()
+            .position(|k| k.is_empty() || k.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(format!(
+                "admin_keys #{}: a key must be non-empty, without spaces or control characters",
+                bad + 1
+            ));
+        }
         if self.send_buffer < MIN_SEND_BUFFER {
             return Err(format!(
                 "send_buffer must be at least {} KiB",
@@ -514,6 +524,9 @@ impl ServeConfig {
             }
             if SERVER_PATHS.contains(&route.path()) {
                 return Err(format!("{at}: the server answers {} itself", route.path()));
+            }
+            if route.path() == "/_weir" || route.path().starts_with("/_weir/") {
+                return Err(format!("{at}: paths under /_weir/ are the console's"));
             }
             if !paths.insert(route.path()) {
                 return Err(format!("{at}: another route has the same path"));
@@ -872,6 +885,14 @@ query = "SELECT id, customer, amount, created_at FROM orders WHERE amount >= :mi
             err.contains("route #1 (/export/orders): cors_origins: `https://app.example.com/`"),
             "{err}"
         );
+        let console = EXPORT.replace("path = \"/export/orders\"", "path = \"/_weir/state\"");
+        let err = ServeConfig::parse(&console).unwrap_err();
+        assert!(err.contains("the console's"), "{err}");
+        for keys in ["[\"\"]", "[\"a b\"]"] {
+            let err = ServeConfig::parse(&format!("admin_keys = {keys}\n{EXPORT}")).unwrap_err();
+            assert!(err.contains("admin_keys #1"), "{err}");
+        }
+        assert!(ServeConfig::parse(&format!("admin_keys = [\"adm-1\"]\n{EXPORT}")).is_ok());
         let format = format!("{EXPORT}formats = [\"xml\"]\n");
         let err = ServeConfig::parse(&format).unwrap_err();
         assert!(
