@@ -54,9 +54,40 @@ pub enum Framing {
     UntilClose,
 }
 
+/// What is wrong with an upstream's HTTP/1.1 response, named for the log and the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Http1Error {
+    #[error("response head over {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("invalid response head: {0}")]
+    Head(httparse::Error),
+    #[error("invalid content-length `{0}`")]
+    ContentLength(String),
+    #[error("two different content-length headers")]
+    TwoLengths,
+    #[error("chunk size overflows 64 bits")]
+    ChunkSizeOverflow,
+    #[error("chunk size expected, got {0:#04x}")]
+    ChunkSizeExpected(u8),
+    #[error("chunk-size line ends without CR")]
+    BareLf,
+    #[error("{what} over {max} bytes")]
+    LineTooLong { what: &'static str, max: u32 },
+    #[error("expected {want:?} after the {after}, got {got:?}")]
+    Unexpected {
+        want: char,
+        got: char,
+        after: &'static str,
+    },
+    #[error("upstream closed the connection {0} bytes before the end of the body")]
+    ClosedEarly(u64),
+    #[error("upstream closed the connection inside a chunked body")]
+    ClosedInChunk,
+}
+
 /// Parses the head at the start of `buf`: `Ok(None)` while it is incomplete, else the
 /// head and its length in bytes. Interim (1xx) responses are skipped.
-pub fn parse_response_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, String> {
+pub fn parse_response_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, Http1Error> {
     let mut start = 0;
     loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -64,10 +95,10 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, 
         let len = match response.parse(&buf[start..]) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-                return Err(format!("response head over {MAX_HEAD} bytes"))
+                return Err(Http1Error::HeadTooLarge)
             }
             Ok(httparse::Status::Partial) => return Ok(None),
-            Err(e) => return Err(format!("invalid response head: {e}")),
+            Err(e) => return Err(Http1Error::Head(e)),
         };
         let status = response.code.unwrap_or_default();
         if (100..200).contains(&status) && status != 101 {
@@ -83,7 +114,7 @@ fn head_of(
     status: u16,
     version: Option<u8>,
     headers: &[httparse::Header],
-) -> Result<ResponseHead, String> {
+) -> Result<ResponseHead, Http1Error> {
     let mut content_type = None;
     let mut chunked = false;
     let mut encoded = false;
@@ -104,9 +135,9 @@ fn head_of(
             let n: u64 = value
                 .trim()
                 .parse()
-                .map_err(|_| format!("invalid content-length `{value}`"))?;
+                .map_err(|_| Http1Error::ContentLength(value.to_string()))?;
             if length.is_some_and(|m| m != n) {
-                return Err("two different content-length headers".to_string());
+                return Err(Http1Error::TwoLengths);
             }
             length = Some(n);
         } else if h.name.eq_ignore_ascii_case("connection") {
@@ -206,7 +237,7 @@ impl BodyDecoder {
         &mut self,
         input: &'a [u8],
         mut data: impl FnMut(&'a [u8]),
-    ) -> Result<usize, String> {
+    ) -> Result<usize, Http1Error> {
         let mut at = 0;
         while at < input.len() {
             let rest = &input[at..];
@@ -238,7 +269,7 @@ impl BodyDecoder {
     }
 
     /// One byte of chunk framing.
-    fn step(&mut self, b: u8) -> Result<(), String> {
+    fn step(&mut self, b: u8) -> Result<(), Http1Error> {
         self.state = match self.state {
             State::Size { size, line, digits } => {
                 check_line(line, MAX_CHUNK_LINE, "chunk-size line")?;
@@ -247,14 +278,14 @@ impl BodyDecoder {
                         let size = size
                             .checked_mul(16)
                             .map(|s| s + u64::from(d))
-                            .ok_or("chunk size overflows 64 bits")?;
+                            .ok_or(Http1Error::ChunkSizeOverflow)?;
                         State::Size {
                             size,
                             line: line + 1,
                             digits: true,
                         }
                     }
-                    None if !digits => return Err(format!("chunk size expected, got {b:#04x}")),
+                    None if !digits => return Err(Http1Error::ChunkSizeExpected(b)),
                     None => size_rest(size, line, b)?,
                 }
             }
@@ -312,43 +343,42 @@ impl BodyDecoder {
     }
 
     /// The connection closed: fine only where the framing says the body may end.
-    pub fn end_of_input(&mut self) -> Result<(), String> {
+    pub fn end_of_input(&mut self) -> Result<(), Http1Error> {
         match self.state {
             State::Done => Ok(()),
             State::UntilClose => {
                 self.state = State::Done;
                 Ok(())
             }
-            State::Length { left } => Err(format!(
-                "upstream closed the connection {left} bytes before the end of the body"
-            )),
-            _ => Err("upstream closed the connection inside a chunked body".to_string()),
+            State::Length { left } => Err(Http1Error::ClosedEarly(left)),
+            _ => Err(Http1Error::ClosedInChunk),
         }
     }
 }
 
 /// The state after byte `b` of a chunk-size line past its digits (extensions, spaces).
-fn size_rest(size: u64, line: u32, b: u8) -> Result<State, String> {
+fn size_rest(size: u64, line: u32, b: u8) -> Result<State, Http1Error> {
     Ok(match b {
         b'\r' => State::SizeLf { size },
-        b'\n' => return Err("chunk-size line ends without CR".to_string()),
+        b'\n' => return Err(Http1Error::BareLf),
         _ => State::SizeRest { size, line },
     })
 }
 
-fn check_line(len: u32, max: u32, what: &str) -> Result<(), String> {
+fn check_line(len: u32, max: u32, what: &'static str) -> Result<(), Http1Error> {
     if len >= max {
-        return Err(format!("{what} over {max} bytes"));
+        return Err(Http1Error::LineTooLong { what, max });
     }
     Ok(())
 }
 
-fn expect(b: u8, want: u8, after: &str) -> Result<(), String> {
+fn expect(b: u8, want: u8, after: &'static str) -> Result<(), Http1Error> {
     if b != want {
-        return Err(format!(
-            "expected {:?} after the {after}, got {:?}",
-            want as char, b as char
-        ));
+        return Err(Http1Error::Unexpected {
+            want: want as char,
+            got: b as char,
+            after,
+        });
     }
     Ok(())
 }
@@ -405,13 +435,13 @@ mod tests {
         ] {
             let mut decoder = BodyDecoder::new(Framing::Chunked);
             let err = decoder.decode(wire, |_| {}).expect_err("invalid framing");
-            assert!(err.contains(wanted), "{err}");
+            assert!(err.to_string().contains(wanted), "{err}");
         }
         let long_line = [b"1;".as_slice(), &[b'x'; 5000]].concat();
         let err = BodyDecoder::new(Framing::Chunked)
             .decode(&long_line, |_| {})
             .expect_err("line too long");
-        assert!(err.contains("over 4096 bytes"), "{err}");
+        assert!(err.to_string().contains("over 4096 bytes"), "{err}");
     }
 
     #[test]
@@ -419,7 +449,7 @@ mod tests {
         let mut length = BodyDecoder::new(Framing::Length(10));
         length.decode(b"abc", |_| {}).expect("data");
         let err = length.end_of_input().expect_err("7 bytes missing");
-        assert!(err.contains("7 bytes before"), "{err}");
+        assert_eq!(err, Http1Error::ClosedEarly(7));
         let mut chunked = BodyDecoder::new(Framing::Chunked);
         chunked.decode(b"3\r\nab", |_| {}).expect("data");
         assert!(chunked.end_of_input().is_err());
@@ -488,9 +518,9 @@ mod tests {
             .is_none());
         let err = parse_response_head(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n")
             .expect_err("bad length");
-        assert!(err.contains("content-length"), "{err}");
+        assert_eq!(err, Http1Error::ContentLength("x".to_string()));
         let err = parse_response_head(&[b'a'; 10]).expect_err("not HTTP");
-        assert!(err.contains("invalid response head"), "{err}");
+        assert!(matches!(err, Http1Error::Head(_)), "{err}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::serve::socket_buffer;
 use conn::{Io, Pool};
-use http1::{BodyDecoder, MAX_HEAD};
+use http1::{BodyDecoder, Http1Error, MAX_HEAD};
 pub use tls::tls_failure;
 
 /// Bytes taken from the socket per read, on the reader's stack. A streamed read becomes one
@@ -53,7 +53,7 @@ pub enum SendError {
     #[error("upstream connection failed: {0}")]
     Io(#[from] io::Error),
     #[error("upstream sent a malformed response: {0}")]
-    Malformed(String),
+    Malformed(Http1Error),
 }
 
 impl BodyError {
@@ -72,9 +72,9 @@ pub enum BodyError {
     #[error("upstream connection failed: {0}")]
     Io(#[from] io::Error),
     #[error("{0}")]
-    Closed(String),
+    Closed(Http1Error),
     #[error("upstream sent a malformed body: {0}")]
-    Malformed(String),
+    Malformed(Http1Error),
     #[error("upstream response over {0} bytes")]
     TooLarge(u64),
 }
