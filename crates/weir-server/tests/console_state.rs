@@ -403,3 +403,46 @@ async fn console_state_counts_a_websocket_subscriber_and_drops_it_when_it_closes
     assert!(closed.elapsed() < Duration::from_secs(2));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_state_counts_a_tail_readers_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.log");
+    std::fs::write(&file, "one\ntwo\nthree\n").unwrap();
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\n[[route]]\nkind = \"file_tail\"\npath = \"/logs\"\nfile = \"{}\"\n",
+        file.display()
+    );
+    let server = Server::new(ServeConfig::parse(&toml).expect("config"))
+        .expect("server")
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("bind");
+    let mut reader = client()
+        .get(server.url("/logs?from=start"))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .expect("tail");
+    let mut got = 0;
+    while got < 3 {
+        let chunk = tokio::time::timeout(DEADLINE, reader.chunk())
+            .await
+            .expect("lines")
+            .expect("read")
+            .expect("open");
+        got += chunk.iter().filter(|&&b| b == b'\n').count();
+    }
+    let stream = until(&server, "the reader's bytes", |s| {
+        streams_of(s, "/logs")
+            .first()
+            .filter(|st| st["bytes_out"].as_u64() > Some(0))
+            .map(|st| (*st).clone())
+    })
+    .await;
+    assert_eq!(stream["kind"], "file_tail");
+    assert_eq!(stream["budget"], 64 << 10, "the route's buffer");
+    assert_eq!(stream["slow"], false, "{stream:#}");
+    drop(reader);
+    server.stop().await;
+}
