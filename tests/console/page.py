@@ -6,8 +6,12 @@ The stream is an export whose client never reads (a socket with a small receive 
 its pipeline waits on the client, so the `client` stage is the one the others wait for.
 Run by crates/weir/tests/console_page.rs, which starts weir serve and passes WEIR_URL.
 
+With WEIR_ADMIN_KEY set (a server with admin_keys), it checks instead that the page asks
+for the key, shows nothing until it is given, and goes live with it.
+
 Environment: WEIR_URL (http://HOST:PORT), WEIR_EXPORT_PATH, WEIR_TOPIC_PATH,
-WEIR_SCREENSHOT (optional: where to save a PNG of the page once it shows all that)."""
+WEIR_SCREENSHOT (optional: where to save a PNG of the page once it shows all that),
+WEIR_ADMIN_KEY (optional, see above)."""
 
 import os
 import socket
@@ -24,6 +28,7 @@ URL = os.environ["WEIR_URL"]
 EXPORT = os.environ["WEIR_EXPORT_PATH"]
 TOPIC = os.environ["WEIR_TOPIC_PATH"]
 SCREENSHOT = os.environ.get("WEIR_SCREENSHOT")
+ADMIN_KEY = os.environ.get("WEIR_ADMIN_KEY")
 DEADLINE_S = 30
 
 
@@ -69,7 +74,35 @@ def errors(driver):
     return [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
 
 
+def with_a_key():
+    driver = browser()
+    client = stalled_client(EXPORT)
+    try:
+        driver.get(f"{URL}/_weir/")
+        until("the key asked for", lambda: driver.find_element(By.ID, "key").is_displayed())
+        if driver.find_element(By.ID, "status").text != "admin key needed":
+            fail(f"status: {driver.find_element(By.ID, 'status').text!r}")
+        if driver.find_elements(By.CSS_SELECTOR, "#streams tr[data-route]"):
+            fail("streams shown without the key")
+        driver.find_element(By.ID, "key-input").send_keys(ADMIN_KEY)
+        driver.find_element(By.CSS_SELECTOR, "#key button").click()
+        until("the page live with the key",
+              lambda: driver.find_element(By.ID, "status").text == "live")
+        until("the export's row",
+              lambda: driver.find_elements(By.CSS_SELECTOR, f'#streams tr[data-route="{EXPORT}"]'))
+        # The 401 before the key is the browser's own network error line; nothing else.
+        found = [e for e in errors(driver) if "401" not in e.get("message", "")]
+        if found:
+            fail(f"console errors: {found}")
+        print("ok: the key asked for, nothing shown without it, live with it")
+    finally:
+        client.close()
+        driver.quit()
+
+
 def main():
+    if ADMIN_KEY:
+        return with_a_key()
     driver = browser()
     clients = []
     try:

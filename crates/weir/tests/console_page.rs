@@ -46,8 +46,9 @@ fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, text))
 }
 
-/// `weir serve` with an export of 300,000 rows and a topic, answering `/healthz`.
-fn serve(dir: &Path) -> (Running, SocketAddr) {
+/// `weir serve` with an export of 300,000 rows and a topic (and `extra` at the top level),
+/// answering `/healthz`.
+fn serve(dir: &Path, extra: &str) -> (Running, SocketAddr) {
     let db = dir.join("orders.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(
@@ -62,7 +63,7 @@ fn serve(dir: &Path) -> (Running, SocketAddr) {
     std::fs::write(
         &config,
         format!(
-            "listen = \"{addr}\"\nsend_buffer = \"16KiB\"\n\
+            "listen = \"{addr}\"\nsend_buffer = \"16KiB\"\n{extra}\n\
              [[route]]\nkind = \"sql_export\"\npath = \"{EXPORT}\"\n\
              database = \"sqlite://{}\"\nquery = \"SELECT id, customer, amount FROM orders ORDER BY id\"\n\
              formats = [\"csv\"]\n\
@@ -128,7 +129,7 @@ fn console_page_in_chromium_shows_a_new_stream_and_marks_its_bottleneck() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (_weir, addr) = serve(dir.path());
+    let (_weir, addr) = serve(dir.path(), "");
     let mut script = Command::new("python3");
     script
         .arg(repo().join("tests/console/page.py"))
@@ -137,6 +138,32 @@ fn console_page_in_chromium_shows_a_new_stream_and_marks_its_bottleneck() {
         .env("WEIR_TOPIC_PATH", TOPIC)
         .stdin(Stdio::null());
     let status = script.status().expect("run tests/console/page.py");
+    assert!(status.success(), "tests/console/page.py failed: {status}");
+}
+
+#[test]
+fn console_page_with_admin_keys_asks_for_one_and_shows_nothing_without_it() {
+    let ready = available(
+        Command::new("python3").args(["-c", "import selenium"]),
+        "Selenium (pip install selenium)",
+    ) && available(
+        Command::new("chromedriver").arg("--version"),
+        "chromedriver (Debian package chromium-driver)",
+    );
+    if !ready {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_weir, addr) = serve(dir.path(), "admin_keys = [\"adm-1\"]");
+    let status = Command::new("python3")
+        .arg(repo().join("tests/console/page.py"))
+        .env("WEIR_URL", format!("http://{addr}"))
+        .env("WEIR_EXPORT_PATH", EXPORT)
+        .env("WEIR_TOPIC_PATH", TOPIC)
+        .env("WEIR_ADMIN_KEY", "adm-1")
+        .stdin(Stdio::null())
+        .status()
+        .expect("run tests/console/page.py");
     assert!(status.success(), "tests/console/page.py failed: {status}");
 }
 
@@ -172,7 +199,7 @@ fn console_top_in_tmux_shows_the_stream_and_quits_on_q() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (_weir, addr) = serve(dir.path());
+    let (_weir, addr) = serve(dir.path(), "");
     // An export whose client never reads: its stream stays open, its `client` stage waits.
     let mut stalled = TcpStream::connect(addr).unwrap();
     write!(stalled, "GET {EXPORT} HTTP/1.1\r\nhost: weir\r\n\r\n").unwrap();
