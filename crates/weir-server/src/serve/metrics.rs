@@ -10,7 +10,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Admission;
-use super::stream_stats::Outcome;
+use super::outcome::Outcome;
 
 pub const STREAMS_ACTIVE: &str = "weir_streams_active";
 pub const STREAMS_TOTAL: &str = "weir_streams_total";

@@ -6,6 +6,7 @@ pub mod console;
 mod cors;
 pub mod export;
 pub mod metrics;
+mod outcome;
 pub mod proxy;
 mod reply;
 mod request_body;
