@@ -237,8 +237,4 @@ impl Registry {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
-
-    pub fn stream_count(&self) -> usize {
-        self.streams().len()
-    }
 }
