@@ -268,3 +268,57 @@ fn console_top_in_tmux_shows_the_stream_and_quits_on_q() {
     }
     drop(stalled);
 }
+
+#[test]
+fn console_top_in_tmux_with_a_wrong_key_shows_401_and_with_the_right_one_the_streams() {
+    if !available(Command::new("tmux").arg("-V"), "tmux (Debian package tmux)") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_weir, addr) = serve(dir.path(), "admin_keys = [\"adm-1\"]");
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    write!(stalled, "GET {EXPORT} HTTP/1.1\r\nhost: weir\r\n\r\n").unwrap();
+    let weir = Path::new(env!("CARGO_BIN_EXE_weir")).display().to_string();
+    for (key, expect) in [("wrong", "401"), ("adm-1", EXPORT)] {
+        let tmux = Tmux {
+            socket: format!("weir-console-key-{key}-{}", std::process::id()),
+        };
+        let top = format!("{weir} top --url http://{addr} --key {key}");
+        let started = tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            "160",
+            "-y",
+            "40",
+            &top,
+        ]);
+        assert!(started.status.success(), "{started:?}");
+        let began = Instant::now();
+        let mut screen = String::new();
+        while !screen.contains(expect) {
+            assert!(
+                began.elapsed() < DEADLINE,
+                "--key {key}: no {expect} on the screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            screen = tmux.screen();
+        }
+        if key == "wrong" {
+            assert!(screen.contains("admin key"), "{screen}");
+            assert!(
+                !screen.contains(EXPORT),
+                "a stream shown without the key:\n{screen}"
+            );
+        }
+        assert!(tmux.run(&["send-keys", "-t", "top", "q"]).status.success());
+        let quit = Instant::now();
+        while tmux.run(&["has-session", "-t", "top"]).status.success() {
+            assert!(quit.elapsed() < DEADLINE, "weir top still runs after q");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    drop(stalled);
+}
