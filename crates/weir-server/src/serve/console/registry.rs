@@ -238,3 +238,35 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_small_and_goes_with_its_stream() {
+        // The entry and its Arc's counts; the route's name is shared, not copied.
+        let size = std::mem::size_of::<StreamEntry>() + 2 * std::mem::size_of::<usize>();
+        println!("a stream's console entry: {size} bytes");
+        assert!(size <= 512, "{size} bytes");
+        let registry = Registry::default();
+        let route: Arc<str> = Arc::from("/r");
+        let watched = registry.register(StreamInfo {
+            route: Arc::clone(&route),
+            kind: "topic",
+            client: None,
+            budget: 1,
+            backlog: None,
+            holds: None,
+            stages: Vec::new(),
+        });
+        assert_eq!(Arc::strong_count(&route), 2);
+        drop(watched);
+        assert!(registry.streams().is_empty());
+        assert_eq!(
+            Arc::strong_count(&route),
+            1,
+            "the entry is freed with its stream"
+        );
+    }
+}

@@ -109,6 +109,8 @@ type Connected = Vec<(u64, Arc<Subscriber>)>;
 /// A topic: its subscribers and counters.
 pub struct Topic {
     config: TopicRoute,
+    /// The route's path, shared by its subscribers' console entries.
+    path: Arc<str>,
     subscribers: Mutex<Connected>,
     next_id: AtomicU64,
     counters: Arc<TopicCounters>,
@@ -118,6 +120,7 @@ impl Topic {
     /// Builds the topic; binds `udp_listen` and starts the metrics refresh (inside a runtime).
     pub fn new(config: TopicRoute) -> Result<Arc<Self>, String> {
         let topic = Arc::new(Topic {
+            path: Arc::from(config.path.as_str()),
             config,
             subscribers: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(0),
@@ -362,7 +365,7 @@ pub async fn subscribe(State(topic): State<Arc<Topic>>, request: Request) -> Res
     let subscription = topic.subscribe();
     let watched = Registry::of(&request.extensions).map(|registry| {
         registry.register(StreamInfo {
-            route: Arc::from(topic.config.path.as_str()),
+            route: Arc::clone(&topic.path),
             kind: "topic",
             client: request
                 .extensions
