@@ -7,11 +7,12 @@ its pipeline waits on the client, so the `client` stage is the one the others wa
 Run by crates/weir/tests/console_page.rs, which starts weir serve and passes WEIR_URL.
 
 With WEIR_ADMIN_KEY set (a server with admin_keys), it checks instead that the page asks
-for the key, shows nothing until it is given, and goes live with it.
+for the key, shows nothing until it is given, and goes live with it. With WEIR_BOTTLENECK
+set (a server running a [[pipeline]]), it checks that the pipelines table marks that stage.
 
 Environment: WEIR_URL (http://HOST:PORT), WEIR_EXPORT_PATH, WEIR_TOPIC_PATH,
 WEIR_SCREENSHOT (optional: where to save a PNG of the page once it shows all that),
-WEIR_ADMIN_KEY (optional, see above)."""
+WEIR_ADMIN_KEY, WEIR_BOTTLENECK (optional, see above)."""
 
 import os
 import socket
@@ -25,8 +26,9 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 URL = os.environ["WEIR_URL"]
-EXPORT = os.environ["WEIR_EXPORT_PATH"]
-TOPIC = os.environ["WEIR_TOPIC_PATH"]
+EXPORT = os.environ.get("WEIR_EXPORT_PATH", "")
+TOPIC = os.environ.get("WEIR_TOPIC_PATH", "")
+BOTTLENECK = os.environ.get("WEIR_BOTTLENECK")
 SCREENSHOT = os.environ.get("WEIR_SCREENSHOT")
 ADMIN_KEY = os.environ.get("WEIR_ADMIN_KEY")
 DEADLINE_S = 30
@@ -100,9 +102,29 @@ def with_a_key():
         driver.quit()
 
 
+def pipeline_bottleneck():
+    driver = browser()
+    try:
+        driver.get(f"{URL}/_weir/")
+        until("the page live", lambda: driver.find_element(By.ID, "status").text == "live")
+        until(f"{BOTTLENECK} marked in the pipelines table", lambda: driver.find_elements(
+            By.CSS_SELECTOR, f'#pipelines tr.stage.bottleneck[data-stage="{BOTTLENECK}"]'))
+        stages = driver.find_elements(By.CSS_SELECTOR, "#pipelines tr.stage")
+        if len(stages) < 3:
+            fail(f"{len(stages)} stage rows in the pipelines table")
+        found = errors(driver)
+        if found:
+            fail(f"console errors: {found}")
+        print(f"ok: {BOTTLENECK} marked among {len(stages)} stages, no console errors")
+    finally:
+        driver.quit()
+
+
 def main():
     if ADMIN_KEY:
         return with_a_key()
+    if BOTTLENECK:
+        return pipeline_bottleneck()
     driver = browser()
     clients = []
     try:

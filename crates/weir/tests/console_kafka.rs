@@ -27,6 +27,38 @@ fn state(addr: std::net::SocketAddr) -> Option<Value> {
     serde_json::from_str(body).ok()
 }
 
+/// The page in headless Chromium (tests/console/page.py) marks `stage` in the pipelines
+/// table; skipped where Selenium or chromedriver is missing and WEIR_SKIP_BROWSER=1.
+fn page_marks(addr: std::net::SocketAddr, stage: &str) {
+    let have = |probe: &mut std::process::Command| {
+        probe
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let ready = have(std::process::Command::new("python3").args(["-c", "import selenium"]))
+        && have(std::process::Command::new("chromedriver").arg("--version"));
+    if !ready {
+        assert_eq!(
+            std::env::var("WEIR_SKIP_BROWSER").as_deref(),
+            Ok("1"),
+            "Selenium or chromedriver missing: scripts/test installs them; WEIR_SKIP_BROWSER=1 skips"
+        );
+        return;
+    }
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/console/page.py");
+    let status = std::process::Command::new("python3")
+        .arg(script)
+        .env("WEIR_URL", format!("http://{addr}"))
+        .env("WEIR_BOTTLENECK", stage)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .expect("run tests/console/page.py");
+    assert!(status.success(), "tests/console/page.py failed: {status}");
+}
+
 #[test]
 fn console_kafka_pipeline_shows_its_stages_bottleneck_and_lag() {
     let Some(tansu) = tansu() else {
@@ -94,6 +126,7 @@ fn console_kafka_pipeline_shows_its_stages_bottleneck_and_lag() {
         "{pipeline:#}"
     );
     assert!(lag.iter().all(|l| l["topic"] == "in"), "{pipeline:#}");
+    page_marks(addr, "throttle:100KB");
     weir.signal("-TERM");
     let (status, log) = weir.wait(Duration::from_secs(30));
     assert!(status.success(), "exit {status:?}; log:\n{log}");
