@@ -35,8 +35,12 @@ use crate::serve::stall::StallLimit;
 /// The page, embedded: no build step, nothing fetched from elsewhere.
 const PAGE: &str = include_str!("page.html");
 
-/// Between two snapshots of `/_weir/events`.
+/// Between two snapshots of `/_weir/events` when nothing comes or goes.
 const EVERY: Duration = Duration::from_secs(1);
+
+/// The least time between two snapshots: streams that come and go by the thousand cost
+/// a console client at most this many snapshots a second.
+const AT_MOST_EVERY: Duration = Duration::from_millis(250);
 
 /// A console client that takes no bytes this long is cut off.
 pub const STALL_LIMIT: Duration = Duration::from_secs(10);
@@ -212,28 +216,38 @@ async fn events(State(console): State<Arc<Console>>, request: Request) -> Respon
         holds: None,
         stages: Vec::new(),
     });
-    let held = (watched, reservation, console);
-    let snapshots = futures::stream::unfold((held, true), move |(held, first)| {
+    let held = (watched, reservation, console, registry);
+    let snapshots = futures::stream::unfold((held, None), move |(held, last)| {
         let backlog = backlog.clone();
         async move {
-            if !first {
-                tokio::time::sleep(EVERY).await;
+            if let Some(last) = last {
+                let registry = &held.3;
+                tokio::select! {
+                    () = tokio::time::sleep_until(last + EVERY) => {}
+                    () = registry.changed() => {
+                        tokio::time::sleep_until(last + AT_MOST_EVERY).await;
+                    }
+                }
             }
+            let now = tokio::time::Instant::now();
             // A slow console client gets no new snapshot until it has taken the last.
             if let Some(b) = &backlog {
                 b.drained().await;
             }
-            let (watched, _, console) = &held;
+            let (watched, _, console, _) = &held;
             let mut chunk = b"data: ".to_vec();
             if let Err(e) = serde_json::to_writer(&mut chunk, &build(&console.sources, view)) {
-                return Some((Err(std::io::Error::other(e)), (held, false)));
+                return Some((Err(std::io::Error::other(e)), (held, Some(now))));
             }
             chunk.extend_from_slice(b"\n\n");
             if let Some(b) = &backlog {
                 b.handed_a_chunk();
             }
             watched.sent(chunk.len());
-            Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), (held, false)))
+            Some((
+                Ok::<_, std::io::Error>(Bytes::from(chunk)),
+                (held, Some(now)),
+            ))
         }
     });
     let mut response = Response::new(Body::from_stream(

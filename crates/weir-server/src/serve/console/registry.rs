@@ -133,6 +133,7 @@ impl Watched {
 impl Drop for Watched {
     fn drop(&mut self) {
         self.registry.streams().remove(&self.entry.id);
+        self.registry.0.changed.notify_waiters();
     }
 }
 
@@ -184,6 +185,8 @@ struct Inner {
     streams: Mutex<HashMap<u64, Arc<StreamEntry>>>,
     pipelines: Mutex<HashMap<u64, Arc<PipelineEntry>>>,
     next_id: AtomicU64,
+    /// Wakes the console's event streams when a stream or pipeline comes or goes.
+    changed: tokio::sync::Notify,
 }
 
 impl Registry {
@@ -209,6 +212,7 @@ impl Registry {
             window: StageWindow::default(),
         });
         self.streams().insert(id, Arc::clone(&entry));
+        self.0.changed.notify_waiters();
         Watched {
             registry: self.clone(),
             entry,
@@ -218,10 +222,16 @@ impl Registry {
     pub fn register_pipeline(&self, pipeline: PipelineEntry) -> WatchedPipeline {
         let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
         self.pipelines().insert(id, Arc::new(pipeline));
+        self.0.changed.notify_waiters();
         WatchedPipeline {
             registry: self.clone(),
             id,
         }
+    }
+
+    /// Ready once a stream or pipeline has come or gone since it was first polled.
+    pub(super) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.changed.notified()
     }
 
     pub(super) fn streams(&self) -> MutexGuard<'_, HashMap<u64, Arc<StreamEntry>>> {
