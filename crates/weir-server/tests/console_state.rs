@@ -79,6 +79,11 @@ content-type: application/json\r\ncontent-length: 15\r\n\r\n{\"stream\":true}";
     assert_eq!(stream["client"], client_addr.as_str(), "{stream:#}");
     assert_eq!(stream["kind"], "llm_proxy");
     assert_eq!(stream["budget"], 64 << 10, "the route's buffer");
+    // What the relay holds is counted: at least its fixed part, never past the budget.
+    assert!(
+        (256..=64 << 10).contains(&stream["buffered"].as_u64().unwrap_or(0)),
+        "{stream:#}"
+    );
     assert_eq!(stream["send_buffer"], 32 << 10);
     assert!(
         stream["send_queue"].as_u64() <= Some(32 << 10),

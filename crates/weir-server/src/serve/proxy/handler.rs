@@ -1,5 +1,6 @@
 //! One proxied request: check the key, admit the stream, call the upstream, stream back.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use super::stream::{ProxyStream, StreamTiming};
 use super::upstream::{tls_failure, SendError, Upstream};
 use crate::serve::admission::{Admission, Refusal};
 use crate::serve::config::LlmProxyRoute;
-use crate::serve::console::{Registry, StreamInfo};
+use crate::serve::console::{Holds, Registry, StreamInfo};
 use crate::serve::metrics::RouteMetrics;
 use crate::serve::request_body::{self, BodyError, BodyLimits};
 use crate::serve::send_queue::Backlog;
@@ -199,6 +200,7 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
             return response;
         }
     };
+    let relay_held = Arc::new(AtomicU64::new(0));
     if let Some(registry) = &registry {
         stats.watched(registry.register(StreamInfo {
             route: Arc::clone(&route.path),
@@ -206,7 +208,7 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
             client,
             budget: route.config.buffer,
             backlog: request_backlog.clone(),
-            holds: None,
+            holds: Some(Arc::new(RelayHeld(Arc::clone(&relay_held)))),
             stages: Vec::new(),
         }));
     }
@@ -298,7 +300,8 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
     let stream = ProxyStream::new(upstream.body, relay, timing, ticket, stats)
         .waiting_on(request_backlog)
         .scrubbing(route.secret.clone())
-        .ending_with(&shutdown);
+        .ending_with(&shutdown)
+        .reporting_held(relay_held);
     let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
     headers.insert(
@@ -308,6 +311,15 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+/// What a stream's relay holds, as its driver last saw it, for the console.
+struct RelayHeld(Arc<AtomicU64>);
+
+impl Holds for RelayHeld {
+    fn held(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 fn secs(d: Duration) -> String {

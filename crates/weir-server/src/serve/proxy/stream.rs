@@ -28,6 +28,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -73,6 +74,8 @@ pub struct ProxyStream {
     scrubber: Option<Scrubber>,
     /// The server's shutdown grace is over: end with the protocol's error event.
     grace_over: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// Where the relay's held bytes are published after each step (the console reads them).
+    held: Option<Arc<AtomicU64>>,
     /// Polls in a row that found the client's connection keeping up; batching starts only
     /// after `KEPT_UP` of them, so a client that is slow now and then gets single reads.
     kept_up: u32,
@@ -100,6 +103,7 @@ impl ProxyStream {
             backlog: None,
             scrubber: None,
             grace_over: None,
+            held: None,
             kept_up: 0,
             _ticket: ticket,
             stats,
@@ -115,6 +119,12 @@ impl ProxyStream {
     /// Removes `secret` from every byte the client gets.
     pub fn scrubbing(mut self, secret: Option<Arc<[u8]>>) -> Self {
         self.scrubber = secret.map(Scrubber::new);
+        self
+    }
+
+    /// Publishes what the relay holds in `held` as the stream runs.
+    pub fn reporting_held(mut self, held: Arc<AtomicU64>) -> Self {
+        self.held = Some(held);
         self
     }
 
@@ -168,6 +178,9 @@ impl ProxyStream {
         }
         let tally = self.relay.take_tally();
         self.stats.events(tally.events, tally.tokens);
+        if let Some(held) = &self.held {
+            held.store(self.relay.held_bytes() as u64, Ordering::Relaxed);
+        }
         let chunk = settled(out);
         if let Some(backlog) = &self.backlog {
             backlog.handed_a_chunk();
@@ -212,6 +225,9 @@ impl Stream for ProxyStream {
             let relay = &mut this.relay;
             let read = this.upstream.poll_read_body(cx, |data| relay.feed(data));
             let tally = relay.take_tally();
+            if let Some(held) = &this.held {
+                held.store(relay.held_bytes() as u64, Ordering::Relaxed);
+            }
             this.stats.upstream_read(tally.upstream_bytes as usize);
             this.stats.events(tally.events, tally.tokens);
             match read {
