@@ -12,6 +12,7 @@
 mod check;
 pub mod client;
 pub mod fit;
+mod html;
 pub mod judge;
 pub mod memory;
 mod plot;
@@ -21,6 +22,7 @@ mod spawn;
 
 pub use check::{run, CheckConfig, MemoryFrom, Phase, Progress};
 pub use fit::Thresholds;
+pub use html::html;
 pub use plot::plot;
 pub use report::{Report, Verdict};
 

@@ -136,6 +136,10 @@ pub struct CheckArgs {
     /// Draw memory over time to FILE (.svg or .png).
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+
+    /// Write the report as one self-contained HTML page (verdict, figures, plot): a CI artifact.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 const RULE: &str = "\
@@ -371,6 +375,11 @@ pub async fn run(args: CheckArgs) -> Result<(), Failure> {
     if let Some(path) = &args.plot {
         // The verdict stands even if the picture cannot be written; say so on stderr.
         if let Err(e) = weir_check::plot(&report, path) {
+            eprintln!("weir check: {e}");
+        }
+    }
+    if let Some(path) = &args.html {
+        if let Err(e) = weir_check::html(&report, path) {
             eprintln!("weir check: {e}");
         }
     }
