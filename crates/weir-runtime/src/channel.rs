@@ -36,9 +36,9 @@ pub fn channel_with_gauge<T: Weighted>(
     gauge: Option<Arc<AtomicUsize>>,
 ) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
-        capacity,
         gauge,
         state: Mutex::new(State {
+            capacity,
             queue: VecDeque::new(),
             used: 0,
             peak: 0,
@@ -57,12 +57,12 @@ pub fn channel_with_gauge<T: Weighted>(
 }
 
 struct Shared<T> {
-    capacity: usize,
     gauge: Option<Arc<AtomicUsize>>,
     state: Mutex<State<T>>,
 }
 
 struct State<T> {
+    capacity: usize,
     queue: VecDeque<(T, usize)>,
     used: usize,
     peak: usize,
@@ -115,6 +115,19 @@ pub struct Receiver<T> {
     shared: Arc<Shared<T>>,
 }
 
+/// A handle to set a channel's capacity from elsewhere: a pipeline sizes the queue a source
+/// fills on its own (a cursor's thread, say) from its budget once it knows all its channels.
+pub struct CapacityHandle {
+    set: Arc<dyn Fn(usize) + Send + Sync>,
+}
+
+impl CapacityHandle {
+    /// Sets the capacity in bytes; a sender waiting for room is woken to look again.
+    pub fn set(&self, bytes: usize) {
+        (self.set)(bytes)
+    }
+}
+
 /// A read-only handle to watch a channel's occupancy from elsewhere.
 pub struct Gauge {
     read: Arc<dyn Fn() -> Occupancy + Send + Sync>,
@@ -137,7 +150,7 @@ impl Clone for Gauge {
 fn occupancy_of<T>(shared: &Shared<T>) -> Occupancy {
     let st = shared.lock();
     Occupancy {
-        capacity: shared.capacity,
+        capacity: st.capacity,
         buffered: st.used,
         peak: st.peak,
         items: st.queue.len(),
@@ -156,7 +169,7 @@ impl<T: Weighted> Sender<T> {
                     item.take().expect("polled after completion"),
                 )));
             }
-            if st.used == 0 || st.used + weight <= self.shared.capacity {
+            if st.used == 0 || st.used + weight <= st.capacity {
                 st.queue
                     .push_back((item.take().expect("polled after completion"), weight));
                 st.used += weight;
@@ -217,6 +230,24 @@ impl<T> Receiver<T> {
         let shared = Arc::clone(&self.shared);
         Gauge {
             read: Arc::new(move || occupancy_of(&shared)),
+        }
+    }
+
+    pub fn capacity_handle(&self) -> CapacityHandle
+    where
+        T: Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        CapacityHandle {
+            set: Arc::new(move |bytes| {
+                let mut st = shared.lock();
+                st.capacity = bytes;
+                let waker = st.tx_waker.take();
+                drop(st);
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            }),
         }
     }
 }
@@ -295,6 +326,23 @@ mod tests {
         );
         let occ = rx.occupancy();
         assert_eq!((occ.buffered, occ.items, occ.peak), (100, 1, 100));
+    }
+
+    #[tokio::test]
+    async fn raised_capacity_wakes_a_waiting_sender() {
+        let (mut tx, rx) = channel::<Bytes>(0);
+        tx.send(chunk(5)).await.unwrap();
+        let mut pending = Box::pin(tx.send(chunk(5)));
+        assert!(
+            (&mut pending).now_or_never().is_none(),
+            "no room at 0 bytes"
+        );
+        rx.capacity_handle().set(10);
+        assert!(
+            pending.now_or_never().is_some(),
+            "send did not see the room"
+        );
+        assert_eq!((rx.occupancy().capacity, rx.occupancy().buffered), (10, 10));
     }
 
     #[tokio::test]

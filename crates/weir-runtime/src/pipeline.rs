@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::{MemoryBudget, WhenFull};
-use crate::channel::{channel_with_gauge, Receiver, Sender};
+use crate::channel::{channel_with_gauge, CapacityHandle, Receiver, Sender};
 use crate::error::{BoxError, DownstreamClosed, FailureKind, PipelineError};
 use crate::stage::{send_counted, timed_if_waiting, Emit, Sink, Source, Transform};
 use crate::stats::{Report, StageKind, StageSnapshot, StageStats, Wait};
@@ -27,15 +28,67 @@ struct StageTask {
     future: StageFuture,
 }
 
-type Pending<T> = Box<dyn FnOnce(Sender<T>) -> StageTask + Send>;
+/// Wires one stage and every stage upstream of it, given its output channel.
+type Pending<T> = Box<dyn FnOnce(Sender<T>, &mut Wiring) + Send>;
+
+/// How the channels of a pipeline get their budgets.
+#[derive(Clone, Copy)]
+enum Buffer {
+    /// Each channel holds this many bytes.
+    Each(usize),
+    /// The channels (and a source's read-ahead queue) hold this many bytes together.
+    Total(usize),
+}
+
+/// One channel's budget, as it was set when the channel was added.
+#[derive(Clone, Copy)]
+enum ChannelSize {
+    Fixed(usize),
+    /// A share of the total, known once every channel is.
+    Share(usize),
+}
 
 /// Settings shared by every stage of one pipeline.
 #[derive(Clone)]
 struct Settings {
-    buffer: usize,
+    buffer: Buffer,
     budget: Option<(MemoryBudget, WhenFull)>,
     cancel: CancellationToken,
     reserved: usize,
+}
+
+/// What the stages are built with once the pipeline is complete.
+struct Wiring {
+    capacities: Vec<usize>,
+    gauge: Option<Arc<AtomicUsize>>,
+    stages: Vec<StageTask>,
+}
+
+impl Wiring {
+    fn channel<T: Weighted>(&self, index: usize) -> (Sender<T>, Receiver<T>) {
+        channel_with_gauge(self.capacities[index], self.gauge.clone())
+    }
+}
+
+/// Budgets of each channel: fixed ones as set, the shares of the total split evenly, the
+/// first ones taking one byte more until the shares add up to the total exactly.
+fn capacities(sizes: &[ChannelSize]) -> Vec<usize> {
+    let parts = sizes
+        .iter()
+        .filter(|s| matches!(s, ChannelSize::Share(_)))
+        .count();
+    let mut shares = 0;
+    sizes
+        .iter()
+        .map(|size| match *size {
+            ChannelSize::Fixed(bytes) => bytes,
+            ChannelSize::Share(total) => {
+                let extra = usize::from(shares < total % parts);
+                shares += 1;
+                total / parts + extra
+            }
+        })
+        .collect()
 }
 
 /// A pipeline ready to run: every stage is wired, none has started.
@@ -50,9 +103,14 @@ pub struct PipelineStart {
 }
 
 /// A pipeline under construction whose last stage emits items of type `T`.
+///
+/// Channels are created when the sink is given: only then is their number known, which a
+/// total budget ([`PipelineStart::buffer_total`]) is split by.
 pub struct PipelineBuilder<T> {
     settings: Settings,
-    stages: Vec<StageTask>,
+    channels: Vec<ChannelSize>,
+    /// The source's read-ahead queue and its index among `channels`.
+    read_ahead: Option<(CapacityHandle, usize)>,
     pending: Pending<T>,
 }
 
@@ -60,7 +118,7 @@ impl Pipeline {
     pub fn builder() -> PipelineStart {
         PipelineStart {
             settings: Settings {
-                buffer: DEFAULT_BUFFER,
+                buffer: Buffer::Each(DEFAULT_BUFFER),
                 budget: None,
                 cancel: CancellationToken::new(),
                 reserved: 0,
@@ -73,7 +131,8 @@ impl Pipeline {
         self.stages.iter().map(|s| Arc::clone(&s.stats)).collect()
     }
 
-    /// The bytes this pipeline's channels may hold together.
+    /// The bytes this pipeline's channels (and its source's read-ahead queue) may hold
+    /// together; each stage may hold one more item in flight besides.
     pub fn buffer_bytes(&self) -> usize {
         self.settings.reserved
     }
@@ -198,7 +257,15 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 impl PipelineStart {
     /// The byte budget of each channel created from here on (default 64 KiB).
     pub fn buffer(mut self, bytes: usize) -> Self {
-        self.settings.buffer = bytes;
+        self.settings.buffer = Buffer::Each(bytes);
+        self
+    }
+
+    /// One byte budget for all the channels, and for the source's read-ahead queue if it
+    /// has one: split evenly between them when the sink is given (a later
+    /// [`PipelineBuilder::buffer`] takes the channels after it out of the split).
+    pub fn buffer_total(mut self, bytes: usize) -> Self {
+        self.settings.buffer = Buffer::Total(bytes);
         self
     }
 
@@ -220,11 +287,17 @@ impl PipelineStart {
         name: impl Into<String>,
         mut source: S,
     ) -> PipelineBuilder<S::Item> {
-        let stats = Arc::new(StageStats::new(name.into(), StageKind::Source, None));
-        let pending: Pending<S::Item> = Box::new(move |mut tx: Sender<S::Item>| {
+        let name = name.into();
+        let mut channels = Vec::new();
+        let read_ahead = source.read_ahead().map(|handle| {
+            channels.push(size_of(self.settings.buffer));
+            (handle, 0)
+        });
+        let pending: Pending<S::Item> = Box::new(move |mut tx: Sender<S::Item>, w: &mut Wiring| {
+            let stats = Arc::new(StageStats::new(name, StageKind::Source, None));
             let s = Arc::clone(&stats);
-            StageTask {
-                index: 0,
+            w.stages.push(StageTask {
+                index: w.stages.len(),
                 stats,
                 future: Box::pin(async move {
                     while let Some(item) = source.next().await? {
@@ -232,52 +305,59 @@ impl PipelineStart {
                     }
                     Ok(())
                 }),
-            }
+            });
         });
         PipelineBuilder {
             settings: self.settings,
-            stages: Vec::new(),
+            channels,
+            read_ahead,
             pending,
         }
+    }
+}
+
+fn size_of(buffer: Buffer) -> ChannelSize {
+    match buffer {
+        Buffer::Each(bytes) => ChannelSize::Fixed(bytes),
+        Buffer::Total(bytes) => ChannelSize::Share(bytes),
     }
 }
 
 impl<T: Weighted + Send + 'static> PipelineBuilder<T> {
     /// The byte budget of each channel created from here on.
     pub fn buffer(mut self, bytes: usize) -> Self {
-        self.settings.buffer = bytes;
+        self.settings.buffer = Buffer::Each(bytes);
         self
     }
 
-    /// Gives the pending stage its output channel; returns the channel's other end.
-    fn connect(self) -> (Settings, Vec<StageTask>, Receiver<T>) {
-        let PipelineBuilder {
-            mut settings,
-            mut stages,
-            pending,
-        } = self;
-        let gauge = settings.budget.as_ref().map(|(b, _)| b.buffered_gauge());
-        let (tx, rx) = channel_with_gauge(settings.buffer, gauge);
-        settings.reserved += settings.buffer;
-        stages.push(pending(tx));
-        (settings, stages, rx)
+    /// Adds the channel below the pending stage; returns its index.
+    fn connect(&mut self) -> usize {
+        self.channels.push(size_of(self.settings.buffer));
+        self.channels.len() - 1
     }
 
-    pub fn transform<X>(self, name: impl Into<String>, mut transform: X) -> PipelineBuilder<X::Out>
+    pub fn transform<X>(
+        mut self,
+        name: impl Into<String>,
+        mut transform: X,
+    ) -> PipelineBuilder<X::Out>
     where
         X: Transform<In = T>,
     {
-        let (settings, stages, mut rx) = self.connect();
-        let index = stages.len();
-        let stats = Arc::new(StageStats::new(
-            name.into(),
-            StageKind::Transform,
-            Some(rx.gauge()),
-        ));
-        let pending: Pending<X::Out> = Box::new(move |mut tx: Sender<X::Out>| {
+        let name = name.into();
+        let channel = self.connect();
+        let upstream = self.pending;
+        let pending: Pending<X::Out> = Box::new(move |mut tx: Sender<X::Out>, w: &mut Wiring| {
+            let (upstream_tx, mut rx) = w.channel::<T>(channel);
+            upstream(upstream_tx, w);
+            let stats = Arc::new(StageStats::new(
+                name,
+                StageKind::Transform,
+                Some(rx.gauge()),
+            ));
             let s = Arc::clone(&stats);
-            StageTask {
-                index,
+            w.stages.push(StageTask {
+                index: w.stages.len(),
                 stats,
                 future: Box::pin(async move {
                     while let Some(item) = recv_counted(&mut rx, &s).await {
@@ -285,29 +365,48 @@ impl<T: Weighted + Send + 'static> PipelineBuilder<T> {
                     }
                     transform.finish(&mut Emit::new(&mut tx, &s)).await
                 }),
-            }
+            });
         });
         PipelineBuilder {
-            settings,
-            stages,
+            settings: self.settings,
+            channels: self.channels,
+            read_ahead: self.read_ahead,
             pending,
         }
     }
 
-    pub fn sink<K>(self, name: impl Into<String>, mut sink: K) -> Pipeline
+    /// Adds the sink, then sizes and creates every channel: the pipeline is complete.
+    pub fn sink<K>(mut self, name: impl Into<String>, mut sink: K) -> Pipeline
     where
         K: Sink<Item = T>,
     {
-        let (settings, mut stages, mut rx) = self.connect();
-        let index = stages.len();
+        let channel = self.connect();
+        let PipelineBuilder {
+            mut settings,
+            channels,
+            read_ahead,
+            pending,
+        } = self;
+        let capacities = capacities(&channels);
+        settings.reserved = capacities.iter().sum();
+        if let Some((handle, index)) = &read_ahead {
+            handle.set(capacities[*index]);
+        }
+        let mut wiring = Wiring {
+            capacities,
+            gauge: settings.budget.as_ref().map(|(b, _)| b.buffered_gauge()),
+            stages: Vec::new(),
+        };
+        let (tx, mut rx) = wiring.channel::<T>(channel);
+        pending(tx, &mut wiring);
         let stats = Arc::new(StageStats::new(
             name.into(),
             StageKind::Sink,
             Some(rx.gauge()),
         ));
         let s = Arc::clone(&stats);
-        stages.push(StageTask {
-            index,
+        wiring.stages.push(StageTask {
+            index: wiring.stages.len(),
             stats,
             future: Box::pin(async move {
                 loop {
@@ -322,7 +421,10 @@ impl<T: Weighted + Send + 'static> PipelineBuilder<T> {
                 sink.finish().await
             }),
         });
-        Pipeline { stages, settings }
+        Pipeline {
+            stages: wiring.stages,
+            settings,
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
 
-use crate::channel::Sender;
+use crate::channel::{CapacityHandle, Sender};
 use crate::error::{BoxError, DownstreamClosed};
 use crate::stats::{StageStats, Wait};
 use crate::weight::Weighted;
@@ -16,6 +16,12 @@ pub trait Source: Send + 'static {
 
     /// The next item, or `None` at the end of the input.
     fn next(&mut self) -> impl Future<Output = Result<Option<Self::Item>, BoxError>> + Send;
+
+    /// The queue this source fills ahead of `next` on its own (a database cursor's thread,
+    /// say), if any: the pipeline counts it as one more channel and sizes it from its budget.
+    fn read_ahead(&self) -> Option<CapacityHandle> {
+        None
+    }
 }
 
 /// A stage in the middle: takes one item at a time and emits zero or more.
