@@ -49,6 +49,11 @@ pub struct ServeConfig {
     /// none = the console answers only loopback clients.
     #[serde(default)]
     pub admin_keys: Vec<String>,
+    /// PEM file of the certificate chain (leaf first) clients are served with over TLS,
+    /// HTTP/2 or HTTP/1.1 by ALPN; with `tls_key`, or neither for plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1, unencrypted).
+    pub tls_key: Option<PathBuf>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
     /// Long-running pipelines (Kafka -> transforms -> sink), run until SIGTERM or SIGINT.
@@ -510,6 +515,7 @@ impl ServeConfig {
                 bad + 1
             ));
         }
+        self.check_tls()?;
         if self.send_buffer < MIN_SEND_BUFFER {
             return Err(format!(
                 "send_buffer must be at least {} KiB",
@@ -547,6 +553,23 @@ impl ServeConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl ServeConfig {
+    /// `tls_cert` and `tls_key` come together; the files are read when the server is built.
+    fn check_tls(&self) -> Result<(), String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => Err(
+                "tls_cert is set without tls_key: TLS needs both the certificate and its key"
+                    .to_string(),
+            ),
+            (None, Some(_)) => Err(
+                "tls_key is set without tls_cert: TLS needs both the certificate and its key"
+                    .to_string(),
+            ),
+            _ => Ok(()),
+        }
     }
 }
 

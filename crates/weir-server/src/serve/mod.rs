@@ -17,6 +17,7 @@ mod socket_buffer;
 mod stall;
 pub mod stream_stats;
 pub mod tail;
+mod tls;
 pub mod topic;
 pub mod ws;
 

@@ -1,7 +1,14 @@
 //! The server: routes from the configuration, an accept loop with per-socket limits.
+//!
+//! With `tls_cert` and `tls_key`, each connection does its TLS handshake in its own task
+//! (within `header_timeout`), then is served as HTTP/2 or HTTP/1.1 as ALPN chose. Over
+//! HTTP/2 hyper pulls a response body only as the client's stream window and a small send
+//! buffer allow, so the window is each stream's budget on the client side.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,11 +16,14 @@ use axum::extract::{ConnectInfo, Request};
 use axum::routing::{get, post};
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::service::{service_fn, Service};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::util::Oneshot;
 use tower::ServiceExt as _;
 use weir_runtime::MemoryBudget;
 
@@ -30,10 +40,31 @@ use super::shutdown::Shutdown;
 use super::socket_buffer;
 use super::stall::{StallGuard, StallLimit};
 use super::tail;
+use super::tls;
 use super::topic;
 
 /// hyper's smallest allowed connection buffer (it panics below); also caps the request head.
 const WRITE_BUFFER: usize = 8 * 1024;
+
+/// Streams one HTTP/2 client connection may have open at once (RFC 9113 suggests no
+/// fewer than 100); the server-wide `max_streams` is enforced on top, with 503s.
+const H2_MAX_STREAMS: u32 = 100;
+
+/// Bytes hyper's HTTP/2 layer holds for one stream's response beyond the client's window:
+/// the body is polled again only once what it gave drops under this, as over HTTP/1.1.
+const H2_SEND_BUFFER: usize = WRITE_BUFFER;
+
+/// What one HTTP/2 request stream, and all of a connection's, may send before weir reads
+/// it: request bodies wait in these windows, in the heap.
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
+
+/// Largest HTTP/2 request head (decoded, RFC 9113's accounting).
+const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// Encrypted bytes rustls holds for a connection beyond the kernel's send queue: one
+/// whole TLS record.
+const TLS_SEND_BUFFER: usize = 16 * 1024 + 256;
 
 /// The most of the grace kept for streams' last words: they are ended this long before it
 /// is over, so that the server is gone within the grace.
@@ -46,12 +77,18 @@ pub struct Server {
     admission: Admission,
     exports: Vec<Arc<ExportRoute>>,
     registry: Registry,
+    tls: Option<TlsAcceptor>,
 }
 
 impl Server {
     /// Builds every route; fails on what the configuration file cannot say (a missing
     /// environment variable, say).
     pub fn new(config: ServeConfig) -> Result<Self, String> {
+        // First: an unusable certificate or key stops `weir serve` before anything starts.
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            _ => None,
+        };
         let admission = Admission::new(
             config.max_streams,
             MemoryBudget::new(config.memory_budget as usize),
@@ -136,7 +173,13 @@ impl Server {
             admission,
             exports,
             registry,
+            tls,
         })
+    }
+
+    /// Whether clients are served over TLS (`https://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     pub fn admission(&self) -> &Admission {
@@ -177,6 +220,13 @@ impl Server {
         http.timer(TokioTimer::new())
             .header_read_timeout(self.config.header_timeout)
             .max_buf_size(WRITE_BUFFER);
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_send_buf_size(H2_SEND_BUFFER)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .max_header_list_size(H2_MAX_HEADER_LIST);
         tokio::spawn(metrics::upkeep(shutdown.clone()));
         loop {
             let (tcp, peer) = tokio::select! {
@@ -199,29 +249,56 @@ impl Server {
             let limit = StallLimit::new(Duration::from_secs(60));
             let backlog = Backlog::default();
             let tcp = BoundedSendQueue::new(tcp, self.config.send_buffer, backlog.clone());
-            let io = TokioIo::new(StallGuard::new(tcp, limit.clone()));
-            let router = self.router.clone();
-            let request_stop = stop.clone();
-            let registry = self.registry.clone();
-            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                let extensions = req.extensions_mut();
-                extensions.insert(limit.clone());
-                extensions.insert(backlog.clone());
-                extensions.insert(request_stop.clone());
-                extensions.insert(registry.clone());
-                extensions.insert(ConnectInfo(peer));
-                router.clone().oneshot(req)
-            });
-            let conn = http.serve_connection(io, service).with_upgrades();
+            let io = StallGuard::new(tcp, limit.clone());
+            let mut per_connection = PerConnection {
+                router: self.router.clone(),
+                limit,
+                backlog: Some(backlog),
+                stop: stop.clone(),
+                registry: self.registry.clone(),
+                peer,
+            };
             let draining = shutdown.clone();
+            let Some(acceptor) = self.tls.clone() else {
+                let conn = http
+                    .serve_connection(TokioIo::new(io), per_connection.service())
+                    .with_upgrades();
+                connections.spawn(until_drained(conn, draining, |c| c.graceful_shutdown()));
+                continue;
+            };
+            let (http1, http2) = (http.clone(), h2.clone());
+            let handshake_timeout = self.config.header_timeout;
+            // The handshake in the connection's own task: a slow or silent client never
+            // holds up the accept loop.
             connections.spawn(async move {
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = draining.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
+                let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(io));
+                let mut tls = tokio::select! {
+                    _ = draining.cancelled() => return,
+                    done = handshake => match done {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake not done within header_timeout");
+                            return;
+                        }
+                    },
+                };
+                tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
+                if tls.get_ref().1.alpn_protocol() == Some(tls::H2) {
+                    // The connection's Backlog holds a body until its last chunk reached
+                    // the socket, one body per connection; HTTP/2's streams are paced by
+                    // their windows instead.
+                    per_connection.backlog = None;
+                    let conn = http2.serve_connection(TokioIo::new(tls), per_connection.service());
+                    until_drained(conn, draining, |c| c.graceful_shutdown()).await;
+                } else {
+                    let conn = http1
+                        .serve_connection(TokioIo::new(tls), per_connection.service())
+                        .with_upgrades();
+                    until_drained(conn, draining, |c| c.graceful_shutdown()).await;
                 }
             });
         }
@@ -255,12 +332,14 @@ impl Server {
     pub async fn start(self, listen: SocketAddr) -> io::Result<RunningServer> {
         let listener = self.bind(listen)?;
         let addr = listener.local_addr()?;
+        let tls = self.is_tls();
         let shutdown = CancellationToken::new();
         let admission = self.admission.clone();
         let exports = self.exports.clone();
         let task = tokio::spawn(self.serve(listener, shutdown.clone()));
         Ok(RunningServer {
             addr,
+            tls,
             shutdown,
             admission,
             exports,
@@ -269,9 +348,63 @@ impl Server {
     }
 }
 
+/// What every request of one connection carries in its extensions.
+struct PerConnection {
+    router: Router,
+    limit: StallLimit,
+    /// `None` on HTTP/2 connections.
+    backlog: Option<Backlog>,
+    stop: Shutdown,
+    registry: Registry,
+    peer: SocketAddr,
+}
+
+type RouterCall = Oneshot<Router, Request<Incoming>>;
+
+impl PerConnection {
+    fn service(
+        self,
+    ) -> impl Service<
+        Request<Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future = RouterCall,
+    > + Send {
+        service_fn(move |mut req: Request<Incoming>| {
+            let extensions = req.extensions_mut();
+            extensions.insert(self.limit.clone());
+            if let Some(backlog) = &self.backlog {
+                extensions.insert(backlog.clone());
+            }
+            extensions.insert(self.stop.clone());
+            extensions.insert(self.registry.clone());
+            extensions.insert(ConnectInfo(self.peer));
+            self.router.clone().oneshot(req)
+        })
+    }
+}
+
+/// Serves `conn` to its end; once `draining` is cancelled, lets it finish what it has
+/// (HTTP/2: GOAWAY) and takes no more requests.
+async fn until_drained<C: Future>(
+    conn: C,
+    draining: CancellationToken,
+    graceful_shutdown: impl FnOnce(Pin<&mut C>),
+) {
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = draining.cancelled() => {
+            graceful_shutdown(conn.as_mut());
+            let _ = conn.await;
+        }
+    }
+}
+
 /// A server serving in the background; stopped on drop.
 pub struct RunningServer {
     addr: SocketAddr,
+    tls: bool,
     shutdown: CancellationToken,
     admission: Admission,
     exports: Vec<Arc<ExportRoute>>,
@@ -284,7 +417,8 @@ impl RunningServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.addr, path)
     }
 
     pub fn admission(&self) -> &Admission {

@@ -45,6 +45,8 @@ const EXAMPLE: &str = r#"CONFIGURATION (weir.toml):
   shutdown_grace = "10s"         # after SIGTERM/SIGINT: streams finish and pipelines commit within it
   listen_backlog = 4096          # connects queued before accept (capped by net.core.somaxconn)
   admin_keys = ["admin-1"]       # the console: /_weir/, weir top; none = loopback clients only
+  # tls_cert = "cert.pem"        # https:// (HTTP/2 or HTTP/1.1 by ALPN): PEM chain, leaf first
+  # tls_key = "key.pem"          # its PEM private key; both or neither
 
   [[route]]
   kind = "llm_proxy"
@@ -149,7 +151,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
             let listener = server
                 .bind(listen)
                 .map_err(|e| Failure::Pipeline(format!("cannot listen on {listen}: {e}")))?;
-            tracing::info!("listening on http://{listen}");
+            let scheme = if server.is_tls() { "https" } else { "http" };
+            tracing::info!("listening on {scheme}://{listen}");
             Some(tokio::spawn(server.serve(listener, shutdown.clone())))
         }
         None => None,
