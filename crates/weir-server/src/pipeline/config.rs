@@ -128,8 +128,8 @@ pub fn option_pairs(options: &BTreeMap<String, OptionValue>) -> Vec<(String, Str
 /// How a pipeline's `memory_budget` is shared out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetPlan {
-    /// Each channel between two stages.
-    pub channel: u64,
+    /// All the channels between stages together (the runtime splits it between them).
+    pub channels: u64,
     /// The Kafka consumer's prefetch queue, and one fetch.
     pub consumer_queue: u64,
     pub consumer_fetch: u64,
@@ -147,9 +147,8 @@ impl PipelineConfig {
     /// bookkeeping and the runtime's own.
     pub fn plan(&self) -> BudgetPlan {
         let b = self.memory_budget;
-        let channels = self.transforms.len() as u64 + 1;
         BudgetPlan {
-            channel: b / 4 / channels,
+            channels: b / 4,
             consumer_queue: b / 4,
             consumer_fetch: b / 8,
             producer_queue: b / 4,
@@ -229,10 +228,10 @@ impl PipelineConfig {
                 if !matches!(uri.scheme_str(), Some("http" | "https")) {
                     return fail(format!("sink: url `{url}` must be http:// or https://"));
                 }
-                if *batch_bytes == 0 || *batch_bytes > plan.channel.max(1 << 20) {
+                if *batch_bytes == 0 || *batch_bytes > plan.channels.max(1 << 20) {
                     return fail(format!(
                         "sink: batch_bytes must be from 1 to {} bytes",
-                        plan.channel.max(1 << 20)
+                        plan.channels.max(1 << 20)
                     ));
                 }
             }
@@ -289,7 +288,7 @@ topic = "out"
         assert_eq!(c.listen_addr(), None);
         let p = &c.pipelines[0];
         let plan = p.plan();
-        assert_eq!(plan.channel, 2 << 20, "a quarter over two channels");
+        assert_eq!(plan.channels, 4 << 20, "a quarter for the channels");
         assert_eq!(plan.consumer_fetch, 2 << 20);
         assert_eq!(p.max_item(), 1 << 20);
     }

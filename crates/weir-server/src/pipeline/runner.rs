@@ -187,7 +187,7 @@ pub async fn run(
     let SourceConfig::Kafka { topics, .. } = &config.source;
     let hard_stop = CancellationToken::new();
     let mut builder = Pipeline::builder()
-        .buffer(config.plan().channel as usize)
+        .buffer_total(config.plan().channels as usize)
         .cancel_token(&hard_stop)
         .source(format!("kafka:{}", topics.join(",")), source);
     for (name, spec) in config

@@ -23,10 +23,6 @@ use crate::serve::send_queue::Backlog;
 use crate::serve::shutdown::Shutdown;
 use crate::serve::stall::StallLimit;
 
-/// Byte-budgeted buffers of one export (cursor, text, compressed, and a share kept for
-/// the cursor's own channel): the route's `buffer` is split evenly between them.
-const BUFFERS: usize = 4;
-
 /// The axum handler of a `sql_export` route.
 pub async fn handle(State(route): State<Arc<ExportRoute>>, request: Request) -> Response {
     let response = start(&route, request).await;
@@ -74,12 +70,14 @@ async fn start(route: &Arc<ExportRoute>, request: Request) -> Response {
             return busy(&refusal.to_string())
         }
     };
-    let share = (buffer / BUFFERS).max(1);
-    let source = match route.start(params, share).await {
+    let source = match route.start(params).await {
         Ok(s) => s,
         Err(e) => return sql_error(&route.config.path, e),
     };
-    let rows = Pipeline::builder().buffer(share).source("cursor", source);
+    // The runtime splits the route's `buffer` over the channels and the cursor's read-ahead.
+    let rows = Pipeline::builder()
+        .buffer_total(buffer)
+        .source("cursor", source);
     let text = match format {
         ExportFormat::Csv => rows.transform("csv", CsvEncoder::new()),
         ExportFormat::Ndjson => rows.transform("ndjson", NdjsonEncoder::new()),

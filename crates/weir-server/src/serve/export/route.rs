@@ -7,6 +7,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::NoTls;
+use weir_runtime::channel::CapacityHandle;
 use weir_runtime::{error_chain, BoxError, Source};
 use weir_stages::sources::sql::{
     CursorSettings, FetchCounter, NamedQuery, Placeholder, PostgresSource, RowBatch, SqlError,
@@ -120,14 +121,11 @@ impl ExportRoute {
     }
 
     /// Gets a connection, starts the query and waits for its first batch.
-    pub(super) async fn start(
-        &self,
-        params: Vec<String>,
-        buffer: usize,
-    ) -> Result<RowSource, SqlError> {
+    pub(super) async fn start(&self, params: Vec<String>) -> Result<RowSource, SqlError> {
         let settings = CursorSettings {
             batch_rows: self.config.batch_rows,
-            buffer,
+            // One batch at a time until the pipeline gives the cursor its share of `buffer`.
+            buffer: 0,
         };
         let fetched = Arc::clone(&self.fetched);
         match &self.database {
@@ -163,6 +161,13 @@ impl Source for RowSource {
         match self {
             RowSource::Sqlite(s) => s.next().await,
             RowSource::Postgres(s) => s.next().await,
+        }
+    }
+
+    fn read_ahead(&self) -> Option<CapacityHandle> {
+        match self {
+            RowSource::Sqlite(s) => s.read_ahead(),
+            RowSource::Postgres(s) => s.read_ahead(),
         }
     }
 }

@@ -33,7 +33,8 @@ pub enum SqlError {
 pub struct CursorSettings {
     /// Rows per batch.
     pub batch_rows: usize,
-    /// Bytes of batches that may wait for the encoder.
+    /// Bytes of batches that may wait for the encoder, until a pipeline sizes this queue
+    /// from its own budget ([`weir_runtime::Source::read_ahead`]).
     pub buffer: usize,
 }
 

@@ -3,8 +3,9 @@
 //! # Backpressure
 //!
 //! The thread sends each full batch over a [`channel`] whose capacity is the export's
-//! buffer; while the channel is full it waits, and does not step the statement. So at
-//! most `buffer` bytes of rows (plus the batch being filled) exist ahead of the encoder.
+//! buffer (a pipeline sets it to a share of its budget: [`Source::read_ahead`]); while the
+//! channel is full it waits, and does not step the statement. So at most `buffer` bytes of
+//! rows (plus the batch being filled) exist ahead of the encoder.
 //!
 //! # Cancel safety
 //!
@@ -21,7 +22,7 @@ use std::time::Duration;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use weir_runtime::channel::{channel, Receiver, Sender};
+use weir_runtime::channel::{channel, CapacityHandle, Receiver, Sender};
 use weir_runtime::{BoxError, Source};
 
 use super::rows::{push_timestamp, Columns, RowBatch, Value};
@@ -206,6 +207,10 @@ impl Source for SqliteSource {
             return Ok(Some(first));
         }
         Ok(self.fetch().await?)
+    }
+
+    fn read_ahead(&self) -> Option<CapacityHandle> {
+        Some(self.rows.capacity_handle())
     }
 }
 
