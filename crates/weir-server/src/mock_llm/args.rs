@@ -15,7 +15,10 @@ Endpoints:
   POST|GET /v1/messages          Anthropic Messages: with \"stream\": true, message_start .. message_stop
                                  events; otherwise one message JSON
   GET /stats                     JSON counters: streams started, finished, aborted (client gone), reset,
-                                 open; tokens and bytes sent; PII planted; time blocked on slow readers
+                                 open; tokens and bytes sent; PII planted; time blocked on slow readers;
+                                 connections accepted and open
+HTTP/1.1 and HTTP/2 in plain text (h2c, prior knowledge) on the same port. Over HTTP/2 each stream is
+sent as its window allows, and fault=reset resets the whole connection.
 A GET streams unless ?stream=false; a POST streams when its body says \"stream\": true. A request's
 max_tokens (or max_completion_tokens) caps the tokens, ending with finish_reason length / max_tokens.
 
@@ -85,6 +88,10 @@ pub struct MockLlmArgs {
     /// Model name reported when a request names none.
     #[arg(long, default_value = "mock-llm")]
     pub model: String,
+    /// Streams one HTTP/2 connection may carry at once (h2c by prior knowledge is served on
+    /// the same port as HTTP/1.1).
+    #[arg(long, default_value_t = super::config::DEFAULT_HTTP2_MAX_STREAMS)]
+    pub http2_max_streams: u32,
 }
 
 impl MockLlmArgs {
@@ -109,6 +116,7 @@ impl MockLlmArgs {
             listen: self.listen,
             knobs,
             model: self.model.clone(),
+            http2_max_streams: self.http2_max_streams,
         })
     }
 }

@@ -10,7 +10,8 @@ use axum::response::{Json, Response};
 use axum::routing::get;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -40,13 +41,17 @@ impl MockLlm {
             .with_state(self.clone())
     }
 
-    /// Serves HTTP/1.1 on `listener` until the shutdown token is cancelled; then stops
+    /// Serves HTTP/1.1 and h2c on `listener` until the shutdown token is cancelled; then stops
     /// accepting, ends every open stream with an error, and waits up to [`SHUTDOWN_GRACE`]
     /// for the connections to close.
     pub async fn serve(self, listener: TcpListener) -> io::Result<()> {
         let router = self.router();
         let shutdown = self.shutdown_token();
         let graceful = GracefulShutdown::new();
+        // HTTP/1.1, and HTTP/2 when a connection opens with its preface (h2c).
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http2()
+            .max_concurrent_streams(self.config().http2_max_streams);
         loop {
             let tcp = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -67,10 +72,12 @@ impl MockLlm {
                 req.extensions_mut().insert(switch.clone());
                 router.clone().oneshot(req)
             });
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
-            let conn = graceful.watch(conn);
+            let conn = http.serve_connection(io, service);
+            let conn = graceful.watch(conn.into_owned());
+            let open = self.counters().connection();
             tokio::spawn(async move {
                 let _ = conn.await;
+                drop(open);
             });
         }
         drop(listener);

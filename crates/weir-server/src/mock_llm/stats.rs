@@ -33,6 +33,11 @@ pub struct MockStats {
     /// Total time a stream had a frame ready and its body was not polled (the writer waiting
     /// on a slow reader), summed over streams, ongoing waits included.
     pub time_blocked_ms: f64,
+    /// Connections accepted, and open now (HTTP/1.1 and HTTP/2 alike).
+    #[serde(default)]
+    pub connections_accepted: u64,
+    #[serde(default)]
+    pub connections_open: u64,
 }
 
 impl MockStats {
@@ -57,6 +62,8 @@ pub(crate) struct Counters {
     bytes: AtomicU64,
     pii: AtomicU64,
     blocked: Mutex<BlockedClock>,
+    connections_accepted: AtomicU64,
+    connections_open: AtomicU64,
 }
 
 /// Time blocked, summed; the ongoing waits kept as a count and a sum of start times so a
@@ -84,6 +91,8 @@ impl Counters {
             bytes: AtomicU64::new(0),
             pii: AtomicU64::new(0),
             blocked: Mutex::new(BlockedClock::default()),
+            connections_accepted: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
         }
     }
 
@@ -93,6 +102,13 @@ impl Counters {
 
     pub(crate) fn request(&self) {
         self.requests.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a connection open until the guard is dropped.
+    pub(crate) fn connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections_accepted.fetch_add(1, Relaxed);
+        self.connections_open.fetch_add(1, Relaxed);
+        ConnectionGuard(Arc::clone(self))
     }
 
     pub(crate) fn fault(&self) {
@@ -118,7 +134,18 @@ impl Counters {
             bytes_sent: self.bytes.load(Relaxed),
             pii_planted: self.pii.load(Relaxed),
             time_blocked_ms: blocked_ns as f64 / 1e6,
+            connections_accepted: self.connections_accepted.load(Relaxed),
+            connections_open: self.connections_open.load(Relaxed),
         }
+    }
+}
+
+/// One open connection's share of the counters.
+pub(crate) struct ConnectionGuard(Arc<Counters>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Relaxed);
     }
 }
 

@@ -123,10 +123,18 @@ pub struct LlmProxyRoute {
     /// Bytes of one stream's buffers, reserved from `memory_budget` when it starts.
     #[serde(default = "defaults::stream_buffer", deserialize_with = "size")]
     pub buffer: u64,
-    /// Kernel receive buffer of the upstream socket (SO_RCVBUF, bookkeeping included): what
-    /// a paused upstream can park in our kernel.
+    /// What a paused upstream can park for one stream: over HTTP/1.1 the upstream socket's
+    /// kernel receive buffer (SO_RCVBUF, bookkeeping included); over HTTP/2 the stream's
+    /// flow-control window, held in weir's heap and reserved from `memory_budget` with `buffer`.
     #[serde(default = "defaults::socket_buffer", deserialize_with = "size")]
     pub receive_buffer: u64,
+    /// `"prior_knowledge"`: speak HTTP/2 in plain text (h2c) to an `http://` upstream.
+    /// `https://` upstreams are offered HTTP/2 by ALPN without it.
+    pub upstream_http2: Option<Http2Mode>,
+    /// HTTP/2 connections per upstream that streams are spread over; more are opened only
+    /// when every one has as many streams as the upstream allows.
+    #[serde(default = "defaults::upstream_connections")]
+    pub upstream_connections: usize,
     #[serde(default = "defaults::connect_timeout", deserialize_with = "duration")]
     pub connect_timeout: Duration,
     /// Until the upstream's response headers.
@@ -153,6 +161,14 @@ pub struct LlmProxyRoute {
     /// Web origins (`scheme://host[:port]`, or `*`) whose pages may call this route; empty = no CORS.
     #[serde(default)]
     pub cors_origins: Vec<String>,
+}
+
+/// How an `http://` upstream is spoken to over HTTP/2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Http2Mode {
+    /// HTTP/2 from the first byte, without an upgrade (RFC 9113 §3.3).
+    PriorKnowledge,
 }
 
 /// `kind = "file_tail"`: a file's lines as they are written (SSE or NDJSON), as `tail -F`.
@@ -374,6 +390,9 @@ mod defaults {
     }
     pub fn max_request_body() -> u64 {
         1 << 20
+    }
+    pub fn upstream_connections() -> usize {
+        4
     }
     pub fn stream_buffer() -> u64 {
         64 << 10
@@ -649,9 +668,30 @@ impl LlmProxyRoute {
         if self.buffer == 0 {
             return Err(format!("{at}: buffer must be at least 1 byte"));
         }
+        if self.upstream_http2.is_some() && uri.scheme_str() == Some("https") {
+            return Err(format!(
+                "{at}: upstream_http2 = \"prior_knowledge\" is for http:// upstreams; \
+                 https:// ones are offered HTTP/2 by ALPN"
+            ));
+        }
+        if !(1..=MAX_UPSTREAM_CONNECTIONS).contains(&self.upstream_connections) {
+            return Err(format!(
+                "{at}: upstream_connections must be 1 to {MAX_UPSTREAM_CONNECTIONS}"
+            ));
+        }
+        if self.receive_buffer > u64::from(MAX_H2_WINDOW) {
+            return Err(format!(
+                "{at}: receive_buffer must be at most {MAX_H2_WINDOW} bytes (HTTP/2's largest window)"
+            ));
+        }
         Ok(())
     }
 }
+
+/// Most HTTP/2 connections a route keeps to its upstream in the normal case.
+const MAX_UPSTREAM_CONNECTIONS: usize = 1024;
+/// HTTP/2's largest flow-control window (RFC 9113 §6.9.1).
+pub(crate) const MAX_H2_WINDOW: u32 = (1 << 31) - 1;
 
 /// The query-string key that picks the format; no parameter may take it.
 pub const FORMAT_KEY: &str = "format";
@@ -738,6 +778,30 @@ redact = ["email", "phone", "card", "iban", "ipv4", "secret"]
             };
             assert_eq!(r.upstream_ca.as_deref(), ca.map(Path::new));
         }
+    }
+
+    #[test]
+    fn http2_upstreams_are_checked() {
+        let h2c = format!("{EXAMPLE}upstream_http2 = \"prior_knowledge\"\n");
+        let c = ServeConfig::parse(&h2c).unwrap();
+        let RouteConfig::LlmProxy(r) = &c.routes[0] else {
+            panic!("not an llm_proxy route");
+        };
+        assert_eq!(
+            (r.upstream_http2, r.upstream_connections),
+            (Some(Http2Mode::PriorKnowledge), 4)
+        );
+        let err = ServeConfig::parse(&h2c.replace("http://127", "https://127")).unwrap_err();
+        assert!(err.contains("for http:// upstreams"), "{err}");
+        let err = ServeConfig::parse(&format!("{h2c}upstream_connections = 0\n")).unwrap_err();
+        assert!(err.contains("upstream_connections must be 1 to"), "{err}");
+        let err = ServeConfig::parse(&format!("{h2c}receive_buffer = \"4GiB\"\n")).unwrap_err();
+        assert!(err.contains("HTTP/2's largest window"), "{err}");
+        let err = ServeConfig::parse(
+            &EXAMPLE.replace("secret\"]", "secret\"]\nupstream_http2 = \"yes\""),
+        )
+        .unwrap_err();
+        assert!(err.contains("prior_knowledge"), "{err}");
     }
 
     #[test]

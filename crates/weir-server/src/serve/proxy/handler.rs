@@ -87,13 +87,8 @@ impl ProxyRoute {
                 Some(value)
             }
         };
-        let upstream = Upstream::new(
-            &upstream,
-            config.receive_buffer,
-            config.connect_timeout,
-            config.upstream_ca.as_deref(),
-        )
-        .map_err(|e| format!("route {}: {e}", config.path))?;
+        let upstream =
+            Upstream::new(&upstream, &config).map_err(|e| format!("route {}: {e}", config.path))?;
         Ok(ProxyRoute {
             upstream,
             upstream_key,
@@ -177,7 +172,14 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
     if let Err(e) = request_body::check_json_object(&body) {
         return route.refuse_body(stats, e);
     }
-    let ticket = match route.admission.try_admit(route.config.buffer as usize) {
+    // Over HTTP/2 a paused stream's window waits in our heap, not in a socket's kernel buffer.
+    let window = if route.upstream.speaks_http2() {
+        route.config.receive_buffer
+    } else {
+        0
+    };
+    let reserved = usize::try_from(route.config.buffer + window).unwrap_or(usize::MAX);
+    let ticket = match route.admission.try_admit(reserved) {
         Ok(t) => t,
         Err(refusal) => {
             let reason = match refusal {
@@ -246,7 +248,12 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
                     "upstream_malformed",
                     "the upstream's response is not valid HTTP".into(),
                 ),
-                SendError::Connect { .. } | SendError::Io(_) => (
+                SendError::Protocol(_) => (
+                    "upstream_protocol",
+                    "the upstream does not speak HTTP/2 (upstream_http2 = \"prior_knowledge\")"
+                        .into(),
+                ),
+                SendError::Connect { .. } | SendError::Io(_) | SendError::Stream(_) => (
                     "upstream_unreachable",
                     "the upstream cannot be reached".into(),
                 ),

@@ -21,6 +21,16 @@ pub enum Io {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+impl Io {
+    /// Whether the TLS handshake chose HTTP/2 (ALPN `h2`).
+    pub fn negotiated_http2(&self) -> bool {
+        match self {
+            Io::Plain(_) => false,
+            Io::Tls(s) => s.get_ref().1.alpn_protocol() == Some(b"h2"),
+        }
+    }
+}
+
 impl AsyncRead for Io {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -1,18 +1,22 @@
-//! The HTTP/1.1 client to the upstream API, driven by the stream that reads it.
+//! The client to the upstream API, driven by the stream that reads it.
 //!
-//! A response body is read inside the client's stream (no connection task between the
-//! two, so a token crosses no extra task) into a buffer on the stack of the read: a
-//! stream waiting on its client holds no read buffer at all. Sockets receive at most
-//! `receive_buffer` bytes into the kernel, so a paused upstream parks a known amount.
+//! Over HTTP/1.1 (one connection per stream), a response body is read inside the client's
+//! stream (no connection task between the two, so a token crosses no extra task) into a
+//! buffer on the stack of the read: a stream waiting on its client holds no read buffer at
+//! all. Sockets receive at most `receive_buffer` bytes into the kernel, so a paused upstream
+//! parks a known amount. Over HTTP/2 (h2c by prior knowledge, or ALPN on `https://`),
+//! streams share a few connections and `receive_buffer` is each stream's window.
 
 mod conn;
 mod http1;
+mod http2;
 mod tls;
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -25,15 +29,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpSocket;
 use tokio_rustls::TlsConnector;
 
+use crate::serve::config::{Http2Mode, LlmProxyRoute};
 use crate::serve::socket_buffer;
 use conn::{Io, Pool};
 use http1::{BodyDecoder, Http1Error, MAX_HEAD};
+use http2::{Http2Body, Http2Pool, RequestHead};
 pub use tls::tls_failure;
 
 /// Bytes taken from the socket per read, on the reader's stack. A streamed read becomes one
 /// chunk of the response, and hyper takes the next chunk while less than 8 KiB wait in its
 /// write buffer: a slow client's connection holds up to 8 KiB plus one read in the heap.
-const READ_SIZE: usize = 4 * 1024;
+pub(super) const READ_SIZE: usize = 4 * 1024;
 /// Steps in which the buffer of a response head grows: most heads fit in the first.
 const HEAD_READ: usize = 2048;
 
@@ -54,6 +60,12 @@ pub enum SendError {
     Io(#[from] io::Error),
     #[error("upstream sent a malformed response: {0}")]
     Malformed(Http1Error),
+    /// HTTP/2 was expected and did not happen (the upstream speaks another protocol).
+    #[error("HTTP/2 with the upstream failed: {0}")]
+    Protocol(String),
+    /// An HTTP/2 stream failed on a connection that had worked.
+    #[error("upstream HTTP/2 stream failed: {0}")]
+    Stream(String),
 }
 
 impl BodyError {
@@ -61,6 +73,11 @@ impl BodyError {
     pub fn client_message(&self) -> String {
         match self {
             BodyError::Io(_) => "the upstream connection failed mid-stream".to_string(),
+            BodyError::Http2(e) if e.is_go_away() => {
+                "the upstream closed its connection mid-stream (GOAWAY)".to_string()
+            }
+            BodyError::Http2(e) if e.is_reset() => "the upstream reset the stream".to_string(),
+            BodyError::Http2(_) => "the upstream connection failed mid-stream".to_string(),
             other => other.to_string(),
         }
     }
@@ -77,6 +94,8 @@ pub enum BodyError {
     Malformed(Http1Error),
     #[error("upstream response over {0} bytes")]
     TooLarge(u64),
+    #[error("upstream HTTP/2 stream failed: {0}")]
+    Http2(h2::Error),
 }
 
 /// One route's upstream: where it is, how to reach it, and its idle connections.
@@ -87,10 +106,21 @@ pub struct Upstream {
     authority: String,
     path: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// SO_RCVBUF of HTTP/1.1 sockets.
     receive_buffer: u32,
     connect_timeout: Duration,
     pool: Arc<Pool>,
+    /// The upstream's URL as an HTTP/2 request gives it (scheme and authority included).
+    uri: String,
+    http2: Http2Pool,
+    /// Which protocol the upstream speaks: known from the configuration, or from ALPN on
+    /// the first `https://` connection.
+    protocol: AtomicU8,
 }
+
+const PROTOCOL_UNKNOWN: u8 = 0;
+const PROTOCOL_HTTP1: u8 = 1;
+const PROTOCOL_HTTP2: u8 = 2;
 
 pub struct UpstreamResponse {
     pub status: u16,
@@ -99,13 +129,9 @@ pub struct UpstreamResponse {
 }
 
 impl Upstream {
-    /// `https://` upstreams are verified against Mozilla's roots plus those of `extra_roots`.
-    pub fn new(
-        uri: &Uri,
-        receive_buffer: u64,
-        connect_timeout: Duration,
-        extra_roots: Option<&std::path::Path>,
-    ) -> Result<Self, String> {
+    /// `https://` upstreams are verified against Mozilla's roots plus those of `upstream_ca`,
+    /// and offered HTTP/2 and HTTP/1.1 by ALPN.
+    pub fn new(uri: &Uri, route: &LlmProxyRoute) -> Result<Self, String> {
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -123,22 +149,37 @@ impl Upstream {
         let tls = if https {
             let name =
                 ServerName::try_from(host.clone()).map_err(|e| format!("upstream `{uri}`: {e}"))?;
-            let config = tls::tls_config(extra_roots)?;
+            let mut config = tls::tls_config(route.upstream_ca.as_deref())?;
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             Some((TlsConnector::from(Arc::new(config)), name))
         } else {
             None
         };
+        let protocol = match (https, route.upstream_http2) {
+            (false, Some(Http2Mode::PriorKnowledge)) => PROTOCOL_HTTP2,
+            (false, None) => PROTOCOL_HTTP1,
+            (true, _) => PROTOCOL_UNKNOWN,
+        };
+        let window = u32::try_from(route.receive_buffer).unwrap_or(u32::MAX);
         Ok(Upstream {
             host,
             port,
             authority: authority.as_str().to_string(),
             path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
             tls,
-            receive_buffer: u32::try_from(socket_buffer::request_for(receive_buffer))
+            receive_buffer: u32::try_from(socket_buffer::request_for(route.receive_buffer))
                 .unwrap_or(u32::MAX),
-            connect_timeout,
+            connect_timeout: route.connect_timeout,
             pool: Arc::default(),
+            uri: uri.to_string(),
+            http2: Http2Pool::new(route.upstream_connections, window),
+            protocol: AtomicU8::new(protocol),
         })
+    }
+
+    /// Whether streams go over HTTP/2 (as far as known yet).
+    pub fn speaks_http2(&self) -> bool {
+        self.protocol.load(Ordering::Acquire) == PROTOCOL_HTTP2
     }
 
     /// Sends a request and reads the response head; the body is left to the caller.
@@ -148,6 +189,29 @@ impl Upstream {
         headers: &[(&str, &[u8])],
         body: &[u8],
     ) -> Result<UpstreamResponse, SendError> {
+        if self.protocol.load(Ordering::Acquire) == PROTOCOL_UNKNOWN {
+            let io = self.connect(false).await?;
+            if io.negotiated_http2() {
+                self.protocol.store(PROTOCOL_HTTP2, Ordering::Release);
+                self.http2.adopt(io).await?;
+            } else {
+                self.protocol.store(PROTOCOL_HTTP1, Ordering::Release);
+                self.pool.put(io);
+            }
+        }
+        if self.speaks_http2() {
+            let head = RequestHead {
+                method,
+                uri: &self.uri,
+                headers,
+            };
+            let response = self.http2.send(head, body, || self.connect(true)).await?;
+            return Ok(UpstreamResponse {
+                status: response.status,
+                content_type: response.content_type,
+                body: BodyReader::Http2(response.body),
+            });
+        }
         let mut request =
             http1::request_head(method, &self.path, &self.authority, headers, body.len());
         request.extend_from_slice(body);
@@ -159,7 +223,7 @@ impl Upstream {
                 done => return done.map_err(|(e, _)| e),
             }
         }
-        let io = self.connect().await?;
+        let io = self.connect(false).await?;
         self.exchange(io, &request).await.map_err(|(e, _)| e)
     }
 
@@ -188,13 +252,13 @@ impl Upstream {
                     return Ok(UpstreamResponse {
                         status: head.status,
                         content_type: head.content_type,
-                        body: BodyReader {
+                        body: BodyReader::Http1(Http1Body {
                             io: Some(io),
                             decoder: BodyDecoder::new(head.framing),
                             leftover: buf[len..].to_vec(),
                             keep_alive: head.keep_alive,
                             pool: Arc::clone(&self.pool),
-                        },
+                        }),
                     });
                 }
                 continue;
@@ -209,7 +273,9 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self) -> Result<Io, SendError> {
+    /// A new connection; an HTTP/2 one keeps the kernel's receive buffer (all its streams
+    /// share it; each stream's window bounds what it holds).
+    async fn connect(&self, http2: bool) -> Result<Io, SendError> {
         let connect_error = |source| SendError::Connect {
             authority: self.authority.clone(),
             source,
@@ -220,7 +286,7 @@ impl Upstream {
             .collect();
         let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
         for addr in addrs {
-            match self.connect_to(addr).await {
+            match self.connect_to(addr, http2).await {
                 Ok(tcp) => return self.secure(tcp).await,
                 Err(e) => last = e,
             }
@@ -228,14 +294,16 @@ impl Upstream {
         Err(connect_error(last))
     }
 
-    async fn connect_to(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+    async fn connect_to(&self, addr: SocketAddr, http2: bool) -> io::Result<tokio::net::TcpStream> {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
             TcpSocket::new_v6()?
         };
-        // Before connect: the window offered in the handshake follows this size.
-        socket.set_recv_buffer_size(self.receive_buffer)?;
+        if !http2 {
+            // Before connect: the window offered in the handshake follows this size.
+            socket.set_recv_buffer_size(self.receive_buffer)?;
+        }
         socket.set_nodelay(true)?;
         match tokio::time::timeout(self.connect_timeout, socket.connect(addr)).await {
             Ok(connected) => connected,
@@ -271,9 +339,59 @@ fn closed_unused(e: &io::Error) -> bool {
     )
 }
 
-/// A response body, read only when asked to; its connection goes back to the pool when
-/// the body ends cleanly, and is closed if it is dropped before.
-pub struct BodyReader {
+/// A response body, read only when the client has taken what the last read gave.
+pub enum BodyReader {
+    Http1(Http1Body),
+    Http2(Http2Body),
+}
+
+impl BodyReader {
+    /// Reads once from the upstream, handing the body data in it to `data`; `true` when
+    /// the body has ended. Pending (having read nothing) while there is nothing to read.
+    pub fn poll_read_body(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: impl FnMut(&[u8]),
+    ) -> Poll<Result<bool, BodyError>> {
+        match self {
+            BodyReader::Http1(body) => body.poll_read_body(cx, data),
+            BodyReader::Http2(body) => body.poll_read_body(cx, data),
+        }
+    }
+
+    /// The body as a stream of chunks, one per read, failing past `limit` bytes.
+    pub fn into_stream(mut self, limit: u64) -> impl Stream<Item = Result<Bytes, BodyError>> {
+        let mut total = 0u64;
+        let mut ended = false;
+        futures::stream::poll_fn(move |cx| loop {
+            if ended {
+                return Poll::Ready(None);
+            }
+            let mut chunk = Vec::new();
+            match ready!(self.poll_read_body(cx, |d| chunk.extend_from_slice(d))) {
+                Err(e) => {
+                    ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Ok(done) => {
+                    ended = done;
+                    total += chunk.len() as u64;
+                    if total > limit {
+                        ended = true;
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
+                    }
+                    if !chunk.is_empty() {
+                        return Poll::Ready(Some(Ok(Bytes::from(chunk))));
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// An HTTP/1.1 response body; its connection goes back to the pool when the body ends
+/// cleanly, and is closed if it is dropped before.
+pub struct Http1Body {
     io: Option<Io>,
     decoder: BodyDecoder,
     /// Body bytes that came in with the head.
@@ -282,10 +400,8 @@ pub struct BodyReader {
     pool: Arc<Pool>,
 }
 
-impl BodyReader {
-    /// Reads once from the upstream, handing the body data in it to `data`; `true` when
-    /// the body has ended. Pending (having read nothing) while the socket has nothing.
-    pub fn poll_read_body(
+impl Http1Body {
+    fn poll_read_body(
         &mut self,
         cx: &mut Context<'_>,
         mut data: impl FnMut(&[u8]),
@@ -332,34 +448,5 @@ impl BodyReader {
             }
         }
         true
-    }
-
-    /// The body as a stream of chunks, one per read, failing past `limit` bytes.
-    pub fn into_stream(mut self, limit: u64) -> impl Stream<Item = Result<Bytes, BodyError>> {
-        let mut total = 0u64;
-        let mut ended = false;
-        futures::stream::poll_fn(move |cx| loop {
-            if ended {
-                return Poll::Ready(None);
-            }
-            let mut chunk = Vec::new();
-            match ready!(self.poll_read_body(cx, |d| chunk.extend_from_slice(d))) {
-                Err(e) => {
-                    ended = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Ok(done) => {
-                    ended = done;
-                    total += chunk.len() as u64;
-                    if total > limit {
-                        ended = true;
-                        return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
-                    }
-                    if !chunk.is_empty() {
-                        return Poll::Ready(Some(Ok(Bytes::from(chunk))));
-                    }
-                }
-            }
-        })
     }
 }
