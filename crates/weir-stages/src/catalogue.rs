@@ -12,7 +12,51 @@ use crate::transforms::{lines::Lines, pass::Pass, throttle::Throttle};
 use bytes::Bytes;
 use weir_runtime::{BoxError, Emit, Transform};
 
-use weir_runtime::size::{parse_buffer, parse_size};
+use weir_runtime::size::{parse_buffer, parse_size, SizeError};
+
+use crate::codec::gunzip::GunzipError;
+use crate::codec::gzip::GzipError;
+use crate::codec::redact::RedactConfigError;
+
+/// A transform written wrong, or one that could not be built; each names the stage.
+#[derive(Debug, thiserror::Error)]
+pub enum StageSpecError {
+    #[error("{stage}: `{pair}` is not key=value (options: {options})")]
+    NotKeyValue {
+        stage: String,
+        pair: String,
+        options: String,
+    },
+    #[error("{stage}: unknown option `{key}` (options: {options})")]
+    UnknownOption {
+        stage: String,
+        key: String,
+        options: String,
+    },
+    /// `at` is the stage, and the option when there is one (`gunzip: max`).
+    #[error("{at}: {error}")]
+    Size { at: String, error: SizeError },
+    #[error("stage `{stage}` takes no argument (got `{arg}`)")]
+    TakesNoArgument { stage: String, arg: String },
+    #[error("stage `throttle` needs a rate: throttle:RATE, e.g. throttle:1MB")]
+    NoRate,
+    #[error("throttle: the rate must be at least 1 byte/s")]
+    ZeroRate,
+    #[error("gzip: level `{0}` is not 0-9")]
+    GzipLevel(String),
+    #[error("gunzip: ratio `{0}` is not a positive integer")]
+    GunzipRatio(String),
+    #[error("`{0}` can only be the first stage (source) or the last (sink)")]
+    SourceOrSinkOnly(String),
+    #[error("unknown stage `{0}`; `weir run --help` lists the stages")]
+    UnknownStage(String),
+    #[error(transparent)]
+    Gzip(#[from] GzipError),
+    #[error(transparent)]
+    Gunzip(#[from] GunzipError),
+    #[error("redact: {0}")]
+    Redact(RedactConfigError),
+}
 
 /// The catalogue shown by `weir run --help`.
 pub const CATALOGUE: &str = r#"STAGES (written name[:argument]; the first is the source, the last the sink):
@@ -76,32 +120,37 @@ fn options<'a>(
     stage: &str,
     arg: Option<&'a str>,
     keys: &[&str],
-) -> Result<Vec<(&'a str, &'a str)>, String> {
+) -> Result<Vec<(&'a str, &'a str)>, StageSpecError> {
     let Some(arg) = arg else {
         return Ok(Vec::new());
     };
     arg.split(',')
         .map(|pair| {
-            let (k, v) = pair.split_once('=').ok_or_else(|| {
-                format!(
-                    "{stage}: `{pair}` is not key=value (options: {})",
-                    keys.join(", ")
-                )
-            })?;
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| StageSpecError::NotKeyValue {
+                    stage: stage.into(),
+                    pair: pair.into(),
+                    options: keys.join(", "),
+                })?;
             if keys.contains(&k) {
                 Ok((k, v))
             } else {
-                Err(format!(
-                    "{stage}: unknown option `{k}` (options: {})",
-                    keys.join(", ")
-                ))
+                Err(StageSpecError::UnknownOption {
+                    stage: stage.into(),
+                    key: k.into(),
+                    options: keys.join(", "),
+                })
             }
         })
         .collect()
 }
 
-fn size_option(stage: &str, key: &str, value: &str) -> Result<usize, String> {
-    parse_buffer(value).map_err(|e| format!("{stage}: {key}: {e}"))
+fn size_option(stage: &str, key: &str, value: &str) -> Result<usize, StageSpecError> {
+    parse_buffer(value).map_err(|error| StageSpecError::Size {
+        at: format!("{stage}: {key}"),
+        error,
+    })
 }
 
 /// `name:argument` as `(name, Some(argument))`.
@@ -112,25 +161,32 @@ pub fn split(spec: &str) -> (&str, Option<&str>) {
     }
 }
 
-pub fn parse_transform(spec: &str) -> Result<TransformSpec, String> {
+pub fn parse_transform(spec: &str) -> Result<TransformSpec, StageSpecError> {
     let (name, arg) = split(spec);
     let no_arg = |t: TransformSpec| match arg {
         None => Ok(t),
-        Some(a) => Err(format!("stage `{name}` takes no argument (got `{a}`)")),
+        Some(a) => Err(StageSpecError::TakesNoArgument {
+            stage: name.into(),
+            arg: a.into(),
+        }),
+    };
+    let size_error = |at: &str| {
+        let at = at.to_string();
+        move |error| StageSpecError::Size { at, error }
     };
     match name {
         "pass" => no_arg(TransformSpec::Pass),
         "lines" => Ok(TransformSpec::Lines {
             max_line: match arg {
-                Some(a) => parse_buffer(a).map_err(|e| format!("lines: {e}"))?,
+                Some(a) => parse_buffer(a).map_err(size_error("lines"))?,
                 None => crate::transforms::lines::DEFAULT_MAX_LINE,
             },
         }),
         "throttle" => {
-            let a = arg.ok_or("stage `throttle` needs a rate: throttle:RATE, e.g. throttle:1MB")?;
-            let rate = parse_size(a).map_err(|e| format!("throttle: {e}"))?;
+            let a = arg.ok_or(StageSpecError::NoRate)?;
+            let rate = parse_size(a).map_err(size_error("throttle"))?;
             if rate == 0 {
-                return Err("throttle: the rate must be at least 1 byte/s".to_string());
+                return Err(StageSpecError::ZeroRate);
             }
             Ok(TransformSpec::Throttle { rate })
         }
@@ -141,7 +197,7 @@ pub fn parse_transform(spec: &str) -> Result<TransformSpec, String> {
                     .parse()
                     .ok()
                     .filter(|l| *l <= 9)
-                    .ok_or_else(|| format!("gzip: level `{a}` is not 0-9"))?,
+                    .ok_or_else(|| StageSpecError::GzipLevel(a.into()))?,
             },
         }),
         "gunzip" => {
@@ -149,9 +205,11 @@ pub fn parse_transform(spec: &str) -> Result<TransformSpec, String> {
             for (k, v) in options(name, arg, &["ratio", "max"])? {
                 match k {
                     "ratio" => {
-                        limits.max_ratio = v.parse().ok().filter(|r| *r > 0).ok_or_else(|| {
-                            format!("gunzip: ratio `{v}` is not a positive integer")
-                        })?
+                        limits.max_ratio = v
+                            .parse()
+                            .ok()
+                            .filter(|r| *r > 0)
+                            .ok_or_else(|| StageSpecError::GunzipRatio(v.into()))?
                     }
                     _ => limits.max_output = Some(size_option(name, k, v)? as u64),
                 }
@@ -184,12 +242,8 @@ pub fn parse_transform(spec: &str) -> Result<TransformSpec, String> {
             }
             Ok(TransformSpec::SseEncode(limits))
         }
-        "file" | "-" => Err(format!(
-            "`{spec}` can only be the first stage (source) or the last (sink)"
-        )),
-        _ => Err(format!(
-            "unknown stage `{name}`; `weir run --help` lists the stages"
-        )),
+        "file" | "-" => Err(StageSpecError::SourceOrSinkOnly(spec.into())),
+        _ => Err(StageSpecError::UnknownStage(name.into())),
     }
 }
 
@@ -206,31 +260,25 @@ pub enum AnyTransform {
 }
 
 impl TransformSpec {
-    pub fn build(&self) -> Result<AnyTransform, String> {
+    pub fn build(&self) -> Result<AnyTransform, StageSpecError> {
         Ok(match self {
             TransformSpec::Pass => AnyTransform::Pass(Pass),
             TransformSpec::Lines { max_line } => AnyTransform::Lines(Lines::new(*max_line)),
             TransformSpec::Throttle { rate } => AnyTransform::Throttle(Throttle::new(*rate)),
             TransformSpec::SseDecode(limits) => AnyTransform::SseDecode(SseDecode::new(*limits)),
             TransformSpec::SseEncode(limits) => AnyTransform::SseEncode(SseEncode::new(*limits)),
-            TransformSpec::Gzip { level } => AnyTransform::Gzip(
-                Gzip::new(GzipConfig {
-                    level: *level,
-                    ..GzipConfig::default()
-                })
-                .map_err(|e| e.to_string())?,
-            ),
+            TransformSpec::Gzip { level } => AnyTransform::Gzip(Gzip::new(GzipConfig {
+                level: *level,
+                ..GzipConfig::default()
+            })?),
             TransformSpec::Redact { kinds } => {
                 let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
-                AnyTransform::Redact(Redact::new(&kinds, &[]).map_err(|e| format!("redact: {e}"))?)
+                AnyTransform::Redact(Redact::new(&kinds, &[]).map_err(StageSpecError::Redact)?)
             }
-            TransformSpec::Gunzip(limits) => AnyTransform::Gunzip(
-                Gunzip::new(GunzipConfig {
-                    limits: *limits,
-                    ..GunzipConfig::default()
-                })
-                .map_err(|e| e.to_string())?,
-            ),
+            TransformSpec::Gunzip(limits) => AnyTransform::Gunzip(Gunzip::new(GunzipConfig {
+                limits: *limits,
+                ..GunzipConfig::default()
+            })?),
         })
     }
 }
@@ -272,29 +320,29 @@ mod tests {
 
     #[test]
     fn transforms_parse_with_their_arguments() {
-        assert_eq!(parse_transform("pass"), Ok(TransformSpec::Pass));
+        assert_eq!(parse_transform("pass").unwrap(), (TransformSpec::Pass));
         assert_eq!(
-            parse_transform("lines:4KiB"),
-            Ok(TransformSpec::Lines { max_line: 4096 })
+            parse_transform("lines:4KiB").unwrap(),
+            (TransformSpec::Lines { max_line: 4096 })
         );
         assert_eq!(
-            parse_transform("throttle:2MB"),
-            Ok(TransformSpec::Throttle { rate: 2_000_000 })
+            parse_transform("throttle:2MB").unwrap(),
+            (TransformSpec::Throttle { rate: 2_000_000 })
         );
         assert_eq!(
-            parse_transform("gunzip:ratio=50,max=1MiB"),
-            Ok(TransformSpec::Gunzip(GunzipLimits {
+            parse_transform("gunzip:ratio=50,max=1MiB").unwrap(),
+            (TransformSpec::Gunzip(GunzipLimits {
                 max_ratio: 50,
                 max_output: Some(1 << 20)
             }))
         );
         assert_eq!(
-            parse_transform("gzip:1"),
-            Ok(TransformSpec::Gzip { level: 1 })
+            parse_transform("gzip:1").unwrap(),
+            (TransformSpec::Gzip { level: 1 })
         );
         assert_eq!(
-            parse_transform("sse-decode:max-line=1KiB,max-event=2KiB"),
-            Ok(TransformSpec::SseDecode(SseLimits {
+            parse_transform("sse-decode:max-line=1KiB,max-event=2KiB").unwrap(),
+            (TransformSpec::SseDecode(SseLimits {
                 max_line: 1024,
                 max_event: 2048
             }))
@@ -305,23 +353,35 @@ mod tests {
     fn mistakes_are_named() {
         assert!(parse_transform("gzipp")
             .unwrap_err()
+            .to_string()
             .contains("unknown stage `gzipp`"));
         assert!(parse_transform("pass:1")
             .unwrap_err()
+            .to_string()
             .contains("takes no argument"));
         assert!(parse_transform("throttle")
             .unwrap_err()
+            .to_string()
             .contains("needs a rate"));
-        assert!(parse_transform("file:x").unwrap_err().contains("source"));
+        assert!(parse_transform("file:x")
+            .unwrap_err()
+            .to_string()
+            .contains("source"));
         assert!(parse_transform("sse-decode:max-line")
             .unwrap_err()
+            .to_string()
             .contains("not key=value"));
         assert!(parse_transform("sse-decode:maxline=1")
             .unwrap_err()
+            .to_string()
             .contains("unknown option `maxline`"));
-        assert!(parse_transform("gzip:10").unwrap_err().contains("not 0-9"));
+        assert!(parse_transform("gzip:10")
+            .unwrap_err()
+            .to_string()
+            .contains("not 0-9"));
         assert!(parse_transform("gunzip:ratio=0")
             .unwrap_err()
+            .to_string()
             .contains("positive"));
     }
 }

@@ -5,10 +5,58 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use weir_stages::catalogue::{parse_transform, TransformSpec};
+use weir_stages::catalogue::{parse_transform, StageSpecError, TransformSpec};
+use weir_stages::kafka_client::OptionError;
 use weir_stages::record::LineFormat;
 
 use crate::serve::config::{duration, optional_size, size};
+
+/// A `[[pipeline]]` section that cannot run; `at` names the pipeline (`pipeline #1 (copy)`).
+#[derive(Debug, thiserror::Error)]
+#[error("{at}: {problem}")]
+pub struct PipelineConfigError {
+    pub at: String,
+    pub problem: ConfigProblem,
+}
+
+/// What is wrong in a `[[pipeline]]` section, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigProblem {
+    #[error("name must not be empty")]
+    EmptyName,
+    #[error("memory_budget must be at least {} MiB: an eighth of it is one fetch, which must hold a whole batch of messages (1 MB by default)", MIN_BUDGET >> 20)]
+    BudgetTooSmall,
+    #[error("transforms: `{spec}`: {error}")]
+    Transform { spec: String, error: StageSpecError },
+    #[error("max_item ({max_item} bytes) is over the {fetch} bytes of one fetch that memory_budget allows; raise memory_budget")]
+    MaxItemOverFetch { max_item: u64, fetch: u64 },
+    #[error("source: brokers, topics and group must not be empty")]
+    EmptySource,
+    #[error("source: {0}")]
+    SourceOption(OptionError),
+    #[error("sink: brokers and topic must not be empty")]
+    EmptyKafkaSink,
+    #[error("sink: {0}")]
+    SinkOption(OptionError),
+    #[error("sink: path must not be empty")]
+    EmptyPath,
+    #[error("sink: url `{url}`: {error}")]
+    BadUrl {
+        url: String,
+        error: hyper::http::uri::InvalidUri,
+    },
+    #[error("sink: url `{url}` must be http:// or https://")]
+    UrlScheme { url: String },
+    #[error("sink: batch_bytes must be from 1 to {max} bytes")]
+    BatchBytes { max: u64 },
+}
+
+/// `ServeConfig::parse` reports a configuration's mistakes as text.
+impl From<PipelineConfigError> for String {
+    fn from(e: PipelineConfigError) -> String {
+        e.to_string()
+    }
+}
 
 /// One `[[pipeline]]`: a source, transforms of `weir run`'s catalogue, a sink.
 #[derive(Debug, Clone, Deserialize)]
@@ -160,33 +208,40 @@ impl PipelineConfig {
             .unwrap_or_else(|| (1 << 20).min(self.plan().consumer_fetch))
     }
 
-    pub fn transform_specs(&self) -> Result<Vec<TransformSpec>, String> {
+    pub fn transform_specs(&self) -> Result<Vec<TransformSpec>, ConfigProblem> {
         self.transforms
             .iter()
-            .map(|t| parse_transform(t).map_err(|e| format!("transforms: `{t}`: {e}")))
+            .map(|t| {
+                parse_transform(t).map_err(|error| ConfigProblem::Transform {
+                    spec: t.clone(),
+                    error,
+                })
+            })
             .collect()
     }
 
     /// Checks what the file's types cannot; `at` names the pipeline in the message.
-    pub fn check(&self, at: &str) -> Result<(), String> {
-        let fail = |m: String| Err(format!("{at}: {m}"));
+    pub fn check(&self, at: &str) -> Result<(), PipelineConfigError> {
+        self.problem().map_err(|problem| PipelineConfigError {
+            at: at.to_string(),
+            problem,
+        })
+    }
+
+    fn problem(&self) -> Result<(), ConfigProblem> {
         if self.name.trim().is_empty() {
-            return fail("name must not be empty".into());
+            return Err(ConfigProblem::EmptyName);
         }
         if self.memory_budget < MIN_BUDGET {
-            return fail(format!(
-                "memory_budget must be at least {} MiB: an eighth of it is one fetch, which must hold a whole batch of messages (1 MB by default)",
-                MIN_BUDGET >> 20
-            ));
+            return Err(ConfigProblem::BudgetTooSmall);
         }
-        self.transform_specs().map_err(|e| format!("{at}: {e}"))?;
+        self.transform_specs()?;
         let plan = self.plan();
         if self.max_item() > plan.consumer_fetch {
-            return fail(format!(
-                "max_item ({} bytes) is over the {} bytes of one fetch that memory_budget allows; raise memory_budget",
-                self.max_item(),
-                plan.consumer_fetch
-            ));
+            return Err(ConfigProblem::MaxItemOverFetch {
+                max_item: self.max_item(),
+                fetch: plan.consumer_fetch,
+            });
         }
         match &self.source {
             SourceConfig::Kafka {
@@ -196,10 +251,10 @@ impl PipelineConfig {
                 options,
             } => {
                 if brokers.trim().is_empty() || topics.is_empty() || group.trim().is_empty() {
-                    return fail("source: brokers, topics and group must not be empty".into());
+                    return Err(ConfigProblem::EmptySource);
                 }
                 crate::pipeline::runner::consumer_check(self, brokers, options)
-                    .map_err(|e| format!("{at}: source: {e}"))?;
+                    .map_err(ConfigProblem::SourceOption)?;
             }
         }
         match &self.sink {
@@ -209,30 +264,29 @@ impl PipelineConfig {
                 options,
             } => {
                 if brokers.trim().is_empty() || topic.trim().is_empty() {
-                    return fail("sink: brokers and topic must not be empty".into());
+                    return Err(ConfigProblem::EmptyKafkaSink);
                 }
                 crate::pipeline::runner::producer_check(self, brokers, options)
-                    .map_err(|e| format!("{at}: sink: {e}"))?;
+                    .map_err(ConfigProblem::SinkOption)?;
             }
             SinkConfig::File { path, .. } => {
                 if path.as_os_str().is_empty() {
-                    return fail("sink: path must not be empty".into());
+                    return Err(ConfigProblem::EmptyPath);
                 }
             }
             SinkConfig::Http {
                 url, batch_bytes, ..
             } => {
-                let uri: hyper::Uri = url
-                    .parse()
-                    .map_err(|e| format!("{at}: sink: url `{url}`: {e}"))?;
+                let uri: hyper::Uri = url.parse().map_err(|error| ConfigProblem::BadUrl {
+                    url: url.clone(),
+                    error,
+                })?;
                 if !matches!(uri.scheme_str(), Some("http" | "https")) {
-                    return fail(format!("sink: url `{url}` must be http:// or https://"));
+                    return Err(ConfigProblem::UrlScheme { url: url.clone() });
                 }
-                if *batch_bytes == 0 || *batch_bytes > plan.channels.max(1 << 20) {
-                    return fail(format!(
-                        "sink: batch_bytes must be from 1 to {} bytes",
-                        plan.channels.max(1 << 20)
-                    ));
+                let max = plan.channels.max(1 << 20);
+                if *batch_bytes == 0 || *batch_bytes > max {
+                    return Err(ConfigProblem::BatchBytes { max });
                 }
             }
         }

@@ -4,5 +4,5 @@ pub mod config;
 pub mod metrics;
 pub mod runner;
 
-pub use config::PipelineConfig;
-pub use runner::{run, PipelineFailed};
+pub use config::{ConfigProblem, PipelineConfig, PipelineConfigError};
+pub use runner::{run, FailureCause, PipelineFailed};

@@ -12,26 +12,50 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use weir_runtime::{BoxError, Pipeline, Sink, StageStats};
+use weir_runtime::{BoxError, Pipeline, PipelineError, Sink, StageStats};
+use weir_stages::catalogue::StageSpecError;
+use weir_stages::kafka_client::OptionError;
 use weir_stages::record::Record;
-use weir_stages::sinks::append_file::AppendFile;
+use weir_stages::sinks::append_file::{AppendFile, AppendFileError};
 use weir_stages::sinks::http_post::{HttpPost, HttpPostConfig};
-use weir_stages::sinks::kafka::{KafkaSink, KafkaSinkConfig};
+use weir_stages::sinks::kafka::{KafkaSink, KafkaSinkConfig, KafkaSinkError};
 use weir_stages::sources::kafka::{
-    kafka_source, ConsumerFigures, ConsumerMemory, KafkaSourceConfig, Partition,
+    kafka_source, ConsumerFigures, ConsumerMemory, KafkaSourceConfig, KafkaSourceError, Partition,
 };
 use weir_stages::transforms::per_record::PerRecord;
 
-use super::config::{option_pairs, OptionValue, PipelineConfig, SinkConfig, SourceConfig};
+use super::config::{
+    option_pairs, ConfigProblem, OptionValue, PipelineConfig, SinkConfig, SourceConfig,
+};
 use super::metrics;
 use crate::serve::console::{PipelineEntry, Registry};
 
 /// A pipeline that stopped on its own, and why (the stage and the record named).
 #[derive(Debug, thiserror::Error)]
-#[error("pipeline {name}: {message}")]
+#[error("pipeline {name}: {cause}")]
 pub struct PipelineFailed {
     pub name: String,
-    pub message: String,
+    pub cause: FailureCause,
+}
+
+/// Why a pipeline could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FailureCause {
+    #[error("{0}")]
+    Source(KafkaSourceError),
+    #[error("{0}")]
+    Transforms(ConfigProblem),
+    #[error("{0}")]
+    Transform(StageSpecError),
+    #[error("{0}")]
+    KafkaSink(KafkaSinkError),
+    #[error("{0}")]
+    FileSink(AppendFileError),
+    #[error("{0}")]
+    HttpSink(BoxError),
+    /// A stage failed while running; the message names the stage.
+    #[error("{0}")]
+    Run(PipelineError),
 }
 
 fn consumer_memory(config: &PipelineConfig) -> ConsumerMemory {
@@ -67,13 +91,13 @@ pub fn consumer_check(
     config: &PipelineConfig,
     brokers: &str,
     options: &BTreeMap<String, OptionValue>,
-) -> Result<(), String> {
+) -> Result<(), OptionError> {
     let probe = KafkaSourceConfig {
         brokers: brokers.to_string(),
         options: option_pairs(options),
         ..source_config(config, false)
     };
-    weir_stages::sources::kafka::check_options(&probe).map_err(|e| e.to_string())
+    weir_stages::sources::kafka::check_options(&probe)
 }
 
 /// Checks the sink's options against its share of the budget, without connecting.
@@ -81,7 +105,7 @@ pub fn producer_check(
     config: &PipelineConfig,
     brokers: &str,
     options: &BTreeMap<String, OptionValue>,
-) -> Result<(), String> {
+) -> Result<(), OptionError> {
     let probe = KafkaSinkConfig {
         pipeline: config.name.clone(),
         brokers: brokers.to_string(),
@@ -89,7 +113,7 @@ pub fn producer_check(
         options: option_pairs(options),
         queue: config.plan().producer_queue,
     };
-    weir_stages::sinks::kafka::check_options(&probe).map_err(|e| e.to_string())
+    weir_stages::sinks::kafka::check_options(&probe)
 }
 
 /// Any sink a pipeline can end in.
@@ -127,7 +151,7 @@ impl Sink for AnySink {
     }
 }
 
-fn sink_for(config: &PipelineConfig) -> Result<(String, AnySink), String> {
+fn sink_for(config: &PipelineConfig) -> Result<(String, AnySink), FailureCause> {
     Ok(match &config.sink {
         SinkConfig::Kafka {
             brokers,
@@ -143,12 +167,14 @@ fn sink_for(config: &PipelineConfig) -> Result<(String, AnySink), String> {
                     options: option_pairs(options),
                     queue: config.plan().producer_queue,
                 })
-                .map_err(|e| e.to_string())?,
+                .map_err(FailureCause::KafkaSink)?,
             ),
         ),
         SinkConfig::File { path, format } => (
             format!("file:{}", path.display()),
-            AnySink::File(AppendFile::open(path, (*format).into()).map_err(|e| e.to_string())?),
+            AnySink::File(
+                AppendFile::open(path, (*format).into()).map_err(FailureCause::FileSink)?,
+            ),
         ),
         SinkConfig::Http {
             url,
@@ -164,7 +190,7 @@ fn sink_for(config: &PipelineConfig) -> Result<(String, AnySink), String> {
                     batch_bytes: *batch_bytes as usize,
                     timeout: *timeout,
                 })
-                .map_err(|e| e.to_string())?,
+                .map_err(FailureCause::HttpSink)?,
             ),
         ),
     })
@@ -177,25 +203,26 @@ pub async fn run(
     grace: Duration,
     console: Option<Registry>,
 ) -> Result<(), PipelineFailed> {
-    let failed = |message: String| PipelineFailed {
+    let failed = |cause: FailureCause| PipelineFailed {
         name: config.name.clone(),
-        message,
+        cause,
     };
     let source_stop = CancellationToken::new();
     let (source, committer) = kafka_source(&source_config(&config, false), source_stop.clone())
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| failed(FailureCause::Source(e)))?;
     let SourceConfig::Kafka { topics, .. } = &config.source;
     let hard_stop = CancellationToken::new();
     let mut builder = Pipeline::builder()
         .buffer_total(config.plan().channels as usize)
         .cancel_token(&hard_stop)
         .source(format!("kafka:{}", topics.join(",")), source);
-    for (name, spec) in config
-        .transforms
-        .iter()
-        .zip(config.transform_specs().map_err(failed)?)
-    {
-        builder = builder.transform(name.clone(), PerRecord::new(spec).map_err(failed)?);
+    for (name, spec) in config.transforms.iter().zip(
+        config
+            .transform_specs()
+            .map_err(|e| failed(FailureCause::Transforms(e)))?,
+    ) {
+        let transform = PerRecord::new(spec).map_err(|e| failed(FailureCause::Transform(e)))?;
+        builder = builder.transform(name.clone(), transform);
     }
     let (sink_name, sink) = sink_for(&config).map_err(failed)?;
     let pipeline = builder.sink(sink_name, sink);
@@ -280,9 +307,8 @@ pub async fn run(
             Ok(())
         }
         Err(e) => {
-            let message = e.to_string();
-            tracing::error!(pipeline = %config.name, "pipeline failed: {message}; committed only what was acked before it ({})", committed.join(", "));
-            Err(failed(message))
+            tracing::error!(pipeline = %config.name, "pipeline failed: {e}; committed only what was acked before it ({})", committed.join(", "));
+            Err(failed(FailureCause::Run(e)))
         }
     }
 }

@@ -11,6 +11,26 @@ use crate::record::{LineFormat, Record};
 /// no record is waiting upstream: batches under load, prompt when idle.
 const SYNC_EVERY: usize = 1 << 20;
 
+/// Why the file could not be opened or written; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendFileError {
+    #[error("cannot open {} for appending: {error}", path.display())]
+    Open {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("writing to {}: {error}", path.display())]
+    Write {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("writing to {}: {error}", path.display())]
+    Interrupted {
+        path: PathBuf,
+        error: tokio::task::JoinError,
+    },
+}
+
 /// A file opened for appending; records are acked after `sync_data`.
 pub struct AppendFile {
     file: std::fs::File,
@@ -21,13 +41,16 @@ pub struct AppendFile {
 }
 
 impl AppendFile {
-    pub fn open(path: impl AsRef<Path>, format: LineFormat) -> Result<Self, BoxError> {
+    pub fn open(path: impl AsRef<Path>, format: LineFormat) -> Result<Self, AppendFileError> {
         let path = path.as_ref().to_path_buf();
-        let file = std::fs::OpenOptions::new()
+        let file = match std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| format!("cannot open {} for appending: {e}", path.display()))?;
+        {
+            Ok(file) => file,
+            Err(error) => return Err(AppendFileError::Open { path, error }),
+        };
         Ok(AppendFile {
             file,
             path,
@@ -37,24 +60,28 @@ impl AppendFile {
         })
     }
 
-    async fn sync(&mut self) -> Result<(), BoxError> {
+    async fn sync(&mut self) -> Result<(), AppendFileError> {
         if self.unsynced.is_empty() && self.pending.is_empty() {
             return Ok(());
         }
-        let mut file = self
-            .file
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let write_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |error| AppendFileError::Write { path, error }
+        };
+        let mut file = self.file.try_clone().map_err(write_error(&self.path))?;
         let lines = std::mem::take(&mut self.pending);
-        let path = self.path.clone();
-        let written = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        let failed = write_error(&self.path);
+        let written = tokio::task::spawn_blocking(move || {
             file.write_all(&lines)
                 .and_then(|()| file.sync_data())
-                .map_err(|e| format!("writing to {}: {e}", path.display()))?;
-            Ok(lines)
+                .map(|()| lines)
+                .map_err(failed)
         })
         .await
-        .map_err(|e| format!("writing to {}: {e}", self.path.display()))??;
+        .map_err(|error| AppendFileError::Interrupted {
+            path: self.path.clone(),
+            error,
+        })??;
         // Keep the allocation for the next batch.
         self.pending = written;
         self.pending.clear();
@@ -76,11 +103,11 @@ impl Sink for AppendFile {
     }
 
     async fn flush(&mut self) -> Result<(), BoxError> {
-        self.sync().await
+        Ok(self.sync().await?)
     }
 
     async fn finish(&mut self) -> Result<(), BoxError> {
-        self.sync().await
+        Ok(self.sync().await?)
     }
 }
 

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use weir_runtime::{BoxError, Emit, Transform};
 
-use crate::catalogue::{AnyTransform, TransformSpec};
+use crate::catalogue::{AnyTransform, StageSpecError, TransformSpec};
 use crate::record::Record;
 
 /// Applies a catalogue transform to every record's value on its own: each value is a whole
@@ -19,7 +19,7 @@ pub struct PerRecord {
 }
 
 impl PerRecord {
-    pub fn new(spec: TransformSpec) -> Result<Self, String> {
+    pub fn new(spec: TransformSpec) -> Result<Self, StageSpecError> {
         let kept = match spec {
             TransformSpec::Pass
             | TransformSpec::Throttle { .. }

@@ -128,8 +128,8 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn usage(message: impl Into<String>) -> Failure {
-    Failure::Usage(message.into())
+fn usage(message: impl std::fmt::Display) -> Failure {
+    Failure::Usage(message.to_string())
 }
 
 fn print_report(report: &Report, args: &RunArgs) {

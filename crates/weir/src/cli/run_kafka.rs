@@ -56,8 +56,8 @@ pub fn parse(spec: &str) -> Result<KafkaSpec, String> {
     })
 }
 
-fn usage(message: impl Into<String>) -> Failure {
-    Failure::Usage(message.into())
+fn usage(message: impl std::fmt::Display) -> Failure {
+    Failure::Usage(message.to_string())
 }
 
 fn sink(spec: &KafkaSpec, buffer: usize) -> Result<KafkaSink, Failure> {

@@ -7,7 +7,7 @@ pub mod rows;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
-pub use params::{NamedQuery, Placeholder};
+pub use params::{NamedQuery, Placeholder, QueryError};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresSource;
 pub use rows::{Columns, RowBatch, Value};

@@ -12,6 +12,17 @@ pub enum Placeholder {
     Question,
 }
 
+/// Why a query's parameters could not be found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("unterminated {what} starting on line {line}")]
+    Unterminated { what: &'static str, line: usize },
+    #[error(
+        "numbered parameter at byte {at}: name it instead (`:name`), its value then comes from the query string"
+    )]
+    Numbered { at: usize },
+}
+
 /// A query with its named parameters found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedQuery {
@@ -26,7 +37,7 @@ pub struct NamedQuery {
 impl NamedQuery {
     /// Finds the `:name` parameters of `sql`; fails on an unterminated quote or comment
     /// and on numbered parameters (`$1`), which would collide with the rewritten ones.
-    pub fn parse(sql: &str) -> Result<Self, String> {
+    pub fn parse(sql: &str) -> Result<Self, QueryError> {
         let b = sql.as_bytes();
         let mut query = NamedQuery {
             pieces: Vec::new(),
@@ -60,10 +71,7 @@ impl NamedQuery {
                         .ok_or_else(|| unterminated(sql, i, "comment"))?;
                 }
                 b'$' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
-                    return Err(format!(
-                        "numbered parameter at byte {i}: name it instead (`:name`), \
-                         its value then comes from the query string"
-                    ));
+                    return Err(QueryError::Numbered { at: i });
                 }
                 b'$' if i == 0 || !is_ident(b[i - 1]) => {
                     i = skip_dollar_quote(sql, i)
@@ -122,9 +130,9 @@ fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_'
 }
 
-fn unterminated(sql: &str, at: usize, what: &str) -> String {
+fn unterminated(sql: &str, at: usize, what: &'static str) -> QueryError {
     let line = sql[..at].matches('\n').count() + 1;
-    format!("unterminated {what} starting on line {line}")
+    QueryError::Unterminated { what, line }
 }
 
 /// The index just past the quote closing the one at `start` (a doubled quote is part
@@ -195,12 +203,16 @@ mod tests {
 
     #[test]
     fn bad_queries_are_explained() {
-        let e = NamedQuery::parse("SELECT 1\nWHERE a = 'open").unwrap_err();
+        let e = NamedQuery::parse("SELECT 1\nWHERE a = 'open")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("unterminated string literal") && e.contains("line 2"),
             "{e}"
         );
-        let e = NamedQuery::parse("SELECT * FROM t WHERE a = $1").unwrap_err();
+        let e = NamedQuery::parse("SELECT * FROM t WHERE a = $1")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("numbered parameter"), "{e}");
         assert!(NamedQuery::parse("SELECT /* open").is_err());
     }

@@ -63,9 +63,10 @@ impl SqlitePool {
 
     /// Opens the file and prepares `sql` once, so a missing file or a bad query is
     /// reported when the server starts rather than on the first request.
-    pub fn check(&self, sql: &str) -> Result<(), String> {
-        let conn = self.open().map_err(|e| e.to_string())?;
-        conn.prepare(sql).map_err(|e| format!("query: {e}"))?;
+    pub fn check(&self, sql: &str) -> Result<(), SqlError> {
+        let conn = self.open()?;
+        conn.prepare(sql)
+            .map_err(|e| SqlError::Failed(format!("query: {e}")))?;
         Ok(())
     }
 
