@@ -26,7 +26,7 @@ use crate::report::{
     ProcessSample, ProcessSummary, Report, Sample, Verdict, Window,
 };
 use crate::sockets::{listening_ports, socket_queues, SocketQueues};
-use crate::spawn::SpawnedServer;
+use crate::spawn::{SpawnError, SpawnedServer};
 use crate::CheckError;
 
 /// Consecutive failed scrapes of a metrics endpoint after which the run gives up.
@@ -285,13 +285,14 @@ impl CheckConfig {
                     });
                 }
                 MemoryFrom::Spawn(command) => {
-                    let mut server = SpawnedServer::start(command).map_err(CheckError::Setup)?;
+                    let setup = |e: SpawnError| CheckError::Setup(e.to_string());
+                    let mut server = SpawnedServer::start(command).map_err(setup)?;
                     // Only the last one started serves the URL; those before it, behind it.
                     let url = (Some(i) == last_spawn).then_some(addr);
                     server
                         .wait_ready(url, self.spawn_timeout)
                         .await
-                        .map_err(CheckError::Setup)?;
+                        .map_err(setup)?;
                     let pid = server.pid();
                     descriptions.push(format!("spawned `{command}` (pid {pid} and its children)"));
                     processes.push(Process {
@@ -466,7 +467,10 @@ fn spawned_exit(target: &mut Target) -> Option<String> {
 async fn take_sample(target: &Target, live: &LiveCounts, t: f64) -> Result<Sample, Lost> {
     let (processes, rss, queues) = match &target.source {
         Source::Metrics { sampler, .. } => {
-            let rss = sampler.sample().await.map_err(Lost::Scrape)?;
+            let rss = sampler
+                .sample()
+                .await
+                .map_err(|e| Lost::Scrape(e.to_string()))?;
             (vec![ProcessSample { rss, queued: None }], rss, None)
         }
         Source::Processes(processes) => {
@@ -485,7 +489,7 @@ async fn take_sample(target: &Target, live: &LiveCounts, t: f64) -> Result<Sampl
             let mut queues: Option<SocketQueues> = None;
             for (tree, rss) in trees.iter().zip(each) {
                 let queued = if target.queues {
-                    let q = socket_queues(tree).map_err(Lost::Target)?;
+                    let q = socket_queues(tree).map_err(|e| Lost::Target(e.to_string()))?;
                     let sum = queues.get_or_insert_with(SocketQueues::default);
                     sum.send += q.send;
                     sum.recv += q.recv;

@@ -45,6 +45,38 @@ pub struct LiveCounts {
     pub finished: AtomicU64,
 }
 
+/// Why a client got no response, or lost it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("creating a socket: {0}")]
+    Socket(std::io::Error),
+    #[error("setting SO_RCVBUF: {0}")]
+    RecvBuffer(std::io::Error),
+    #[error("connecting to {addr}: {error}")]
+    Connect {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("connecting to {addr}: no answer in {timeout:?}")]
+    ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("sending the request: {0}")]
+    Send(std::io::Error),
+    #[error("reading the response head: {0}")]
+    ReadHead(std::io::Error),
+    #[error("the server closed the connection without a response")]
+    ClosedBeforeResponse,
+    #[error("the server closed the connection inside the response head")]
+    ClosedInHead,
+    #[error("response head larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("malformed status line `{0}`")]
+    MalformedStatus(String),
+    #[error("not an HTTP/1.x response: `{0}`")]
+    NotHttp1(String),
+    #[error("reading the body: {0}")]
+    ReadBody(std::io::Error),
+}
+
 /// How one client's run ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "end", rename_all = "snake_case")]
@@ -104,18 +136,19 @@ pub async fn slow_client(
 
 async fn stream(plan: &ClientPlan, live: &LiveCounts, tally: &Tally) -> ClientEnd {
     let started = Instant::now();
+    let failed = |e: ClientError| ClientEnd::Failed {
+        error: e.to_string(),
+    };
     let mut tcp = match connect(plan).await {
         Ok(tcp) => tcp,
-        Err(error) => return ClientEnd::Failed { error },
+        Err(e) => return failed(e),
     };
     if let Err(e) = tcp.write_all(&plan.request).await {
-        return ClientEnd::Failed {
-            error: format!("sending the request: {e}"),
-        };
+        return failed(ClientError::Send(e));
     }
     let (code, early_body) = match read_head(&mut tcp).await {
         Ok(head) => head,
-        Err(error) => return ClientEnd::Failed { error },
+        Err(e) => return failed(e),
     };
     if !(200..300).contains(&code) {
         return ClientEnd::Status { code };
@@ -159,49 +192,45 @@ async fn stream(plan: &ClientPlan, live: &LiveCounts, tally: &Tally) -> ClientEn
                 count(n);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                return ClientEnd::Failed {
-                    error: format!("reading the body: {e}"),
-                }
-            }
+            Err(e) => return failed(ClientError::ReadBody(e)),
         }
     }
 }
 
-async fn connect(plan: &ClientPlan) -> Result<TcpStream, String> {
+async fn connect(plan: &ClientPlan) -> Result<TcpStream, ClientError> {
     let socket = if plan.addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
     }
-    .map_err(|e| format!("creating a socket: {e}"))?;
+    .map_err(ClientError::Socket)?;
     socket
         .set_recv_buffer_size(plan.recv_buffer)
-        .map_err(|e| format!("setting SO_RCVBUF: {e}"))?;
+        .map_err(ClientError::RecvBuffer)?;
     match tokio::time::timeout(plan.connect_timeout, socket.connect(plan.addr)).await {
         Ok(Ok(tcp)) => Ok(tcp),
-        Ok(Err(e)) => Err(format!("connecting to {}: {e}", plan.addr)),
-        Err(_) => Err(format!(
-            "connecting to {}: no answer in {:?}",
-            plan.addr, plan.connect_timeout
-        )),
+        Ok(Err(error)) => Err(ClientError::Connect {
+            addr: plan.addr,
+            error,
+        }),
+        Err(_) => Err(ClientError::ConnectTimeout {
+            addr: plan.addr,
+            timeout: plan.connect_timeout,
+        }),
     }
 }
 
 /// Reads the response head; returns the status code and how many body bytes came with it.
-async fn read_head(tcp: &mut TcpStream) -> Result<(u16, usize), String> {
+async fn read_head(tcp: &mut TcpStream) -> Result<(u16, usize), ClientError> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        let n = tcp
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("reading the response head: {e}"))?;
+        let n = tcp.read(&mut chunk).await.map_err(ClientError::ReadHead)?;
         if n == 0 {
             return Err(if head.is_empty() {
-                "the server closed the connection without a response".into()
+                ClientError::ClosedBeforeResponse
             } else {
-                "the server closed the connection inside the response head".into()
+                ClientError::ClosedInHead
             });
         }
         let searched_from = head.len().saturating_sub(3);
@@ -211,7 +240,7 @@ async fn read_head(tcp: &mut TcpStream) -> Result<(u16, usize), String> {
             return Ok((status_code(&head)?, head.len() - end));
         }
         if head.len() > MAX_HEAD {
-            return Err(format!("response head larger than {MAX_HEAD} bytes"));
+            return Err(ClientError::HeadTooLarge);
         }
     }
 }
@@ -224,15 +253,15 @@ fn find_blank_line(bytes: &[u8]) -> Option<usize> {
         .map(|i| i + 4)
 }
 
-fn status_code(head: &[u8]) -> Result<u16, String> {
+fn status_code(head: &[u8]) -> Result<u16, ClientError> {
     let line_end = head.iter().position(|&b| b == b'\r').unwrap_or(head.len());
     let line = String::from_utf8_lossy(&head[..line_end.min(200)]).into_owned();
     let mut words = line.split(' ');
     match (words.next(), words.next()) {
-        (Some(version), Some(code)) if version.starts_with("HTTP/1.") => code
-            .parse()
-            .map_err(|_| format!("malformed status line `{line}`")),
-        _ => Err(format!("not an HTTP/1.x response: `{line}`")),
+        (Some(version), Some(code)) if version.starts_with("HTTP/1.") => {
+            code.parse().map_err(|_| ClientError::MalformedStatus(line))
+        }
+        _ => Err(ClientError::NotHttp1(line)),
     }
 }
 
@@ -270,8 +299,8 @@ mod tests {
 
     #[test]
     fn status_lines_are_parsed() {
-        assert_eq!(status_code(b"HTTP/1.1 404 Not Found\r\n"), Ok(404));
-        assert_eq!(status_code(b"HTTP/1.0 200\r\n"), Ok(200));
+        assert_eq!(status_code(b"HTTP/1.1 404 Not Found\r\n").unwrap(), 404);
+        assert_eq!(status_code(b"HTTP/1.0 200\r\n").unwrap(), 200);
         assert!(status_code(b"SSH-2.0-OpenSSH\r\n").is_err());
         assert!(status_code(b"HTTP/1.1 abc\r\n").is_err());
         assert_eq!(find_blank_line(b"HTTP/1.1 200\r\n\r\nbody"), Some(16));

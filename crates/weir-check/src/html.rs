@@ -2,20 +2,44 @@
 //! and the plot (inline SVG), nothing fetched from elsewhere.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::plot::plot;
+use crate::plot::{plot, PlotError};
 use crate::report::{Report, Verdict};
 
+/// A page that could not be written, naming its file.
+#[derive(Debug, thiserror::Error)]
+#[error("--html {}: {problem}", path.display())]
+pub struct HtmlError {
+    pub path: PathBuf,
+    pub problem: HtmlProblem,
+}
+
+/// Why the page could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum HtmlProblem {
+    #[error("{0}")]
+    Plot(PlotError),
+    /// Making the plot's scratch file, reading it back or writing the page.
+    #[error("{0}")]
+    Io(std::io::Error),
+}
+
 /// Writes `report` to `path` as one HTML file.
-pub fn html(report: &Report, path: &Path) -> Result<(), String> {
-    let at = |e: &dyn std::fmt::Display| format!("--html {}: {e}", path.display());
+pub fn html(report: &Report, path: &Path) -> Result<(), HtmlError> {
+    write(report, path).map_err(|problem| HtmlError {
+        path: path.to_path_buf(),
+        problem,
+    })
+}
+
+fn write(report: &Report, path: &Path) -> Result<(), HtmlProblem> {
     // The plot is drawn by the same code as --plot, into a file of its own, then inlined.
-    let dir = tempfile::tempdir().map_err(|e| at(&e))?;
+    let dir = tempfile::tempdir().map_err(HtmlProblem::Io)?;
     let svg_path = dir.path().join("plot.svg");
-    plot(report, &svg_path).map_err(|e| at(&e))?;
-    let svg = std::fs::read_to_string(&svg_path).map_err(|e| at(&e))?;
-    std::fs::write(path, page(report, &svg)).map_err(|e| at(&e))
+    plot(report, &svg_path).map_err(HtmlProblem::Plot)?;
+    let svg = std::fs::read_to_string(&svg_path).map_err(HtmlProblem::Io)?;
+    std::fs::write(path, page(report, &svg)).map_err(HtmlProblem::Io)
 }
 
 fn escape(text: &str) -> String {

@@ -22,8 +22,8 @@ mod spawn;
 
 pub use check::{run, CheckConfig, MemoryFrom, Phase, Progress};
 pub use fit::Thresholds;
-pub use html::html;
-pub use plot::plot;
+pub use html::{html, HtmlError, HtmlProblem};
+pub use plot::{plot, PlotError, PlotProblem};
 pub use report::{Report, Verdict};
 
 /// Why a check could not run at all.

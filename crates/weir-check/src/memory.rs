@@ -10,6 +10,27 @@ use crate::CheckError;
 const MAX_METRICS_BYTES: usize = 4 << 20;
 const GAUGE: &str = "process_resident_memory_bytes";
 
+/// One scrape of the metrics endpoint that gave no sample, naming the URL.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics {url}: {problem}")]
+pub struct ScrapeError {
+    pub url: String,
+    pub problem: ScrapeProblem,
+}
+
+/// What went wrong with one scrape.
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeProblem {
+    #[error("{0}")]
+    Request(reqwest::Error),
+    #[error("HTTP {0}")]
+    Status(reqwest::StatusCode),
+    #[error("page larger than {MAX_METRICS_BYTES} bytes")]
+    TooLarge,
+    #[error("no `{GAUGE}` sample on the page")]
+    NoGauge,
+}
+
 /// Reads a Prometheus endpoint's `process_resident_memory_bytes`, one sample at a time.
 pub struct MetricsSampler {
     client: reqwest::Client,
@@ -29,8 +50,13 @@ impl MetricsSampler {
     }
 
     /// Resident bytes now, or why the endpoint gave none.
-    pub async fn sample(&self) -> Result<u64, String> {
-        scrape(&self.client, &self.url).await
+    pub async fn sample(&self) -> Result<u64, ScrapeError> {
+        scrape(&self.client, &self.url)
+            .await
+            .map_err(|problem| ScrapeError {
+                url: self.url.clone(),
+                problem,
+            })
     }
 }
 
@@ -151,30 +177,23 @@ pub fn process_rss(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
-async fn scrape(client: &reqwest::Client, url: &str) -> Result<u64, String> {
+async fn scrape(client: &reqwest::Client, url: &str) -> Result<u64, ScrapeProblem> {
     let mut response = client
         .get(url)
         .send()
         .await
-        .map_err(|e| format!("metrics {url}: {e}"))?;
+        .map_err(ScrapeProblem::Request)?;
     if !response.status().is_success() {
-        return Err(format!("metrics {url}: HTTP {}", response.status()));
+        return Err(ScrapeProblem::Status(response.status()));
     }
     let mut page = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("metrics {url}: {e}"))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(ScrapeProblem::Request)? {
         if page.len() + chunk.len() > MAX_METRICS_BYTES {
-            return Err(format!(
-                "metrics {url}: page larger than {MAX_METRICS_BYTES} bytes"
-            ));
+            return Err(ScrapeProblem::TooLarge);
         }
         page.extend_from_slice(&chunk);
     }
-    gauge_value(&String::from_utf8_lossy(&page))
-        .ok_or_else(|| format!("metrics {url}: no `{GAUGE}` sample on the page"))
+    gauge_value(&String::from_utf8_lossy(&page)).ok_or(ScrapeProblem::NoGauge)
 }
 
 /// The value of the first `process_resident_memory_bytes` sample in a Prometheus text page.

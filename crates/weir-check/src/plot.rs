@@ -2,7 +2,7 @@
 //! queues over time, the line fitted over the steady-state window, the warm-up and
 //! settling shaded; SVG or PNG by the file's extension.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -26,8 +26,30 @@ const FONTS: [&str; 4] = [
     "/usr/share/fonts/TTF/DejaVuSans.ttf",
 ];
 
+/// A plot that could not be drawn, naming its file.
+#[derive(Debug, thiserror::Error)]
+#[error("--plot {}: {problem}", path.display())]
+pub struct PlotError {
+    pub path: PathBuf,
+    pub problem: PlotProblem,
+}
+
+/// Why a plot could not be drawn.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotProblem {
+    #[error("give a file ending in .svg or .png")]
+    Extension,
+    #[error("a plot needs a TrueType font and none was found (looked for {}); install fonts-dejavu-core", FONTS.join(", "))]
+    NoFont,
+    #[error("the TrueType font found could not be read")]
+    BadFont,
+    /// The drawing backend's own message (its error type depends on the backend).
+    #[error("{0}")]
+    Draw(String),
+}
+
 /// Draws `report` into `path`: `.svg` or `.png`.
-pub fn plot(report: &Report, path: &Path) -> Result<(), String> {
+pub fn plot(report: &Report, path: &Path) -> Result<(), PlotError> {
     let extension = path
         .extension()
         .and_then(|e| e.to_str())
@@ -37,34 +59,34 @@ pub fn plot(report: &Report, path: &Path) -> Result<(), String> {
         match extension.as_deref() {
             Some("svg") => draw(SVGBackend::new(path, SIZE).into_drawing_area(), report),
             Some("png") => draw(BitMapBackend::new(path, SIZE).into_drawing_area(), report),
-            _ => Err("give a file ending in .svg or .png".to_string()),
+            _ => Err(PlotProblem::Extension),
         }
     };
-    draw_to(path).map_err(|e| format!("--plot {}: {e}", path.display()))
+    draw_to(path).map_err(|problem| PlotError {
+        path: path.to_path_buf(),
+        problem,
+    })
 }
 
-fn register_font() -> Result<(), String> {
+fn register_font() -> Result<(), PlotProblem> {
     let bytes = FONTS
         .iter()
         .find_map(|path| std::fs::read(path).ok())
-        .ok_or_else(|| {
-            format!(
-                "a plot needs a TrueType font and none was found (looked for {}); \
-                 install fonts-dejavu-core",
-                FONTS.join(", ")
-            )
-        })?;
+        .ok_or(PlotProblem::NoFont)?;
     // The font registry keeps fonts for the life of the process; a plot is drawn once.
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-        .map_err(|_| "the TrueType font found could not be read".to_string())
+        .map_err(|_| PlotProblem::BadFont)
 }
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, report: &Report) -> Result<(), String>
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    report: &Report,
+) -> Result<(), PlotProblem>
 where
     DB::ErrorType: 'static,
 {
-    let error = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let error = |e: DrawingAreaErrorKind<DB::ErrorType>| PlotProblem::Draw(e.to_string());
     root.fill(&WHITE).map_err(error)?;
     let samples = &report.samples;
     let end = report.window.end_s.max(1.0);
@@ -264,7 +286,7 @@ mod tests {
             !svg_text.contains("RSS of"),
             "one process has no line of its own"
         );
-        assert!(wrong.contains(".svg or .png"), "{wrong}");
+        assert!(wrong.to_string().contains(".svg or .png"), "{wrong}");
     }
 
     #[test]

@@ -10,6 +10,15 @@ use serde::Serialize;
 /// connections, not bytes.
 const LISTEN: &str = "0A";
 
+/// The target's sockets could not be looked at.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketsError {
+    #[error("cannot list {dir}: {error}")]
+    ListFds { dir: String, error: std::io::Error },
+    #[error("cannot read {path}: {error}")]
+    ReadTable { path: String, error: std::io::Error },
+}
+
 /// Queued bytes over all of the target's TCP sockets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SocketQueues {
@@ -28,7 +37,7 @@ impl SocketQueues {
 }
 
 /// The queues of the sockets held by `pids`, looked up in the socket tables of `pids[0]`.
-pub fn socket_queues(pids: &[u32]) -> Result<SocketQueues, String> {
+pub fn socket_queues(pids: &[u32]) -> Result<SocketQueues, SocketsError> {
     let mut queues = SocketQueues::default();
     for_each_row(pids, |row| {
         if row.state != LISTEN {
@@ -41,7 +50,7 @@ pub fn socket_queues(pids: &[u32]) -> Result<SocketQueues, String> {
 }
 
 /// The TCP ports `pids` listen on (looked up as `socket_queues` does).
-pub fn listening_ports(pids: &[u32]) -> Result<Vec<u16>, String> {
+pub fn listening_ports(pids: &[u32]) -> Result<Vec<u16>, SocketsError> {
     let mut ports = Vec::new();
     for_each_row(pids, |row| {
         if row.state == LISTEN && !ports.contains(&row.port) {
@@ -60,7 +69,7 @@ struct Row<'a> {
 }
 
 /// Calls `f` with each row of the socket tables of `pids[0]` that belongs to one of `pids`.
-fn for_each_row(pids: &[u32], mut f: impl FnMut(Row)) -> Result<(), String> {
+fn for_each_row(pids: &[u32], mut f: impl FnMut(Row)) -> Result<(), SocketsError> {
     let Some(&root) = pids.first() else {
         return Ok(());
     };
@@ -71,7 +80,7 @@ fn for_each_row(pids: &[u32], mut f: impl FnMut(Row)) -> Result<(), String> {
             Ok(entries) => entries,
             // A child that exited between the listing and now holds nothing any more.
             Err(_) if pid != root => continue,
-            Err(e) => return Err(format!("cannot list {dir}: {e}")),
+            Err(error) => return Err(SocketsError::ListFds { dir, error }),
         };
         for entry in entries.flatten() {
             if let Some(inode) = std::fs::read_link(entry.path())
@@ -88,7 +97,7 @@ fn for_each_row(pids: &[u32], mut f: impl FnMut(Row)) -> Result<(), String> {
             Ok(text) => rows(&text, &inodes, &mut f),
             // No IPv6 in the kernel: no tcp6 table.
             Err(_) if table == "tcp6" => {}
-            Err(e) => return Err(format!("cannot read {path}: {e}")),
+            Err(error) => return Err(SocketsError::ReadTable { path, error }),
         }
     }
     Ok(())

@@ -26,6 +26,29 @@ const TAIL_BYTES: u64 = 8 << 10;
 /// A quoted line longer than this is cut (a stack trace on one line, a binary dump).
 const MAX_LINE: usize = 300;
 
+/// A spawned server that could not be started or did not become ready.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot create a file for the server's stderr: {0}")]
+    StderrFile(std::io::Error),
+    #[error("cannot start `{command}`: {error}")]
+    Start {
+        command: String,
+        error: std::io::Error,
+    },
+    /// `exited` says how, with the server's last words.
+    #[error("{what} never answered: {exited}")]
+    Exited { what: String, exited: String },
+    #[error("`{command}` did not answer on {what} within {timeout:?}")]
+    NoAnswer {
+        command: String,
+        what: String,
+        timeout: Duration,
+    },
+    #[error("`{command}` listened on no TCP port within {timeout:?}")]
+    NoPort { command: String, timeout: Duration },
+}
+
 pub struct SpawnedServer {
     child: Child,
     command: String,
@@ -36,11 +59,11 @@ pub struct SpawnedServer {
 impl SpawnedServer {
     /// Starts `command` with `sh -c`; its stdout goes nowhere and its stderr to a
     /// temporary file (either would garble the progress line).
-    pub fn start(command: &str) -> Result<SpawnedServer, String> {
+    pub fn start(command: &str) -> Result<SpawnedServer, SpawnError> {
         use std::os::unix::process::CommandExt;
         let stderr = tempfile::tempfile()
             .and_then(|f| Ok((f.try_clone()?, f)))
-            .map_err(|e| format!("cannot create a file for the server's stderr: {e}"))?;
+            .map_err(SpawnError::StderrFile)?;
         let child = Command::new("sh")
             .arg("-c")
             .arg(command)
@@ -49,7 +72,10 @@ impl SpawnedServer {
             .stderr(Stdio::from(stderr.0))
             .process_group(0)
             .spawn()
-            .map_err(|e| format!("cannot start `{command}`: {e}"))?;
+            .map_err(|error| SpawnError::Start {
+                command: command.to_string(),
+                error,
+            })?;
         Ok(SpawnedServer {
             child,
             command: command.to_string(),
@@ -82,12 +108,12 @@ impl SpawnedServer {
         &mut self,
         url: Option<SocketAddr>,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), SpawnError> {
         let started = Instant::now();
         let what = url.map_or_else(|| "a TCP port".to_string(), |a| a.to_string());
         loop {
             if let Some(exited) = self.exited() {
-                return Err(format!("{what} never answered: {exited}"));
+                return Err(SpawnError::Exited { what, exited });
             }
             // Nothing to await but the ports themselves: poll them, bounded by the timeout.
             let listens = listening_ports(&process_tree(self.pid())).is_ok_and(|p| !p.is_empty());
@@ -99,12 +125,16 @@ impl SpawnedServer {
                 return Ok(());
             }
             if started.elapsed() >= timeout {
-                let failed = if listens {
-                    format!("did not answer on {what}")
+                let command = self.command.clone();
+                return Err(if listens {
+                    SpawnError::NoAnswer {
+                        command,
+                        what,
+                        timeout,
+                    }
                 } else {
-                    "listened on no TCP port".to_string()
-                };
-                return Err(format!("`{}` {failed} within {timeout:?}", self.command));
+                    SpawnError::NoPort { command, timeout }
+                });
             }
             tokio::time::sleep(POLL).await;
         }
@@ -272,7 +302,7 @@ mod tests {
             .wait_ready(Some(addr), Duration::from_millis(300))
             .await
             .unwrap_err();
-        assert!(err.contains("listened on no TCP port"), "{err}");
+        assert!(err.to_string().contains("listened on no TCP port"), "{err}");
         let pid = server.pid();
         let tail = server.stop();
         assert_eq!(tail.len(), TAIL_LINES, "{tail:?}");
