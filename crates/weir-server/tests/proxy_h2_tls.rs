@@ -620,7 +620,7 @@ async fn proxy_h2_a_stop_ends_http2_streams_as_over_http1_within_the_grace() {
 }
 
 #[tokio::test]
-async fn proxy_h2_a_silent_client_is_dropped_after_header_timeout_without_holding_up_others() {
+async fn proxy_h2_silent_clients_are_dropped_after_header_timeout_without_holding_up_others() {
     let pki = pki();
     let mock = start().await;
     let server = start_tls(
@@ -633,6 +633,8 @@ async fn proxy_h2_a_silent_client_is_dropped_after_header_timeout_without_holdin
     let mut silent = TcpStream::connect(server.local_addr())
         .await
         .expect("connect");
+    // Speaks HTTP/2 and never opens a stream.
+    let (_idle, idle_driver, _) = h2_connect(&pki, &server, 65_535, 65_535).await;
     let (mut send, _driver, _) = h2_connect(&pki, &server, 65_535, 65_535).await;
     let resp = h2_post(&mut send, &server.url(CHAT)).await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -642,6 +644,10 @@ async fn proxy_h2_a_silent_client_is_dropped_after_header_timeout_without_holdin
         .await
         .expect("closed within header_timeout");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    tokio::time::timeout(Duration::from_secs(3), idle_driver)
+        .await
+        .expect("a connection that opens no stream is closed after header_timeout")
+        .expect("driver");
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -250,10 +251,11 @@ impl Server {
             let backlog = Backlog::default();
             let tcp = BoundedSendQueue::new(tcp, self.config.send_buffer, backlog.clone());
             let io = StallGuard::new(tcp, limit.clone());
-            let mut per_connection = PerConnection {
+            let per_connection = PerConnection {
                 router: self.router.clone(),
                 limit,
                 backlog: Some(backlog),
+                asked: None,
                 stop: stop.clone(),
                 registry: self.registry.clone(),
                 peer,
@@ -266,41 +268,15 @@ impl Server {
                 connections.spawn(until_drained(conn, draining, |c| c.graceful_shutdown()));
                 continue;
             };
-            let (http1, http2) = (http.clone(), h2.clone());
-            let handshake_timeout = self.config.header_timeout;
             // The handshake in the connection's own task: a slow or silent client never
             // holds up the accept loop.
-            connections.spawn(async move {
-                let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(io));
-                let mut tls = tokio::select! {
-                    _ = draining.cancelled() => return,
-                    done = handshake => match done {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, "TLS handshake failed: {e}");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake not done within header_timeout");
-                            return;
-                        }
-                    },
-                };
-                tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
-                if tls.get_ref().1.alpn_protocol() == Some(tls::H2) {
-                    // The connection's Backlog holds a body until its last chunk reached
-                    // the socket, one body per connection; HTTP/2's streams are paced by
-                    // their windows instead.
-                    per_connection.backlog = None;
-                    let conn = http2.serve_connection(TokioIo::new(tls), per_connection.service());
-                    until_drained(conn, draining, |c| c.graceful_shutdown()).await;
-                } else {
-                    let conn = http1
-                        .serve_connection(TokioIo::new(tls), per_connection.service())
-                        .with_upgrades();
-                    until_drained(conn, draining, |c| c.graceful_shutdown()).await;
-                }
-            });
+            connections.spawn(serve_tls(
+                acceptor.accept(io),
+                per_connection,
+                (http.clone(), h2.clone()),
+                self.config.header_timeout,
+                draining,
+            ));
         }
         drop(listener);
         connections.close();
@@ -354,12 +330,16 @@ struct PerConnection {
     limit: StallLimit,
     /// `None` on HTTP/2 connections.
     backlog: Option<Backlog>,
+    /// Set at the connection's first request (HTTP/2 connections).
+    asked: Option<Arc<AtomicBool>>,
     stop: Shutdown,
     registry: Registry,
     peer: SocketAddr,
 }
 
 type RouterCall = Oneshot<Router, Request<Incoming>>;
+type Http1 = hyper::server::conn::http1::Builder;
+type Http2 = hyper::server::conn::http2::Builder<TokioExecutor>;
 
 impl PerConnection {
     fn service(
@@ -371,6 +351,9 @@ impl PerConnection {
         Future = RouterCall,
     > + Send {
         service_fn(move |mut req: Request<Incoming>| {
+            if let Some(asked) = &self.asked {
+                asked.store(true, Ordering::Relaxed);
+            }
             let extensions = req.extensions_mut();
             extensions.insert(self.limit.clone());
             if let Some(backlog) = &self.backlog {
@@ -382,6 +365,61 @@ impl PerConnection {
             self.router.clone().oneshot(req)
         })
     }
+}
+
+/// One TLS connection: the handshake within `header_timeout`, then HTTP/2 or HTTP/1.1 as
+/// ALPN chose.
+async fn serve_tls(
+    handshake: tokio_rustls::Accept<StallGuard<BoundedSendQueue>>,
+    mut per_connection: PerConnection,
+    (http1, http2): (Http1, Http2),
+    header_timeout: Duration,
+    draining: CancellationToken,
+) {
+    let peer = per_connection.peer;
+    let mut tls = tokio::select! {
+        _ = draining.cancelled() => return,
+        done = tokio::time::timeout(header_timeout, handshake) => match done {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake not done within header_timeout");
+                return;
+            }
+        },
+    };
+    tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
+    if tls.get_ref().1.alpn_protocol() != Some(tls::H2) {
+        let conn = http1
+            .serve_connection(TokioIo::new(tls), per_connection.service())
+            .with_upgrades();
+        return until_drained(conn, draining, |c| c.graceful_shutdown()).await;
+    }
+    // The connection's Backlog holds a body until its last chunk reached the socket, one
+    // body per connection; HTTP/2's streams are paced by their windows instead.
+    per_connection.backlog = None;
+    let asked = Arc::new(AtomicBool::new(false));
+    per_connection.asked = Some(Arc::clone(&asked));
+    let conn = http2.serve_connection(TokioIo::new(tls), per_connection.service());
+    // hyper's header_read_timeout is HTTP/1's: a client that opens no stream within
+    // header_timeout is sent GOAWAY here.
+    let silent = async move {
+        tokio::time::sleep(header_timeout).await;
+        if asked.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = silent => {}
+        _ = draining.cancelled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 /// Serves `conn` to its end; once `draining` is cancelled, lets it finish what it has
