@@ -78,7 +78,7 @@ pub fn build(stages: &[String], buffer: usize) -> Result<Built, Failure> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(usage)?;
 
-    let source = source_spec.open(buffer).map_err(Failure::Pipeline)?;
+    let source = source_spec.open(buffer).map_err(failed)?;
     let input_len = source.size();
     let mut builder = Pipeline::builder()
         .buffer(buffer)
@@ -86,7 +86,7 @@ pub fn build(stages: &[String], buffer: usize) -> Result<Built, Failure> {
     for (transform, text) in transforms.into_iter().zip(middle) {
         builder = builder.transform(text.as_str(), transform);
     }
-    let sink = sink_spec.open().map_err(Failure::Pipeline)?;
+    let sink = sink_spec.open().map_err(failed)?;
     Ok(Built {
         pipeline: builder.sink(last.as_str(), sink),
         input_len,
@@ -130,6 +130,10 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
 
 fn usage(message: impl std::fmt::Display) -> Failure {
     Failure::Usage(message.to_string())
+}
+
+pub(super) fn failed(error: impl std::fmt::Display) -> Failure {
+    Failure::Pipeline(error.to_string())
 }
 
 fn print_report(report: &Report, args: &RunArgs) {

@@ -29,23 +29,47 @@ pub fn is_kafka(spec: &str) -> bool {
     split(spec).0 == "kafka"
 }
 
-pub fn parse(spec: &str) -> Result<KafkaSpec, String> {
-    let shape = "write kafka:HOST:PORT[,HOST:PORT]/TOPIC[?group=GROUP]";
-    let arg = split(spec).1.ok_or_else(|| format!("`{spec}`: {shape}"))?;
+/// A `kafka:` stage written wrong.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KafkaSpecError {
+    Shape(String),
+    UnknownOption { spec: String, pair: String },
+}
+
+impl std::fmt::Display for KafkaSpecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KafkaSpecError::Shape(spec) => write!(
+                f,
+                "`{spec}`: write kafka:HOST:PORT[,HOST:PORT]/TOPIC[?group=GROUP]"
+            ),
+            KafkaSpecError::UnknownOption { spec, pair } => {
+                write!(f, "`{spec}`: unknown option `{pair}` (options: group)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for KafkaSpecError {}
+
+pub fn parse(spec: &str) -> Result<KafkaSpec, KafkaSpecError> {
+    let shape = || KafkaSpecError::Shape(spec.to_string());
+    let arg = split(spec).1.ok_or_else(shape)?;
     let arg = arg.strip_prefix("//").unwrap_or(arg);
     let (address, query) = arg.split_once('?').unwrap_or((arg, ""));
     let (brokers, topic) = address
         .rsplit_once('/')
         .filter(|(b, t)| !b.is_empty() && !t.is_empty())
-        .ok_or_else(|| format!("`{spec}`: {shape}"))?;
+        .ok_or_else(shape)?;
     let mut group = "weir-run".to_string();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("group", g)) if !g.is_empty() => group = g.to_string(),
             _ => {
-                return Err(format!(
-                    "`{spec}`: unknown option `{pair}` (options: group)"
-                ))
+                return Err(KafkaSpecError::UnknownOption {
+                    spec: spec.to_string(),
+                    pair: pair.to_string(),
+                })
             }
         }
     }
@@ -88,7 +112,7 @@ pub fn build(stages: &[String], buffer: usize) -> Result<(Built, Option<KafkaCom
         let source = stages::parse_source(first)
             .map_err(usage)?
             .open(buffer)
-            .map_err(Failure::Pipeline)?;
+            .map_err(super::run::failed)?;
         let input_len = source.size();
         let mut builder = Pipeline::builder()
             .buffer(buffer)
@@ -140,7 +164,7 @@ pub fn build(stages: &[String], buffer: usize) -> Result<(Built, Option<KafkaCom
         let file = stages::parse_sink(last)
             .map_err(usage)?
             .open()
-            .map_err(Failure::Pipeline)?;
+            .map_err(super::run::failed)?;
         builder.sink(last.as_str(), RecordLines::new(file))
     };
     Ok((
@@ -170,9 +194,13 @@ mod tests {
             parse("kafka://h:1/t").map(|s| s.group),
             Ok("weir-run".into())
         );
-        assert!(parse("kafka:h:1").unwrap_err().contains("TOPIC"));
+        assert!(parse("kafka:h:1")
+            .unwrap_err()
+            .to_string()
+            .contains("TOPIC"));
         assert!(parse("kafka:h:1/t?x=1")
             .unwrap_err()
+            .to_string()
             .contains("unknown option"));
     }
 }
