@@ -1,8 +1,9 @@
 //! TLS for clients (`tls_cert`, `tls_key`): HTTP/2 and HTTP/1.1 by ALPN on real TLS over
 //! loopback, with a CA and a server certificate made at test time. Over HTTP/2 a stream
 //! the client does not read holds a bounded number of bytes in weir while another stream
-//! on the same connection completes; past `max_streams` a stream gets 503; a stop ends
-//! the streams as over HTTP/1.1.
+//! on the same connection completes; past `max_streams` a stream gets 503, past the
+//! connection's 100 streams REFUSED_STREAM; a stop ends the streams as over HTTP/1.1; the
+//! official OpenAI and Anthropic SDKs stream over https.
 
 mod common;
 
@@ -757,4 +758,65 @@ async fn proxy_h2_the_official_sdks_stream_through_weir_over_https() {
         out.status
     );
     eprintln!("tls_sdk.py passed:\n{output}");
+}
+
+#[tokio::test]
+async fn proxy_h2_streams_past_the_connection_limit_are_refused_with_refused_stream() {
+    const SENT: usize = 110;
+    let pki = pki();
+    let server = start_tls(
+        &pki,
+        "",
+        &route(CHAT, "http://127.0.0.1:1/v1/chat/completions", ""),
+    )
+    .await;
+    let tls = pki.connect(&server, &[b"h2"], b"h2").await;
+    let (mut send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    // Opened before the server's SETTINGS are read, as a client ignoring them would: each
+    // stream's request body is left open, so that every stream stays open in weir.
+    let mut responses = Vec::new();
+    let mut bodies = Vec::new();
+    for _ in 0..SENT {
+        let request = Request::post(server.url(CHAT))
+            .header("authorization", "Bearer key-1")
+            .body(())
+            .expect("request");
+        let (response, body) = send.send_request(request, false).expect("stream");
+        responses.push(response);
+        bodies.push(body);
+    }
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    // The first 100 wait for their bodies; the rest are refused at once.
+    let mut refused = 0;
+    for response in responses.drain(100..) {
+        let err = tokio::time::timeout(DEADLINE, response)
+            .await
+            .expect("refused in time")
+            .expect_err("past the connection's streams");
+        assert_eq!(err.reason(), Some(h2::Reason::REFUSED_STREAM), "{err}");
+        refused += 1;
+    }
+    assert_eq!(refused, SENT - 100);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut responses[99])
+            .await
+            .is_err(),
+        "the 100th stream is open, waiting for its request body"
+    );
+    // The connection itself stays up: a stream opened once some are free is answered.
+    drop(responses);
+    drop(bodies);
+    let health = Request::get(server.url("/healthz"))
+        .body(())
+        .expect("request");
+    let mut send = send.ready().await.expect("connection up");
+    let (response, _) = send.send_request(health, true).expect("stream");
+    let response = tokio::time::timeout(DEADLINE, response)
+        .await
+        .expect("in time")
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    driver.abort();
 }
