@@ -51,8 +51,9 @@ const WRITE_BUFFER: usize = 8 * 1024;
 /// fewer than 100); the server-wide `max_streams` is enforced on top, with 503s.
 const H2_MAX_STREAMS: u32 = 100;
 
-/// Bytes hyper's HTTP/2 layer holds for one stream's response beyond the client's window:
-/// the body is polled again only once what it gave drops under this, as over HTTP/1.1.
+/// Most bytes of one stream's response hyper's HTTP/2 layer holds, waiting for the
+/// client's window or the socket: the body is polled again only once what it gave drops
+/// under this, as over HTTP/1.1.
 const H2_SEND_BUFFER: usize = WRITE_BUFFER;
 
 /// What one HTTP/2 request stream, and all of a connection's, may send before weir reads
@@ -422,8 +423,8 @@ async fn serve_tls(
     let _ = conn.await;
 }
 
-/// Serves `conn` to its end; once `draining` is cancelled, lets it finish what it has
-/// (HTTP/2: GOAWAY) and takes no more requests.
+/// Serves `conn` to its end; once `draining` is cancelled, lets it finish the request it
+/// has and takes no more.
 async fn until_drained<C: Future>(
     conn: C,
     draining: CancellationToken,
