@@ -10,7 +10,7 @@ mod common;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -819,4 +819,126 @@ async fn proxy_h2_streams_past_the_connection_limit_are_refused_with_refused_str
         .expect("answered");
     assert_eq!(response.status(), StatusCode::OK);
     driver.abort();
+}
+
+/// An I/O object whose reads stop for good once `paused` is set: a client that stops
+/// reading its socket.
+struct Pausable<T> {
+    inner: T,
+    paused: Arc<AtomicBool>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Pausable<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.paused.load(Ordering::Relaxed) {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Pausable<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_h2_a_client_with_a_huge_window_that_stops_reading_its_socket_holds_bounded_bytes() {
+    const RECEIVE_BUFFER: u64 = 8 * 1024;
+    let pki = pki();
+    let endless = EndlessUpstream::start().await;
+    let routes = route(
+        "/endless",
+        &endless.url(),
+        &format!("receive_buffer = {RECEIVE_BUFFER}"),
+    );
+    let server = start_tls(&pki, "send_buffer = \"16KiB\"", &routes).await;
+
+    // The windows let weir send a mebibyte; the socket is what stops it.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+    let tcp = socket.connect(server.local_addr()).await.expect("connect");
+    let paused = Arc::new(AtomicBool::new(false));
+    let tcp = Pausable {
+        inner: tcp,
+        paused: Arc::clone(&paused),
+    };
+    let tls = pki
+        .connector(&[b"h2"])
+        .connect(ServerName::IpAddress(server.local_addr().ip().into()), tcp)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(16 << 20)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .expect("h2 handshake");
+    let _driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let resp = h2_post(&mut send, &server.url("/endless")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(DEADLINE, body.data())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("chunk");
+    paused.store(true, Ordering::Relaxed);
+    let taken = upstream_paused(&endless).await;
+
+    // What the client took before it stopped, its buffered frames included.
+    let mut received = String::from_utf8_lossy(&first).into_owned();
+    while let Ok(Some(Ok(chunk))) =
+        tokio::time::timeout(Duration::from_millis(300), body.data()).await
+    {
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let delivered = last_event_number(&received).map_or(0, |n| n + 1);
+    let in_kernels = kernel_queues(endless.addr) + kernel_queues(server.local_addr());
+    let in_flight = (taken - delivered) * EVENT_LEN as u64;
+    let held = in_flight.saturating_sub(in_kernels);
+    // hyper's HTTP/2 send buffer for the stream (8 KiB) and its frame being written (16
+    // KiB), one TLS record in rustls, one upstream read (the upstream socket's receive
+    // buffer, doubled by Linux) and the client's own unread TLS read (16 KiB), an event
+    // at each end. hyper's default send buffer (400 KiB) would be far past it.
+    let bound = 8 * 1024
+        + 16 * 1024
+        + (16 * 1024 + 256)
+        + 2 * RECEIVE_BUFFER
+        + 16 * 1024
+        + 2 * EVENT_LEN as u64;
+    eprintln!(
+        "upstream took {taken} events; the client got {delivered}; {in_kernels} B in kernel \
+         queues; weir holds about {held} B (bound {bound} B)"
+    );
+    assert!(
+        held <= bound,
+        "weir holds {held} B for a client that stopped reading (bound {bound} B)"
+    );
 }
