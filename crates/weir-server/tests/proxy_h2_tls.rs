@@ -2,8 +2,9 @@
 //! loopback, with a CA and a server certificate made at test time. Over HTTP/2 a stream
 //! the client does not read holds a bounded number of bytes in weir while another stream
 //! on the same connection completes; past `max_streams` a stream gets 503, past the
-//! connection's 100 streams REFUSED_STREAM; a stop ends the streams as over HTTP/1.1; the
-//! official OpenAI and Anthropic SDKs stream over https.
+//! connection's 100 streams REFUSED_STREAM; a stop ends the streams as over HTTP/1.1;
+//! WebSockets upgrade over TLS with HTTP/1.1; the official OpenAI and Anthropic SDKs
+//! stream over https.
 
 mod common;
 
@@ -941,4 +942,41 @@ async fn proxy_h2_a_client_with_a_huge_window_that_stops_reading_its_socket_hold
         held <= bound,
         "weir holds {held} B for a client that stopped reading (bound {bound} B)"
     );
+}
+
+#[tokio::test]
+async fn proxy_h2_websockets_work_over_tls_with_http1_and_publishes_over_http2() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let pki = pki();
+    let server = start_tls(&pki, "", "[[route]]\nkind = \"topic\"\npath = \"/t\"\n").await;
+    let tls = pki.connect(&server, &[b"http/1.1"], b"http/1.1").await;
+    let (mut ws, answer) = tokio_tungstenite::client_async("wss://localhost/t", tls)
+        .await
+        .expect("upgrade over TLS");
+    assert_eq!(answer.status(), StatusCode::SWITCHING_PROTOCOLS);
+
+    let (send, _driver, _) = h2_connect(&pki, &server, 65_535, 65_535).await;
+    let mut send = send.ready().await.expect("connection open");
+    let request = Request::post(server.url("/t")).body(()).expect("request");
+    let (response, mut body) = send.send_request(request, false).expect("stream");
+    body.send_data(Bytes::from_static(b"{\"n\":1}\n"), true)
+        .expect("body");
+    let response = tokio::time::timeout(DEADLINE, response)
+        .await
+        .expect("in time")
+        .expect("published");
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let text = loop {
+        let frame = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = frame {
+            break t.to_string();
+        }
+    };
+    assert_eq!(text, "{\"n\":1}");
 }
