@@ -10,9 +10,23 @@
 //! ([`Builtin::continues_run`]), which a second pattern compiled beside the detector's
 //! own ([`Builtin::run_extension`]) keeps the match attempt alive, and the text held,
 //! long enough to see.
+//!
+//! A phone number also ends where a card number begins: an international number takes up
+//! to four digit groups after its area code, and those could be the first groups of a
+//! card right after it (`+1 415 555 0100 4111 1111 1111 1111`). A phone match whose last
+//! groups start a card that goes on past it is not taken ([`ends_inside_card`]); a
+//! shorter one, which leaves the card whole, is.
 
 /// Bytes before a match that [`Builtin::starts_run`] looks at (`0` where the text has none).
 pub(crate) const LEAD: usize = 6;
+
+/// The most bytes of a card number that can follow a phone match whose last group is the
+/// card's first (4 digits): the rest of the longest layout, 4-4-4-4-3, and the byte after
+/// it that must not be a word character.
+const CARD_AFTER_PHONE: usize = 19 + 1;
+
+/// The longest card number, separators included (4-4-4-4-3).
+const CARD_SPAN: usize = 23;
 
 /// Detectors bounded by their run, each with a fixed slot in a match attempt.
 pub(crate) const RUN_SLOTS: usize = 3;
@@ -143,13 +157,17 @@ impl Builtin {
     /// The regex for a match followed by more of its run (what
     /// [`continues_run`](Self::continues_run) checks): another `.digit` after an
     /// address, another `-` and 4-digit group after a card grouped by `-`, another
-    /// `.digit` or `-digit` after a phone number. Runs are joined by `.` or `-` only: a
-    /// space between digit groups also separates numbers in prose (a card and its
-    /// expiry year, two cards in a row, `call 020 7946 0958 24/7`), and a leak costs
-    /// more than a masked id.
+    /// `.digit` or `-digit` after a phone number, or the rest of a card its last groups
+    /// may have begun. Runs are joined by `.` or `-` only: a space between digit groups
+    /// also separates numbers in prose (a card and its expiry year, two cards in a row,
+    /// `call 020 7946 0958 24/7`), and a leak costs more than a masked id.
     pub(crate) fn run_extension(self) -> Option<String> {
         match self {
-            Builtin::Phone => Some(format!(r"(?:{})[.-][0-9]", self.pattern())),
+            Builtin::Phone => Some(format!(
+                r"(?:{})(?:[.-][0-9]|[ -][0-9][0-9 -]{{0,{}}})",
+                self.pattern(),
+                CARD_AFTER_PHONE - 2
+            )),
             Builtin::Card => Some(format!(
                 r"(?-u:\b)(?:{})-[0-9]{{4}}(?-u:\b)",
                 card_groups("-")
@@ -163,6 +181,7 @@ impl Builtin {
     pub(crate) fn run_lookahead(self) -> usize {
         match self {
             Builtin::Card => 6,
+            Builtin::Phone => CARD_AFTER_PHONE,
             _ => 2,
         }
     }
@@ -172,9 +191,9 @@ impl Builtin {
     /// [`run_lookahead`](Self::run_lookahead) bytes, fewer only at the end of the text.
     pub(crate) fn continues_run(self, candidate: &[u8], after: &[u8]) -> bool {
         match (self, after) {
-            (Builtin::Ipv4, [b'.', d, ..]) | (Builtin::Phone, [b'.' | b'-', d, ..]) => {
-                d.is_ascii_digit()
-            }
+            (Builtin::Ipv4, [b'.', d, ..]) => d.is_ascii_digit(),
+            (Builtin::Phone, [b'.' | b'-', d, ..]) if d.is_ascii_digit() => true,
+            (Builtin::Phone, _) => ends_inside_card(candidate, after),
             (Builtin::Card, [b'-', group @ ..]) => {
                 let dashed = candidate.iter().find(|b| !b.is_ascii_digit()) == Some(&b'-');
                 let (digits, next) = group.split_at(group.len().min(4));
@@ -218,6 +237,54 @@ impl Builtin {
 /// A byte of an ASCII word, as `(?-u:\b)` sees it.
 fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// True when a card number, as the `card` detector takes it (layout, word boundaries,
+/// checksum), starts at a digit group of `candidate` and ends in `after`.
+fn ends_inside_card(candidate: &[u8], after: &[u8]) -> bool {
+    let mut buf = [0u8; CARD_SPAN + CARD_AFTER_PHONE];
+    // A card that ends past the candidate starts in its last CARD_SPAN bytes.
+    let from = candidate.len().saturating_sub(CARD_SPAN);
+    (from..candidate.len()).any(|g| {
+        let starts_group = candidate[g].is_ascii_digit() && (g == 0 || !is_word(candidate[g - 1]));
+        if !starts_group {
+            return false;
+        }
+        let head = &candidate[g..];
+        let tail = &after[..after.len().min(buf.len() - head.len())];
+        buf[..head.len()].copy_from_slice(head);
+        buf[head.len()..head.len() + tail.len()].copy_from_slice(tail);
+        let text = &buf[..head.len() + tail.len()];
+        card_ends(text).any(|end| end > head.len() && card_valid(&text[..end]))
+    })
+}
+
+/// The ends of the card layouts (as [`Builtin::Card`]'s pattern has them) that start at
+/// `text[0]` and are followed by no word character.
+fn card_ends(text: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let boundary = |end: usize| text.get(end).is_none_or(|&b| !is_word(b));
+    let digits_from = |at: usize| {
+        text.get(at..).map_or(0, |rest| {
+            rest.iter().take_while(|b| b.is_ascii_digit()).count()
+        })
+    };
+    let run = digits_from(0);
+    let contiguous = ((13..=19).contains(&run) && boundary(run)).then_some(run);
+    // Each layout: the lengths of the groups before the last, and the last's range.
+    const LAYOUTS: [(&[usize], usize, usize); 3] =
+        [(&[4, 4, 4], 1, 4), (&[4, 4, 4, 4], 1, 3), (&[4, 6], 4, 5)];
+    let grouped = LAYOUTS.into_iter().filter_map(move |(groups, min, max)| {
+        let mut at = 0;
+        for &len in groups {
+            if digits_from(at) != len || !matches!(text.get(at + len), Some(b' ' | b'-')) {
+                return None;
+            }
+            at += len + 1;
+        }
+        let last = digits_from(at);
+        ((min..=max).contains(&last) && boundary(at + last)).then_some(at + last)
+    });
+    contiguous.into_iter().chain(grouped)
 }
 
 /// A payment card: first digit 2 to 6 (the industries that issue payment cards, which
@@ -358,5 +425,33 @@ mod tests {
         assert!(!Builtin::Card.continues_run(card, b"-202"));
         assert!(!Builtin::Card.continues_run(b"4111111111111111", b"-2027 "));
         assert!(!Builtin::Card.continues_run(b"4111 1111 1111 1111", b" 2027 "));
+    }
+
+    #[test]
+    fn a_phone_ending_inside_a_card_goes_on_with_the_card() {
+        let phone = b"+1 415 555 0100 4111 1111";
+        assert!(Builtin::Phone.continues_run(phone, b" 1111 1111"));
+        assert!(Builtin::Phone.continues_run(phone, b" 1111 1111 now"));
+        assert!(Builtin::Phone.continues_run(b"+1 415 555 0100 4111", b" 1111 1111 1111."));
+        assert!(Builtin::Phone.continues_run(b"+1 415 555 0100 3782", b" 822463 10005"));
+        // The card's checksum fails, or the run goes on as a word: no card.
+        assert!(!Builtin::Phone.continues_run(phone, b" 1111 1112"));
+        assert!(!Builtin::Phone.continues_run(phone, b" 1111 1111x"));
+        // A whole card after the phone: the phone holds none of it.
+        assert!(!Builtin::Phone.continues_run(b"+1 415 555 0100", b" 4111 1111 1111 1111"));
+        assert!(!Builtin::Phone.continues_run(b"020 7946 0958", b" 24/7"));
+    }
+
+    #[test]
+    fn card_layouts_end_where_the_card_pattern_does() {
+        let ends = |t: &[u8]| card_ends(t).collect::<Vec<_>>();
+        assert_eq!(ends(b"4111 1111 1111 1111 "), [19]);
+        assert_eq!(ends(b"4111 1111 1111 1111 111"), [19, 23]);
+        assert_eq!(ends(b"4111-1111-1111-1111"), [19]);
+        assert_eq!(ends(b"3782 822463 10005."), [17]);
+        assert_eq!(ends(b"4111111111111111 "), [16]);
+        assert!(ends(b"4111 1111 1111 11111").is_empty());
+        assert!(ends(b"4111 1111 1111 1111a").is_empty());
+        assert!(ends(b"41111 1111 1111 1111").is_empty());
     }
 }

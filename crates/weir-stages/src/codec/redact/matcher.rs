@@ -180,9 +180,10 @@ impl Compiled {
 }
 
 /// Accepted matches of a run-bounded detector whose following bytes were not all seen
-/// yet, at most: their ends are two bytes apart at least and the look-ahead is at most
-/// six bytes.
-const PENDING: usize = 4;
+/// yet, at most: an address's or a card's ends are two bytes apart at least and their
+/// look-ahead is at most six bytes; a phone number's ends are three apart at least (a
+/// separator and two digits) and its look-ahead, the rest of a card, twenty.
+const PENDING: usize = 8;
 
 /// What an attempt knows of a run-bounded detector's matches, as lengths from its
 /// start (such matches are short, so a few bytes keep an attempt small).

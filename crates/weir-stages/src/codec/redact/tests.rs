@@ -563,6 +563,7 @@ const TRUE_POSITIVES: &[(&str, &str)] = &[
     ("call 1-800-555-0199 now", "call 1-[PHONE] now"),
     ("2024-01-15 415-555-0100", "2024-01-15 [PHONE]"),
     ("(415) 555-0100 4111 1111 1111 1111", "[PHONE] [CARD]"),
+    ("+1 415 555 0100 4111 1111 1111 1111", "[PHONE] [CARD]"),
     ("+44 20 7946 0958 192.168.1.1", "[PHONE] [IPV4]"),
     ("tel:415.555.0100.", "tel:[PHONE]."),
     ("4111 1111 1111 1111", "[CARD]"),
@@ -700,4 +701,78 @@ fn the_hold_back_stays_within_the_cap_on_long_runs() {
     out.push_str(&stream.finish());
     assert_eq!(out, r.redact_all(&run));
     assert_eq!(out, run);
+}
+
+/// An international number takes up to four digit groups after its area code, so the
+/// groups of a card right after it could complete it: the phone must end where the card
+/// begins, whichever detector is configured first, at every split.
+#[test]
+fn a_phone_never_takes_the_first_groups_of_a_card_after_it() {
+    let phone_and_card = Redactor::new(RedactConfig::kinds(&["phone", "card"])).unwrap();
+    let card_and_phone = Redactor::new(RedactConfig::kinds(&["card", "phone"])).unwrap();
+    for r in [all(), phone_and_card, card_and_phone] {
+        for (text, expected) in [
+            ("+1 415 555 0100 4111 1111 1111 1111", "[PHONE] [CARD]"),
+            (
+                "call +1 415 555 0100 4111 1111 1111 1111 now",
+                "call [PHONE] [CARD] now",
+            ),
+            ("+44 20 7946 0958 5555-5555-5555-4444.", "[PHONE] [CARD]."),
+            ("+1 415 555 0100 3782 822463 10005", "[PHONE] [CARD]"),
+            ("+33 1 23 45 67 89 4111 1111 1111 1111", "[PHONE] [CARD]"),
+            ("+1 (415) 555 0100 4111-1111-1111-1111", "[PHONE] [CARD]"),
+            ("+14155550100 6011 0009 9013 9424", "[PHONE] [CARD]"),
+        ] {
+            redacts(&r, text, expected);
+            assert_eq!(naive(&r, text), expected, "{text:?}");
+            assert_every_split_redacts_like_the_whole(&r, text);
+        }
+    }
+}
+
+const PHONES: &[&str] = &[
+    "+1 415 555 0100",
+    "+14155550100",
+    "+1 (415) 555-0100",
+    "+44 20 7946 0958",
+    "+44 (0)20 7946 0958",
+    "+33 1 23 45 67 89",
+    "(415) 555-0100",
+    "415-555-0100",
+    "020 7946 0958",
+];
+const CARDS: &[&str] = &[
+    "4111 1111 1111 1111",
+    "4111111111111111",
+    "5555-5555-5555-4444",
+    "3782 822463 10005",
+    "6011 0009 9013 9424",
+];
+
+proptest! {
+    #[test]
+    fn a_card_after_a_phone_is_masked_whole_at_any_split(
+        phone in proptest::sample::select(PHONES),
+        card in proptest::sample::select(CARDS),
+        after in proptest::sample::select(&[" ", ".", "", " now", ", 12/27", "\n"][..]),
+        cuts in proptest::collection::vec(any::<usize>(), 0..6),
+    ) {
+        let r = all();
+        let text = format!("call {phone} {card}{after}");
+        let whole = r.redact_all(&text);
+        prop_assert_eq!(&whole, &format!("call [PHONE] [CARD]{after}"));
+        prop_assert_eq!(&stream_with_cuts(&r, &text, &cuts), &whole);
+        prop_assert_eq!(whole, naive(&r, &text));
+    }
+
+    #[test]
+    fn any_split_of_phone_and_card_shaped_text_redacts_like_the_whole(
+        text in "[0-9 +()-]{0,80}|(\\+[1-9]{1,2} )?([0-9]{2,4} ){2,8}[0-9]{1,4}",
+        cuts in proptest::collection::vec(any::<usize>(), 0..40),
+    ) {
+        let r = all();
+        let whole = r.redact_all(&text);
+        prop_assert_eq!(&stream_with_cuts(&r, &text, &cuts), &whole);
+        prop_assert_eq!(whole, naive(&r, &text));
+    }
 }
