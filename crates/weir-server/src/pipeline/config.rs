@@ -27,7 +27,10 @@ pub enum ConfigProblem {
     #[error("memory_budget must be at least {} MiB: an eighth of it is one fetch, which must hold a whole batch of messages (1 MB by default)", MIN_BUDGET >> 20)]
     BudgetTooSmall,
     #[error("transforms: `{spec}`: {error}")]
-    Transform { spec: String, error: StageSpecError },
+    Transform {
+        spec: String,
+        error: Box<StageSpecError>,
+    },
     #[error("max_item ({max_item} bytes) is over the {fetch} bytes of one fetch that memory_budget allows; raise memory_budget")]
     MaxItemOverFetch { max_item: u64, fetch: u64 },
     #[error("source: brokers, topics and group must not be empty")]
@@ -214,7 +217,7 @@ impl PipelineConfig {
             .map(|t| {
                 parse_transform(t).map_err(|error| ConfigProblem::Transform {
                     spec: t.clone(),
-                    error,
+                    error: Box::new(error),
                 })
             })
             .collect()
