@@ -7,4 +7,4 @@ mod request;
 mod route;
 
 pub use handler::handle;
-pub use route::ExportRoute;
+pub use route::{ExportRoute, ExportRouteError, RouteProblem};

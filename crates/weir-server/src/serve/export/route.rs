@@ -10,8 +10,8 @@ use tokio_postgres::NoTls;
 use weir_runtime::channel::CapacityHandle;
 use weir_runtime::{error_chain, BoxError, Source};
 use weir_stages::sources::sql::{
-    CursorSettings, FetchCounter, NamedQuery, Placeholder, PostgresSource, RowBatch, SqlError,
-    SqlitePool, SqliteSource,
+    CursorSettings, FetchCounter, NamedQuery, Placeholder, PostgresSource, QueryError, RowBatch,
+    SqlError, SqlitePool, SqliteSource,
 };
 
 use super::metrics::ExportMetrics;
@@ -20,6 +20,38 @@ use crate::serve::config::{DatabaseUrl, SqlExportRoute};
 
 /// How long opening a PostgreSQL connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A `sql_export` route that cannot serve, naming its path.
+#[derive(Debug, thiserror::Error)]
+#[error("route {path}: {problem}")]
+pub struct ExportRouteError {
+    pub path: String,
+    pub problem: RouteProblem,
+}
+
+/// Why a `sql_export` route cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteProblem {
+    #[error("query: {0}")]
+    Query(QueryError),
+    /// The configuration's own message on the `database` URL.
+    #[error("{0}")]
+    DatabaseUrl(String),
+    /// The SQLite file could not be opened or the query not prepared.
+    #[error("{0}")]
+    Sqlite(SqlError),
+    #[error("database URL: {0}")]
+    PostgresUrl(tokio_postgres::Error),
+    #[error("connection pool: {0}")]
+    Pool(deadpool_postgres::BuildError),
+}
+
+/// The server builds its routes with text errors.
+impl From<ExportRouteError> for String {
+    fn from(e: ExportRouteError) -> String {
+        e.to_string()
+    }
+}
 
 enum Database {
     Sqlite(SqlitePool),
@@ -42,21 +74,24 @@ impl ExportRoute {
     /// Builds the pool; a SQLite file is opened and the query prepared now, so that a
     /// missing file or a bad query stops the server at start. PostgreSQL is connected
     /// to on the first request (it may start after weir).
-    pub fn new(config: SqlExportRoute, admission: Admission) -> Result<Self, String> {
-        let at = format!("route {}", config.path);
-        let query = NamedQuery::parse(&config.query).map_err(|e| format!("{at}: query: {e}"))?;
-        let url = DatabaseUrl::parse(&config.database).map_err(|e| format!("{at}: {e}"))?;
+    pub fn new(config: SqlExportRoute, admission: Admission) -> Result<Self, ExportRouteError> {
+        let at = |problem| ExportRouteError {
+            path: config.path.clone(),
+            problem,
+        };
+        let query = NamedQuery::parse(&config.query).map_err(|e| at(RouteProblem::Query(e)))?;
+        let url =
+            DatabaseUrl::parse(&config.database).map_err(|e| at(RouteProblem::DatabaseUrl(e)))?;
         let (database, sql) = match url {
             DatabaseUrl::Sqlite(path) => {
                 let sql = query.to_sql(Placeholder::Question);
                 let pool = SqlitePool::new(path, config.pool_size);
-                pool.check(&sql).map_err(|e| format!("{at}: {e}"))?;
+                pool.check(&sql).map_err(|e| at(RouteProblem::Sqlite(e)))?;
                 (Database::Sqlite(pool), sql)
             }
             DatabaseUrl::Postgres(url) => {
-                let mut pg: tokio_postgres::Config = url
-                    .parse()
-                    .map_err(|e| format!("{at}: database URL: {e}"))?;
+                let mut pg: tokio_postgres::Config =
+                    url.parse().map_err(|e| at(RouteProblem::PostgresUrl(e)))?;
                 pg.connect_timeout(CONNECT_TIMEOUT);
                 if pg.get_application_name().is_none() {
                     pg.application_name("weir");
@@ -74,7 +109,7 @@ impl ExportRoute {
                     .create_timeout(Some(CONNECT_TIMEOUT))
                     .runtime(Runtime::Tokio1)
                     .build()
-                    .map_err(|e| format!("{at}: connection pool: {e}"))?;
+                    .map_err(|e| at(RouteProblem::Pool(e)))?;
                 (Database::Postgres(pool), query.to_sql(Placeholder::Dollar))
             }
         };
