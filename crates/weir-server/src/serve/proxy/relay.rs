@@ -100,13 +100,13 @@ impl Relay {
 
     /// Whether the relay takes more upstream bytes now: not ended, and for a slow client
     /// its last output handed out (nothing is read ahead of it); a client that keeps up
-    /// gets output of several reads in one chunk, up to `FAST_BATCH` or a quarter of the
-    /// buffer.
+    /// gets output of several reads in one chunk, up to `FAST_BATCH` or an eighth of the
+    /// buffer (one more read on top of it, and the output's doubling growth, stay within it).
     pub fn wants_upstream(&self, client_is_slow: bool) -> bool {
         let batch = if client_is_slow {
             1
         } else {
-            FAST_BATCH.min(self.buffer / 4)
+            FAST_BATCH.min(self.buffer / 8)
         };
         self.ended.is_none() && self.out.len() < batch
     }
@@ -456,6 +456,41 @@ mod tests {
             r.feed(format!("{tool}{tool}data: [DONE]\n\n").as_bytes());
             let tally = r.take_tally();
             assert_eq!((tally.events, tally.tokens), (3, 2), "redact={redact}");
+        }
+    }
+
+    #[test]
+    fn a_fast_clients_batches_stay_within_a_small_buffer() {
+        let tokens: Vec<String> = (0..2000)
+            .map(|i| format!("token {i} of the stream "))
+            .collect();
+        let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        for redact in [false, true] {
+            let input = stream(Protocol::Openai, &tokens, OPENAI_END);
+            let filter = redact.then(|| {
+                let make = redaction::factory(&["email".to_string()]).expect("filter");
+                make()
+            });
+            let buffer = 16 << 10;
+            let mut r = Relay::new(Protocol::Openai.dialect(), buffer, filter);
+            let mut out = 0;
+            // Reads the size of the upstream readers' (4 KiB) whenever the relay takes more.
+            for read in input.as_bytes().chunks(4096) {
+                if !r.wants_upstream(false) {
+                    out += r.take_output().map_or(0, |o| o.len());
+                }
+                r.feed(read);
+                assert!(
+                    r.held_bytes() <= buffer,
+                    "held {} of {buffer}",
+                    r.held_bytes()
+                );
+                assert_eq!(r.ended(), None, "redact={redact}");
+            }
+            r.upstream_ended();
+            out += r.take_output().map_or(0, |o| o.len());
+            assert_eq!(r.ended(), Some(Outcome::Completed), "redact={redact}");
+            assert!(out > input.len() / 2);
         }
     }
 
