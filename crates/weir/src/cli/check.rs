@@ -210,31 +210,85 @@ EXAMPLES:
   weir check http://127.0.0.1:8080/stream --spawn 'exec java -Xmx512m Server.java 8080'
   weir check http://api.internal:8080/stream --metrics-url http://api.internal:9090/metrics --json";
 
+/// An option of `weir check` that cannot be used, named with why (hand-written: the CLI
+/// crate has no thiserror).
+#[derive(Debug)]
+enum ArgError {
+    Url {
+        url: String,
+        error: url::ParseError,
+    },
+    /// A `--header`, and why.
+    Header {
+        header: String,
+        why: String,
+    },
+    Method(String),
+    BodyFile {
+        path: String,
+        error: std::io::Error,
+    },
+    BodyTooLarge {
+        path: String,
+        size: u64,
+    },
+    Clients(usize),
+    RecvBuffer(u64),
+    /// An option (or a pair) outside its range, as `--flag value: range`.
+    Range(String),
+    NoMemorySource,
+}
+
+impl std::fmt::Display for ArgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArgError::Url { url, error } => write!(f, "`{url}`: {error}"),
+            ArgError::Header { header, why } => write!(f, "--header `{header}`: {why}"),
+            ArgError::Method(m) => write!(f, "--method `{m}`: an HTTP method such as GET or POST"),
+            ArgError::BodyFile { path, error } => write!(f, "--body-file {path}: {error}"),
+            ArgError::BodyTooLarge { path, size } => write!(
+                f,
+                "--body-file {path}: {size} bytes, more than the {MAX_BODY} a request body may have"
+            ),
+            ArgError::Clients(n) => write!(f, "--clients {n}: between 1 and {MAX_CLIENTS}"),
+            ArgError::RecvBuffer(n) => write!(f, "--recv-buffer {n}: between 1 byte and 4 GiB"),
+            ArgError::Range(m) => f.write_str(m),
+            ArgError::NoMemorySource => f.write_str("give --pid, --spawn or --metrics-url"),
+        }
+    }
+}
+
+impl std::error::Error for ArgError {}
+
 impl CheckArgs {
-    fn config(&self) -> Result<CheckConfig, String> {
-        let url = url::Url::parse(&self.url).map_err(|e| format!("`{}`: {e}", self.url))?;
+    fn config(&self) -> Result<CheckConfig, ArgError> {
+        let url = url::Url::parse(&self.url).map_err(|error| ArgError::Url {
+            url: self.url.clone(),
+            error,
+        })?;
         let headers = self
             .headers
             .iter()
             .map(|h| {
+                let bad = |why: String| ArgError::Header {
+                    header: h.clone(),
+                    why,
+                };
                 let (name, value) = h
                     .split_once(':')
-                    .ok_or_else(|| format!("--header `{h}`: write it `Name: value`"))?;
+                    .ok_or_else(|| bad("write it `Name: value`".into()))?;
                 let name = name.trim();
                 if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
-                    return Err(format!("--header `{h}`: `{name}` is not a header name"));
+                    return Err(bad(format!("`{name}` is not a header name")));
                 }
                 if value.contains(['\r', '\n']) {
-                    return Err(format!("--header `{h}`: the value holds a line break"));
+                    return Err(bad("the value holds a line break".into()));
                 }
                 Ok((name.to_string(), value.trim().to_string()))
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, ArgError>>()?;
         if !self.method.bytes().all(|b| b.is_ascii_uppercase()) || self.method.is_empty() {
-            return Err(format!(
-                "--method `{}`: an HTTP method such as GET or POST",
-                self.method
-            ));
+            return Err(ArgError::Method(self.method.clone()));
         }
         let body = match (&self.body, &self.body_file) {
             (Some(body), _) => Some(body.clone().into_bytes()),
@@ -242,40 +296,33 @@ impl CheckArgs {
             (None, None) => None,
         };
         if !(1..=MAX_CLIENTS).contains(&self.clients) {
-            return Err(format!(
-                "--clients {}: between 1 and {MAX_CLIENTS}",
-                self.clients
-            ));
+            return Err(ArgError::Clients(self.clients));
         }
         let recv_buffer = u32::try_from(self.recv_buffer)
             .ok()
             .filter(|&b| b > 0)
-            .ok_or_else(|| {
-                format!(
-                    "--recv-buffer {}: between 1 byte and 4 GiB",
-                    self.recv_buffer
-                )
-            })?;
+            .ok_or(ArgError::RecvBuffer(self.recv_buffer))?;
         let third = self.duration / 3;
         let warmup = self.warmup.unwrap_or(Duration::from_secs(10).min(third));
         let min_window = self
             .min_window
             .unwrap_or(Duration::from_secs(10).min(self.duration / 2));
         let max_duration = self.max_duration.unwrap_or(self.duration * 3);
+        let range = |m: String| Err(ArgError::Range(m));
         if self.interval.is_zero() || self.interval > self.duration {
-            return Err("--interval: more than zero and at most --duration".into());
+            return range("--interval: more than zero and at most --duration".into());
         }
         if warmup >= self.duration {
-            return Err(format!(
+            return range(format!(
                 "--warmup {warmup:?} must be shorter than --duration {:?}",
                 self.duration
             ));
         }
         if max_duration < self.duration {
-            return Err("--max-duration must be at least --duration".into());
+            return range("--max-duration must be at least --duration".into());
         }
         if self.settle_window.is_zero() || self.settle_window >= max_duration {
-            return Err(format!(
+            return range(format!(
                 "--settle-window {:?}: more than zero and shorter than --max-duration {max_duration:?}",
                 self.settle_window
             ));
@@ -285,17 +332,17 @@ impl CheckArgs {
             ("--min-streaming", self.min_streaming),
         ] {
             if !(0.0..=1.0).contains(&value) {
-                return Err(format!("{flag} {value}: between 0 and 1"));
+                return range(format!("{flag} {value}: between 0 and 1"));
             }
         }
         let mut memory: Vec<MemoryFrom> = self.pid.iter().map(|&p| MemoryFrom::Pid(p)).collect();
         memory.extend(self.spawn.iter().cloned().map(MemoryFrom::Spawn));
         memory.extend(self.metrics_url.iter().cloned().map(MemoryFrom::Metrics));
         if memory.is_empty() {
-            return Err("give --pid, --spawn or --metrics-url".into());
+            return Err(ArgError::NoMemorySource);
         }
         if self.max_per_client == 0 {
-            return Err("--max-per-client: more than zero".into());
+            return range("--max-per-client: more than zero".into());
         }
         Ok(CheckConfig {
             url,
@@ -325,21 +372,24 @@ impl CheckArgs {
     }
 }
 
-fn read_body(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| format!("--body-file {}: {e}", path.display()))?
-        .len();
+fn read_body(path: &std::path::Path) -> Result<Vec<u8>, ArgError> {
+    let shown = || path.display().to_string();
+    let failed = |error| ArgError::BodyFile {
+        path: shown(),
+        error,
+    };
+    let size = std::fs::metadata(path).map_err(failed)?.len();
     if size > MAX_BODY {
-        return Err(format!(
-            "--body-file {}: {size} bytes, more than the {MAX_BODY} a request body may have",
-            path.display()
-        ));
+        return Err(ArgError::BodyTooLarge {
+            path: shown(),
+            size,
+        });
     }
-    std::fs::read(path).map_err(|e| format!("--body-file {}: {e}", path.display()))
+    std::fs::read(path).map_err(failed)
 }
 
 pub async fn run(args: CheckArgs) -> Result<(), Failure> {
-    let config = args.config().map_err(Failure::Usage)?;
+    let config = args.config().map_err(|e| Failure::Usage(e.to_string()))?;
     if let Some(path) = &args.plot {
         let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         if !["svg", "png"].contains(&extension.to_ascii_lowercase().as_str()) {
