@@ -162,6 +162,40 @@ async fn a_stream_from_an_https_upstream_arrives_complete_and_redacted() {
     assert!(through_tls.contains("[EMAIL]"), "{through_tls}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_that_offers_h2_by_alpn_carries_many_streams_on_one_connection() {
+    let pki = pki();
+    let ca = write_ca(&pki);
+    let mock = start().await;
+    let mut h2_only = (*pki.server).clone();
+    h2_only.alpn_protocols = vec![b"h2".to_vec()];
+    // The mock serves h2c on its port: the front relays the HTTP/2 bytes to it.
+    let front = TlsFront::start(Arc::new(h2_only), mock.local_addr()).await;
+    let proxy = start_proxy(
+        "openai",
+        &front.url("/v1/chat/completions?tokens=50&seed=4"),
+        "",
+        &format!("upstream_ca = {:?}\nupstream_connections = 1", ca.path()),
+    )
+    .await;
+    let mut streams = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let url = proxy.url("/v1/chat/completions");
+        streams.spawn(async move {
+            let (body, err) =
+                read_all(proxy_request(&client(), &url, false).send().await.unwrap()).await;
+            assert!(err.is_none(), "{err:?}");
+            openai_tokens(&parse_sse(&body)).len()
+        });
+    }
+    while let Some(tokens) = streams.join_next().await {
+        assert_eq!(tokens.expect("stream"), 50);
+    }
+    // One connection made to learn the protocol, then every stream on it.
+    assert_eq!(front.handshakes(), 1);
+    assert_eq!(mock.stats().connections_accepted, 1);
+}
+
 /// Bytes in the kernel receive queues of loopback TCP sockets whose peer is `peer`,
 /// from /proc/net/tcp; `None` if there is no such socket.
 fn receive_queue_to(peer: SocketAddr) -> Option<u64> {
@@ -256,7 +290,8 @@ async fn a_client_that_stops_reading_pauses_an_https_upstream_within_receive_buf
         queued > 0 && queued <= 2 * receive_buffer,
         "{queued} bytes queued on weir's upstream socket (receive_buffer {receive_buffer})"
     );
-    assert_eq!(front.handshakes(), 1);
+    // One to learn by ALPN that the upstream speaks HTTP/1.1, one for the stream.
+    assert_eq!(front.handshakes(), 2);
 }
 
 #[tokio::test]

@@ -116,6 +116,7 @@ pub struct Upstream {
     /// Which protocol the upstream speaks: known from the configuration, or from ALPN on
     /// the first `https://` connection.
     protocol: AtomicU8,
+    learning: tokio::sync::Mutex<()>,
 }
 
 const PROTOCOL_UNKNOWN: u8 = 0;
@@ -174,6 +175,7 @@ impl Upstream {
             uri: uri.to_string(),
             http2: Http2Pool::new(route.upstream_connections, window),
             protocol: AtomicU8::new(protocol),
+            learning: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -190,14 +192,7 @@ impl Upstream {
         body: &[u8],
     ) -> Result<UpstreamResponse, SendError> {
         if self.protocol.load(Ordering::Acquire) == PROTOCOL_UNKNOWN {
-            let io = self.connect(false).await?;
-            if io.negotiated_http2() {
-                self.protocol.store(PROTOCOL_HTTP2, Ordering::Release);
-                self.http2.adopt(io).await?;
-            } else {
-                self.protocol.store(PROTOCOL_HTTP1, Ordering::Release);
-                self.pool.put(io);
-            }
+            self.learn_protocol().await?;
         }
         if self.speaks_http2() {
             let head = RequestHead {
@@ -271,6 +266,25 @@ impl Upstream {
             });
             return Err((SendError::Io(e), buf.len()));
         }
+    }
+
+    /// Connects once to learn by ALPN what an `https://` upstream speaks; a burst of first
+    /// requests waits for the one connection.
+    async fn learn_protocol(&self) -> Result<(), SendError> {
+        let _learning = self.learning.lock().await;
+        if self.protocol.load(Ordering::Acquire) != PROTOCOL_UNKNOWN {
+            return Ok(());
+        }
+        // Sized as an HTTP/2 connection: over HTTP/1.1 it would not bound its stream, so it
+        // then carries none.
+        let io = self.connect(true).await?;
+        if io.negotiated_http2() {
+            self.http2.adopt(io).await?;
+            self.protocol.store(PROTOCOL_HTTP2, Ordering::Release);
+        } else {
+            self.protocol.store(PROTOCOL_HTTP1, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// A new connection; an HTTP/2 one keeps the kernel's receive buffer (all its streams
