@@ -57,7 +57,9 @@ const EXAMPLE: &str = r#"CONFIGURATION (weir.toml):
   upstream_key_env = "OPENAI_API_KEY"
   client_keys = ["key-1"]        # Bearer or x-api-key; none = open route
   buffer = "64KiB"               # per-stream share of memory_budget (upstream events up to half)
-  receive_buffer = "64KiB"       # kernel receive buffer per upstream socket
+  receive_buffer = "64KiB"       # kernel receive buffer per upstream socket (HTTP/2: stream window)
+  # upstream_http2 = "prior_knowledge"   # http://: HTTP/2 in plain text (h2c); https:// by ALPN
+  # upstream_connections = 4     # HTTP/2 connections streams are spread over
   connect_timeout = "5s"
   first_byte_timeout = "60s"     # upstream response headers (504 past it)
   idle_timeout = "60s"           # gap between upstream frames
