@@ -119,12 +119,18 @@ pub struct Receiver<T> {
 /// fills on its own (a cursor's thread, say) from its budget once it knows all its channels.
 pub struct CapacityHandle {
     set: Arc<dyn Fn(usize) + Send + Sync>,
+    gauge: Gauge,
 }
 
 impl CapacityHandle {
     /// Sets the capacity in bytes; a sender waiting for room is woken to look again.
     pub fn set(&self, bytes: usize) {
         (self.set)(bytes)
+    }
+
+    /// The channel's occupancy, for the stats of the stage that reads it.
+    pub fn gauge(&self) -> Gauge {
+        self.gauge.clone()
     }
 }
 
@@ -239,6 +245,7 @@ impl<T> Receiver<T> {
     {
         let shared = Arc::clone(&self.shared);
         CapacityHandle {
+            gauge: self.gauge(),
             set: Arc::new(move |bytes| {
                 let mut st = shared.lock();
                 st.capacity = bytes;

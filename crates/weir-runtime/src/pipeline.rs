@@ -293,8 +293,10 @@ impl PipelineStart {
             channels.push(size_of(self.settings.buffer));
             (handle, 0)
         });
+        // The read-ahead queue is what is queued for the source: its stats show it.
+        let queue = read_ahead.as_ref().map(|(handle, _)| handle.gauge());
         let pending: Pending<S::Item> = Box::new(move |mut tx: Sender<S::Item>, w: &mut Wiring| {
-            let stats = Arc::new(StageStats::new(name, StageKind::Source, None));
+            let stats = Arc::new(StageStats::new(name, StageKind::Source, queue));
             let s = Arc::clone(&stats);
             w.stages.push(StageTask {
                 index: w.stages.len(),

@@ -194,7 +194,8 @@ pub struct StageSnapshot {
     pub starved_secs: f64,
     pub buffered_bytes: u64,
     pub peak_buffered_bytes: u64,
-    /// The byte budget of this stage's input channel (0 for the source).
+    /// The byte budget of this stage's input channel (for a source, of its read-ahead
+    /// queue; 0 when it has none).
     pub budget_bytes: u64,
 }
 

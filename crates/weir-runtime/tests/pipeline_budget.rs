@@ -192,8 +192,8 @@ async fn a_source_read_ahead_queue_takes_a_share_of_the_total() {
         .iter()
         .map(|s| s.snapshot().budget_bytes)
         .sum();
-    // Three shares: the read-ahead queue and the two channels.
-    assert_eq!((channels, pipeline.buffer_bytes()), (2000, 3000));
+    // Three shares: the read-ahead queue (shown as the source's) and the two channels.
+    assert_eq!((channels, pipeline.buffer_bytes()), (3000, 3000));
     for _ in 0..2 {
         tx.send(vec![0; ITEM]).await.expect("room for two items");
     }

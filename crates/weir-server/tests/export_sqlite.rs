@@ -234,6 +234,53 @@ async fn a_client_that_stops_reading_stops_the_cursor_and_leaving_frees_it() {
     assert!(route.rows_fetched() < rows as u64 / 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_buffer_is_split_by_the_runtime_over_every_channel_and_the_cursor() {
+    let db = database(300_000);
+    let server = start_export(&url(&db), QUERY, "batch_rows = 100\nbuffer = \"64KiB\"").await;
+    let mut tcp = raw_get(
+        server.local_addr(),
+        "/export?min_id=1",
+        "accept-encoding: gzip\r\n",
+    )
+    .await;
+    read_some(&mut tcp, 1000).await;
+    let state_url = server.url("/_weir/state");
+    let stages = poll_until(
+        DEADLINE,
+        "the export's stages, the cursor's queue full",
+        || {
+            let state_url = state_url.clone();
+            async move {
+                let state: serde_json::Value = client()
+                    .get(state_url)
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                let stream = state["streams"]["shown"]
+                    .as_array()?
+                    .iter()
+                    .find(|s| s["route"] == "/export")?;
+                let stages = stream["stages"].as_array()?.clone();
+                (stages.len() == 4 && stages[0]["buffered"].as_u64()? > 0).then_some(stages)
+            }
+        },
+    )
+    .await;
+    let budgets: Vec<u64> = stages
+        .iter()
+        .map(|s| s["budget"].as_u64().unwrap())
+        .collect();
+    // cursor (its read-ahead queue), csv, gzip, client: one total, split evenly.
+    assert_eq!(budgets.iter().sum::<u64>(), 64 << 10, "{stages:#?}");
+    assert!(budgets.iter().all(|&b| b == 16 << 10), "{budgets:?}");
+    drop(tcp);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_query_failing_after_the_first_rows_truncates_the_transfer() {
     let db = database(50_000);
