@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use axum::http::{HeaderName, HeaderValue, Method, Request};
 use bytes::Bytes;
@@ -211,6 +211,7 @@ async fn exchange(
             recv,
             pending: Bytes::new(),
             unreleased: 0,
+            failed: None,
             _request_body: request_body,
             _count: count,
         },
@@ -273,6 +274,8 @@ pub struct Http2Body {
     /// size of an HTTP/1.1 one, so the relay takes no more at once over either protocol.
     pending: Bytes,
     unreleased: usize,
+    /// A failure met after data in the same read: told at the next.
+    failed: Option<h2::Error>,
     // Kept until the body ends: dropping both halves early resets the stream.
     _request_body: h2::SendStream<Bytes>,
     _count: StreamCount,
@@ -290,16 +293,37 @@ impl Http2Body {
             // Fails only once the stream is closed, when the window no longer matters.
             let _ = self.recv.flow_control().release_capacity(released);
         }
-        if self.pending.is_empty() {
-            match ready!(self.recv.poll_data(cx)) {
-                None => return Poll::Ready(Ok(true)),
-                Some(Ok(frame)) => self.pending = frame,
-                Some(Err(e)) => return Poll::Ready(Err(BodyError::Http2(e))),
-            }
+        if let Some(e) = self.failed.take() {
+            return Poll::Ready(Err(BodyError::Http2(e)));
         }
-        let read = self.pending.split_to(self.pending.len().min(READ_SIZE));
-        self.unreleased = read.len();
-        data(&read);
+        // DATA frames that are here already, up to one read's worth: a frame is often one
+        // token, and the relay works best fed as much as an HTTP/1.1 read brings.
+        let mut taken = 0;
+        while taken < READ_SIZE {
+            if self.pending.is_empty() {
+                let polled = match self.recv.poll_data(cx) {
+                    Poll::Ready(polled) => polled,
+                    Poll::Pending if taken == 0 => return Poll::Pending,
+                    Poll::Pending => break,
+                };
+                match polled {
+                    None if taken == 0 => return Poll::Ready(Ok(true)),
+                    None => break,
+                    Some(Ok(frame)) => self.pending = frame,
+                    Some(Err(e)) if taken == 0 => return Poll::Ready(Err(BodyError::Http2(e))),
+                    Some(Err(e)) => {
+                        self.failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            let read = self
+                .pending
+                .split_to(self.pending.len().min(READ_SIZE - taken));
+            taken += read.len();
+            data(&read);
+        }
+        self.unreleased = taken;
         Poll::Ready(Ok(self.pending.is_empty() && self.recv.is_end_stream()))
     }
 }
