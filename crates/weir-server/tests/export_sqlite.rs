@@ -331,12 +331,14 @@ async fn a_bad_query_or_database_stops_the_server_at_start() {
     let config = ServeConfigParse::parse(&toml(&url(&db), "SELECT nope FROM t"));
     let err = weir_server::serve::Server::new(config)
         .err()
-        .expect("a bad query was accepted");
+        .expect("a bad query was accepted")
+        .to_string();
     assert!(err.contains("route /e") && err.contains("nope"), "{err}");
     let config = ServeConfigParse::parse(&toml("sqlite:///nonexistent/x.db", "SELECT 1"));
     let err = weir_server::serve::Server::new(config)
         .err()
-        .expect("a missing file was accepted");
+        .expect("a missing file was accepted")
+        .to_string();
     assert!(err.contains("/nonexistent/x.db"), "{err}");
 }
 

@@ -657,10 +657,10 @@ fn proxy_h2_tls_cert_and_key_come_together_and_bad_files_are_named() {
     let pki = pki();
     let routes = route(CHAT, "http://127.0.0.1:1/v1/chat/completions", "");
     let only_cert = format!("tls_cert = {:?}\n{routes}", pki.cert);
-    let err = ServeConfig::parse(&only_cert).unwrap_err();
+    let err = ServeConfig::parse(&only_cert).unwrap_err().to_string();
     assert!(err.contains("tls_cert is set without tls_key"), "{err}");
     let only_key = format!("tls_key = {:?}\n{routes}", pki.key);
-    let err = ServeConfig::parse(&only_key).unwrap_err();
+    let err = ServeConfig::parse(&only_key).unwrap_err().to_string();
     assert!(err.contains("tls_key is set without tls_cert"), "{err}");
 
     // The files are read where `weir serve` (and --check-config) builds the server.
@@ -678,6 +678,7 @@ fn proxy_h2_tls_cert_and_key_come_together_and_bad_files_are_named() {
         let Err(err) = Server::new(config) else {
             panic!("{} / {} accepted", cert.display(), key.display());
         };
+        let err = err.to_string();
         assert!(
             err.contains(&named.display().to_string()) && err.contains(why),
             "{err}"

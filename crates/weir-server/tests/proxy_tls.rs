@@ -338,6 +338,7 @@ async fn an_unusable_upstream_ca_file_is_refused_naming_it() {
         let Err(err) = Server::new(config) else {
             panic!("{} was accepted", file.display());
         };
+        let err = err.to_string();
         assert!(
             err.contains(&file.display().to_string()) && err.contains(why),
             "{err}"

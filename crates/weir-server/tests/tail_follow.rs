@@ -231,7 +231,7 @@ fn tail_config_naming_a_directory_or_a_missing_relative_path_stops_the_server() 
     ] {
         let toml =
             format!("[[route]]\nkind = \"file_tail\"\npath = \"/logs\"\nfile = \"{file}\"\n");
-        let err = ServeConfig::parse(&toml).expect_err("refused");
+        let err = ServeConfig::parse(&toml).expect_err("refused").to_string();
         assert!(
             err.contains("route #1 (/logs)") && err.contains(why),
             "{err}"

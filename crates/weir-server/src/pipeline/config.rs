@@ -54,13 +54,6 @@ pub enum ConfigProblem {
     BatchBytes { max: u64 },
 }
 
-/// `ServeConfig::parse` reports a configuration's mistakes as text.
-impl From<PipelineConfigError> for String {
-    fn from(e: PipelineConfigError) -> String {
-        e.to_string()
-    }
-}
-
 /// One `[[pipeline]]`: a source, transforms of `weir run`'s catalogue, a sink.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -352,7 +345,11 @@ topic = "out"
 
     #[test]
     fn mistakes_name_the_pipeline_and_the_key() {
-        let err = |from: &str, to: &str| ServeConfig::parse(&COPY.replace(from, to)).unwrap_err();
+        let err = |from: &str, to: &str| {
+            ServeConfig::parse(&COPY.replace(from, to))
+                .unwrap_err()
+                .to_string()
+        };
         let e = err(
             "\"session.timeout.ms\" = \"6000\"",
             "\"fetch.max.bytes\" = \"100000000\"",

@@ -8,8 +8,10 @@ use std::time::Duration;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use weir_runtime::size::{parse_duration, parse_size};
+use weir_stages::sources::sql::QueryError;
 
 use super::send_queue::MIN_SEND_BUFFER;
+use crate::pipeline::PipelineConfigError;
 
 /// The whole server.
 #[derive(Debug, Clone, Deserialize)]
@@ -198,30 +200,22 @@ pub struct FileTailRoute {
 }
 
 impl FileTailRoute {
-    fn check(&self, at: &str) -> Result<(), String> {
+    fn check(&self) -> Result<(), RouteProblem> {
         let file = &self.file;
         if file.is_dir() {
-            return Err(format!("{at}: file {} is a directory", file.display()));
+            return Err(RouteProblem::FileIsDirectory(file.clone()));
         }
         if file.is_relative() && !file.exists() {
-            return Err(format!(
-                "{at}: file {} is relative and does not exist (write an absolute path; a file that does not exist yet is waited for)",
-                file.display()
-            ));
+            return Err(RouteProblem::FileRelativeMissing(file.clone()));
         }
         let dir = std::path::absolute(file)
             .ok()
             .and_then(|f| f.parent().map(Path::to_path_buf));
         if !dir.as_deref().is_some_and(Path::is_dir) {
-            return Err(format!(
-                "{at}: the directory of file {} does not exist",
-                file.display()
-            ));
+            return Err(RouteProblem::FileDirectoryMissing(file.clone()));
         }
         if self.buffer < 1024 || self.max_line < 1 {
-            return Err(format!(
-                "{at}: buffer must be at least 1 KiB, max_line at least 1 B"
-            ));
+            return Err(RouteProblem::TailSizes);
         }
         Ok(())
     }
@@ -258,12 +252,12 @@ pub struct TopicRoute {
 }
 
 impl TopicRoute {
-    fn check(&self, at: &str) -> Result<(), String> {
+    fn check(&self) -> Result<(), RouteProblem> {
         if self.buffer < 1024 {
-            return Err(format!("{at}: buffer must be at least 1 KiB"));
+            return Err(RouteProblem::TopicBuffer);
         }
         if self.max_line < 1 {
-            return Err(format!("{at}: max_line must be at least 1 byte"));
+            return Err(RouteProblem::TopicMaxLine);
         }
         Ok(())
     }
@@ -297,20 +291,27 @@ pub enum DatabaseUrl {
     Postgres(String),
 }
 
+/// A `database` that is not a URL weir can open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DatabaseUrlError {
+    #[error("`sqlite://` needs a file path, as in `sqlite:///var/lib/app.db`")]
+    NoSqlitePath,
+    #[error("database must be a `sqlite://PATH` or `postgres://…` URL")]
+    Scheme,
+}
+
 impl DatabaseUrl {
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, DatabaseUrlError> {
         if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
-                return Err(
-                    "`sqlite://` needs a file path, as in `sqlite:///var/lib/app.db`".into(),
-                );
+                return Err(DatabaseUrlError::NoSqlitePath);
             }
             return Ok(DatabaseUrl::Sqlite(path.into()));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(DatabaseUrl::Postgres(url.to_string()));
         }
-        Err("database must be a `sqlite://PATH` or `postgres://…` URL".into())
+        Err(DatabaseUrlError::Scheme)
     }
 }
 
@@ -467,7 +468,7 @@ pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
     parse_duration(&String::deserialize(d)?).map_err(D::Error::custom)
 }
 
-/// A configuration that cannot be used, with where and why.
+/// A configuration file that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -475,8 +476,114 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    #[error("{path}: {problem}")]
+    Invalid {
+        path: String,
+        problem: InvalidConfig,
+    },
+}
+
+/// What is wrong in a configuration's text, naming the key and the route or pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidConfig {
+    /// Not TOML, or a value of the wrong type: toml's message names line and column.
+    #[error("{}", .0.to_string().trim_end())]
+    Toml(#[from] toml::de::Error),
+    #[error("no [[route]] and no [[pipeline]]: nothing to serve")]
+    NothingToServe,
+    #[error(transparent)]
+    Pipeline(#[from] PipelineConfigError),
+    #[error("{at}: another pipeline has the same name")]
+    SamePipelineName { at: String },
+    /// `number` counts from 1.
+    #[error("admin_keys #{number}: a key must be non-empty, without spaces or control characters")]
+    AdminKey { number: usize },
+    #[error("tls_cert is set without tls_key: TLS needs both the certificate and its key")]
+    CertWithoutKey,
+    #[error("tls_key is set without tls_cert: TLS needs both the certificate and its key")]
+    KeyWithoutCert,
+    #[error("send_buffer must be at least {} KiB", MIN_SEND_BUFFER >> 10)]
+    SendBuffer,
+    /// `at` names the route: `route #1 (/v1/chat/completions)`.
+    #[error("{at}: {problem}")]
+    Route { at: String, problem: RouteProblem },
+}
+
+/// What is wrong in one `[[route]]` table, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteProblem {
+    #[error("path must start with `/`")]
+    PathNotAbsolute,
+    #[error("the server answers {0} itself")]
+    ServerPath(String),
+    #[error("paths under /_weir/ are the console's")]
+    ConsolePath,
+    #[error("another route has the same path")]
+    SamePath,
+    #[error(
+        "cors_origins: `{origin}` is not an origin: {why} \
+         (write scheme://host[:port], as in `http://localhost:5173`, or `*`)"
+    )]
+    CorsOrigin { origin: String, why: &'static str },
+    // llm_proxy
+    #[error("upstream `{upstream}` is not a URL: {error}")]
+    UpstreamNotUrl {
+        upstream: String,
+        error: hyper::http::uri::InvalidUri,
+    },
+    #[error("upstream_ca applies to https:// upstreams; `{0}` is http://")]
+    CaOnHttp(String),
+    #[error("upstream `{0}` must be an http:// or https:// URL")]
+    UpstreamScheme(String),
+    #[error("upstream `{0}` has no host")]
+    UpstreamNoHost(String),
+    #[error("unknown redactor `{0}` (known: {known})", known = KNOWN_REDACTORS.join(", "))]
+    UnknownRedactor(String),
+    #[error("buffer must be at least 1 byte")]
+    ProxyBuffer,
+    #[error(
+        "upstream_http2 = \"prior_knowledge\" is for http:// upstreams; \
+         https:// ones are offered HTTP/2 by ALPN"
+    )]
+    Http2OverHttps,
+    #[error("upstream_connections must be 1 to {MAX_UPSTREAM_CONNECTIONS}")]
+    UpstreamConnections,
+    #[error("receive_buffer must be at most {MAX_H2_WINDOW} bytes (HTTP/2's largest window)")]
+    ReceiveBuffer,
+    // sql_export
+    #[error(transparent)]
+    Database(#[from] DatabaseUrlError),
+    #[error("query: {0}")]
+    Query(#[from] QueryError),
+    #[error("query: `:{FORMAT_KEY}` is taken by the format choice; rename the parameter")]
+    FormatParameter,
+    #[error("formats must offer at least one of csv, ndjson")]
+    NoFormats,
+    #[error("batch_rows must be 1 to {MAX_BATCH_ROWS}")]
+    BatchRows,
+    #[error("pool_size and max_exports must be at least 1")]
+    PoolSize,
+    #[error("gzip_level must be 1 to 9")]
+    GzipLevel,
+    #[error("buffer must be at least 4KiB")]
+    ExportBuffer,
+    // file_tail
+    #[error("file {} is a directory", .0.display())]
+    FileIsDirectory(PathBuf),
+    #[error(
+        "file {} is relative and does not exist (write an absolute path; a file that does not exist yet is waited for)",
+        .0.display()
+    )]
+    FileRelativeMissing(PathBuf),
+    #[error("the directory of file {} does not exist", .0.display())]
+    FileDirectoryMissing(PathBuf),
+    #[error("buffer must be at least 1 KiB, max_line at least 1 B")]
+    TailSizes,
+    // topic
+    #[error("buffer must be at least 1 KiB")]
+    TopicBuffer,
+    #[error("max_line must be at least 1 byte")]
+    TopicMaxLine,
 }
 
 /// Paths the server answers itself.
@@ -491,17 +598,16 @@ impl ServeConfig {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+        Self::parse(&text).map_err(|problem| ConfigError::Invalid {
             path: path.display().to_string(),
-            message,
+            problem,
         })
     }
 
     /// Parses and checks a configuration; the error names the line and column.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, InvalidConfig> {
         // toml's message already carries the line, the column and the offending text.
-        let config: ServeConfig =
-            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        let config: ServeConfig = toml::from_str(text)?;
         config.check()?;
         Ok(config)
     }
@@ -512,16 +618,16 @@ impl ServeConfig {
             .or_else(|| (!self.routes.is_empty()).then(defaults::listen))
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), InvalidConfig> {
         if self.routes.is_empty() && self.pipelines.is_empty() {
-            return Err("no [[route]] and no [[pipeline]]: nothing to serve".to_string());
+            return Err(InvalidConfig::NothingToServe);
         }
         let mut names = HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {
             let at = format!("pipeline #{} ({})", i + 1, p.name);
             p.check(&at)?;
             if !names.insert(p.name.as_str()) {
-                return Err(format!("{at}: another pipeline has the same name"));
+                return Err(InvalidConfig::SamePipelineName { at });
             }
         }
         if let Some(bad) = self
@@ -529,47 +635,50 @@ impl ServeConfig {
             .iter()
             .position(|k| k.is_empty() || k.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
-            return Err(format!(
-                "admin_keys #{}: a key must be non-empty, without spaces or control characters",
-                bad + 1
-            ));
+            return Err(InvalidConfig::AdminKey { number: bad + 1 });
         }
         self.check_tls()?;
         if self.send_buffer < MIN_SEND_BUFFER {
-            return Err(format!(
-                "send_buffer must be at least {} KiB",
-                MIN_SEND_BUFFER >> 10
-            ));
+            return Err(InvalidConfig::SendBuffer);
         }
         let mut paths = HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
-            let at = format!("route #{} ({})", i + 1, route.path());
-            if !route.path().starts_with('/') {
-                return Err(format!("{at}: path must start with `/`"));
-            }
-            if SERVER_PATHS.contains(&route.path()) {
-                return Err(format!("{at}: the server answers {} itself", route.path()));
-            }
-            if route.path() == "/_weir" || route.path().starts_with("/_weir/") {
-                return Err(format!("{at}: paths under /_weir/ are the console's"));
-            }
-            if !paths.insert(route.path()) {
-                return Err(format!("{at}: another route has the same path"));
-            }
-            match route {
-                RouteConfig::LlmProxy(r) => r.check(&at)?,
-                RouteConfig::SqlExport(r) => r.check(&at)?,
-                RouteConfig::FileTail(r) => r.check(&at)?,
-                RouteConfig::Topic(r) => r.check(&at)?,
-            }
-            for origin in route.cors_origins() {
-                check_origin(origin).map_err(|why| {
-                    format!(
-                        "{at}: cors_origins: `{origin}` is not an origin: {why} \
-                         (write scheme://host[:port], as in `http://localhost:5173`, or `*`)"
-                    )
-                })?;
-            }
+            Self::check_route(route, &mut paths).map_err(|problem| InvalidConfig::Route {
+                at: format!("route #{} ({})", i + 1, route.path()),
+                problem,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// One route's own keys, and its path against those of the routes before it.
+    fn check_route<'a>(
+        route: &'a RouteConfig,
+        paths: &mut HashSet<&'a str>,
+    ) -> Result<(), RouteProblem> {
+        if !route.path().starts_with('/') {
+            return Err(RouteProblem::PathNotAbsolute);
+        }
+        if SERVER_PATHS.contains(&route.path()) {
+            return Err(RouteProblem::ServerPath(route.path().to_string()));
+        }
+        if route.path() == "/_weir" || route.path().starts_with("/_weir/") {
+            return Err(RouteProblem::ConsolePath);
+        }
+        if !paths.insert(route.path()) {
+            return Err(RouteProblem::SamePath);
+        }
+        match route {
+            RouteConfig::LlmProxy(r) => r.check()?,
+            RouteConfig::SqlExport(r) => r.check()?,
+            RouteConfig::FileTail(r) => r.check()?,
+            RouteConfig::Topic(r) => r.check()?,
+        }
+        for origin in route.cors_origins() {
+            check_origin(origin).map_err(|why| RouteProblem::CorsOrigin {
+                origin: origin.clone(),
+                why,
+            })?;
         }
         Ok(())
     }
@@ -577,16 +686,10 @@ impl ServeConfig {
 
 impl ServeConfig {
     /// `tls_cert` and `tls_key` come together; the files are read when the server is built.
-    fn check_tls(&self) -> Result<(), String> {
+    fn check_tls(&self) -> Result<(), InvalidConfig> {
         match (&self.tls_cert, &self.tls_key) {
-            (Some(_), None) => Err(
-                "tls_cert is set without tls_key: TLS needs both the certificate and its key"
-                    .to_string(),
-            ),
-            (None, Some(_)) => Err(
-                "tls_key is set without tls_cert: TLS needs both the certificate and its key"
-                    .to_string(),
-            ),
+            (Some(_), None) => Err(InvalidConfig::CertWithoutKey),
+            (None, Some(_)) => Err(InvalidConfig::KeyWithoutCert),
             _ => Ok(()),
         }
     }
@@ -631,58 +734,41 @@ fn check_origin(origin: &str) -> Result<(), &'static str> {
 }
 
 impl LlmProxyRoute {
-    fn check(&self, at: &str) -> Result<(), String> {
-        let uri: hyper::Uri = self
-            .upstream
-            .parse()
-            .map_err(|e| format!("{at}: upstream `{}` is not a URL: {e}", self.upstream))?;
+    fn check(&self) -> Result<(), RouteProblem> {
+        let uri: hyper::Uri =
+            self.upstream
+                .parse()
+                .map_err(|error| RouteProblem::UpstreamNotUrl {
+                    upstream: self.upstream.clone(),
+                    error,
+                })?;
         match uri.scheme_str() {
             Some("https") => {}
             Some("http") if self.upstream_ca.is_none() => {}
-            Some("http") => {
-                return Err(format!(
-                    "{at}: upstream_ca applies to https:// upstreams; `{}` is http://",
-                    self.upstream
-                ))
-            }
-            _ => {
-                return Err(format!(
-                    "{at}: upstream `{}` must be an http:// or https:// URL",
-                    self.upstream
-                ))
-            }
+            Some("http") => return Err(RouteProblem::CaOnHttp(self.upstream.clone())),
+            _ => return Err(RouteProblem::UpstreamScheme(self.upstream.clone())),
         }
         if uri.host().is_none() {
-            return Err(format!("{at}: upstream `{}` has no host", self.upstream));
+            return Err(RouteProblem::UpstreamNoHost(self.upstream.clone()));
         }
         if let Some(unknown) = self
             .redact
             .iter()
             .find(|r| !KNOWN_REDACTORS.contains(&r.as_str()))
         {
-            return Err(format!(
-                "{at}: unknown redactor `{unknown}` (known: {})",
-                KNOWN_REDACTORS.join(", ")
-            ));
+            return Err(RouteProblem::UnknownRedactor(unknown.clone()));
         }
         if self.buffer == 0 {
-            return Err(format!("{at}: buffer must be at least 1 byte"));
+            return Err(RouteProblem::ProxyBuffer);
         }
         if self.upstream_http2.is_some() && uri.scheme_str() == Some("https") {
-            return Err(format!(
-                "{at}: upstream_http2 = \"prior_knowledge\" is for http:// upstreams; \
-                 https:// ones are offered HTTP/2 by ALPN"
-            ));
+            return Err(RouteProblem::Http2OverHttps);
         }
         if !(1..=MAX_UPSTREAM_CONNECTIONS).contains(&self.upstream_connections) {
-            return Err(format!(
-                "{at}: upstream_connections must be 1 to {MAX_UPSTREAM_CONNECTIONS}"
-            ));
+            return Err(RouteProblem::UpstreamConnections);
         }
         if self.receive_buffer > u64::from(MAX_H2_WINDOW) {
-            return Err(format!(
-                "{at}: receive_buffer must be at most {MAX_H2_WINDOW} bytes (HTTP/2's largest window)"
-            ));
+            return Err(RouteProblem::ReceiveBuffer);
         }
         Ok(())
     }
@@ -700,33 +786,26 @@ pub const FORMAT_KEY: &str = "format";
 const MAX_BATCH_ROWS: usize = 100_000;
 
 impl SqlExportRoute {
-    fn check(&self, at: &str) -> Result<(), String> {
-        DatabaseUrl::parse(&self.database).map_err(|e| format!("{at}: {e}"))?;
-        let query = weir_stages::sources::sql::NamedQuery::parse(&self.query)
-            .map_err(|e| format!("{at}: query: {e}"))?;
+    fn check(&self) -> Result<(), RouteProblem> {
+        DatabaseUrl::parse(&self.database)?;
+        let query = weir_stages::sources::sql::NamedQuery::parse(&self.query)?;
         if query.names().iter().any(|n| n == FORMAT_KEY) {
-            return Err(format!(
-                "{at}: query: `:{FORMAT_KEY}` is taken by the format choice; rename the parameter"
-            ));
+            return Err(RouteProblem::FormatParameter);
         }
         if self.formats.is_empty() {
-            return Err(format!(
-                "{at}: formats must offer at least one of csv, ndjson"
-            ));
+            return Err(RouteProblem::NoFormats);
         }
         if !(1..=MAX_BATCH_ROWS).contains(&self.batch_rows) {
-            return Err(format!("{at}: batch_rows must be 1 to {MAX_BATCH_ROWS}"));
+            return Err(RouteProblem::BatchRows);
         }
         if self.pool_size == 0 || self.max_exports == Some(0) {
-            return Err(format!(
-                "{at}: pool_size and max_exports must be at least 1"
-            ));
+            return Err(RouteProblem::PoolSize);
         }
         if !(1..=9).contains(&self.gzip_level) {
-            return Err(format!("{at}: gzip_level must be 1 to 9"));
+            return Err(RouteProblem::GzipLevel);
         }
         if self.buffer < 4096 {
-            return Err(format!("{at}: buffer must be at least 4KiB"));
+            return Err(RouteProblem::ExportBuffer);
         }
         Ok(())
     }
@@ -791,65 +870,76 @@ redact = ["email", "phone", "card", "iban", "ipv4", "secret"]
             (r.upstream_http2, r.upstream_connections),
             (Some(Http2Mode::PriorKnowledge), 4)
         );
-        let err = ServeConfig::parse(&h2c.replace("http://127", "https://127")).unwrap_err();
+        let err = ServeConfig::parse(&h2c.replace("http://127", "https://127"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("for http:// upstreams"), "{err}");
-        let err = ServeConfig::parse(&format!("{h2c}upstream_connections = 0\n")).unwrap_err();
+        let err = ServeConfig::parse(&format!("{h2c}upstream_connections = 0\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("upstream_connections must be 1 to"), "{err}");
-        let err = ServeConfig::parse(&format!("{h2c}receive_buffer = \"4GiB\"\n")).unwrap_err();
+        let err = ServeConfig::parse(&format!("{h2c}receive_buffer = \"4GiB\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("HTTP/2's largest window"), "{err}");
         let err = ServeConfig::parse(
             &EXAMPLE.replace("secret\"]", "secret\"]\nupstream_http2 = \"yes\""),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("prior_knowledge"), "{err}");
     }
 
     #[test]
     fn syntax_errors_name_line_and_column() {
-        let err =
-            ServeConfig::parse("listen = \"127.0.0.1:8080\"\nmax_streams = ten\n").unwrap_err();
+        let err = ServeConfig::parse("listen = \"127.0.0.1:8080\"\nmax_streams = ten\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2, column 15"), "{err}");
     }
 
     #[test]
     fn bad_values_are_explained() {
         let bad_size = EXAMPLE.replace("\"256MiB\"", "\"lots\"");
-        let err = ServeConfig::parse(&bad_size).unwrap_err();
+        let err = ServeConfig::parse(&bad_size).unwrap_err().to_string();
         assert!(
             err.contains("line 3") && err.contains("not a size"),
             "{err}"
         );
 
         let unknown_field = EXAMPLE.replace("client_keys", "client_kyes");
-        let err = ServeConfig::parse(&unknown_field).unwrap_err();
+        let err = ServeConfig::parse(&unknown_field).unwrap_err().to_string();
         assert!(err.contains("client_kyes"), "{err}");
 
         let bad_redactor = EXAMPLE.replace("\"iban\"", "\"passport\"");
-        let err = ServeConfig::parse(&bad_redactor).unwrap_err();
+        let err = ServeConfig::parse(&bad_redactor).unwrap_err().to_string();
         assert!(err.contains("unknown redactor `passport`"), "{err}");
 
         let ftp = EXAMPLE.replace("http://127.0.0.1:8081", "ftp://127.0.0.1:8081");
-        let err = ServeConfig::parse(&ftp).unwrap_err();
+        let err = ServeConfig::parse(&ftp).unwrap_err().to_string();
         assert!(err.contains("must be an http:// or https:// URL"), "{err}");
 
         let ca_on_http = format!("{EXAMPLE}upstream_ca = \"/etc/ca.pem\"\n");
-        let err = ServeConfig::parse(&ca_on_http).unwrap_err();
+        let err = ServeConfig::parse(&ca_on_http).unwrap_err().to_string();
         assert!(err.contains("upstream_ca applies to https://"), "{err}");
 
         let taken = EXAMPLE.replace("\"/v1/chat/completions\"", "\"/metrics\"");
-        let err = ServeConfig::parse(&taken).unwrap_err();
+        let err = ServeConfig::parse(&taken).unwrap_err().to_string();
         assert!(err.contains("answers /metrics itself"), "{err}");
 
         let tiny_send_buffer = EXAMPLE.replace(
             "max_streams = 10000",
             "max_streams = 10000\nsend_buffer = 4096",
         );
-        let err = ServeConfig::parse(&tiny_send_buffer).unwrap_err();
+        let err = ServeConfig::parse(&tiny_send_buffer)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("send_buffer must be at least 16 KiB"), "{err}");
 
         let bad_kind = EXAMPLE.replace("llm_proxy", "ftp_proxy");
         assert!(ServeConfig::parse(&bad_kind)
             .unwrap_err()
+            .to_string()
             .contains("ftp_proxy"));
     }
 
@@ -889,7 +979,7 @@ redact = ["email", "phone", "card", "iban", "ipv4", "secret"]
         ];
         for (origin, why) in cases {
             let text = format!("{EXAMPLE}cors_origins = [\"*\", \"{origin}\"]\n");
-            let err = ServeConfig::parse(&text).unwrap_err();
+            let err = ServeConfig::parse(&text).unwrap_err().to_string();
             assert!(
                 err.starts_with("route #1 (/v1/chat/completions): cors_origins: ")
                     && err.contains(&format!("`{origin}` is not an origin"))
@@ -898,7 +988,7 @@ redact = ["email", "phone", "card", "iban", "ipv4", "secret"]
             );
         }
         let not_strings = format!("{EXAMPLE}cors_origins = \"*\"\n");
-        let err = ServeConfig::parse(&not_strings).unwrap_err();
+        let err = ServeConfig::parse(&not_strings).unwrap_err().to_string();
         assert!(
             err.contains("line 6") && err.contains("expected a sequence"),
             "{err}"
@@ -959,29 +1049,34 @@ query = "SELECT id, customer, amount, created_at FROM orders WHERE amount >= :mi
             (":min_amount ORDER", "$1 ORDER", "numbered parameter"),
         ];
         for (from, to, expected) in cases {
-            let err = ServeConfig::parse(&EXPORT.replace(from, to)).unwrap_err();
+            let err = ServeConfig::parse(&EXPORT.replace(from, to))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(expected) && err.contains("route #1"), "{err}");
         }
         let level = format!("{EXPORT}gzip_level = 11\n");
         assert!(ServeConfig::parse(&level)
             .unwrap_err()
+            .to_string()
             .contains("gzip_level"));
         let origin = format!("{EXPORT}cors_origins = [\"https://app.example.com/\"]\n");
-        let err = ServeConfig::parse(&origin).unwrap_err();
+        let err = ServeConfig::parse(&origin).unwrap_err().to_string();
         assert!(
             err.contains("route #1 (/export/orders): cors_origins: `https://app.example.com/`"),
             "{err}"
         );
         let console = EXPORT.replace("path = \"/export/orders\"", "path = \"/_weir/state\"");
-        let err = ServeConfig::parse(&console).unwrap_err();
+        let err = ServeConfig::parse(&console).unwrap_err().to_string();
         assert!(err.contains("the console's"), "{err}");
         for keys in ["[\"\"]", "[\"a b\"]"] {
-            let err = ServeConfig::parse(&format!("admin_keys = {keys}\n{EXPORT}")).unwrap_err();
+            let err = ServeConfig::parse(&format!("admin_keys = {keys}\n{EXPORT}"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("admin_keys #1"), "{err}");
         }
         assert!(ServeConfig::parse(&format!("admin_keys = [\"adm-1\"]\n{EXPORT}")).is_ok());
         let format = format!("{EXPORT}formats = [\"xml\"]\n");
-        let err = ServeConfig::parse(&format).unwrap_err();
+        let err = ServeConfig::parse(&format).unwrap_err().to_string();
         assert!(
             err.contains("unknown variant `xml`") && err.contains("line 2"),
             "{err}"

@@ -22,7 +22,8 @@ pub mod topic;
 pub mod ws;
 
 pub use config::{
-    ConfigError, DatabaseUrl, ExportFormat, FileTailRoute, LlmProxyRoute, Protocol, RouteConfig,
-    ServeConfig, SqlExportRoute,
+    ConfigError, DatabaseUrl, DatabaseUrlError, ExportFormat, FileTailRoute, InvalidConfig,
+    LlmProxyRoute, Protocol, RouteConfig, ServeConfig, SqlExportRoute,
 };
-pub use server::{RunningServer, Server};
+pub use server::{RunningServer, Server, ServerError};
+pub use tls::TlsError;

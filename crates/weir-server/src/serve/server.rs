@@ -72,6 +72,29 @@ const TLS_SEND_BUFFER: usize = 16 * 1024 + 256;
 /// is over, so that the server is gone within the grace.
 const LAST_WORDS: Duration = Duration::from_secs(1);
 
+/// A server that cannot be built: TLS files or a route that cannot start.
+///
+/// Each route's error names the route's path (the redactors' are checked with the
+/// configuration first, so theirs cannot happen with a checked one).
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("route {path}: {error}")]
+    Redaction {
+        path: String,
+        error: weir_stages::codec::redact::RedactConfigError,
+    },
+    #[error(transparent)]
+    Proxy(#[from] proxy::ProxyRouteError),
+    #[error(transparent)]
+    Topic(#[from] topic::TopicError),
+    #[error(transparent)]
+    Tail(#[from] tail::TailRouteError),
+    #[error(transparent)]
+    Export(#[from] export::ExportRouteError),
+}
+
 /// A configured server, not yet listening.
 pub struct Server {
     config: ServeConfig,
@@ -85,7 +108,7 @@ pub struct Server {
 impl Server {
     /// Builds every route; fails on what the configuration file cannot say (a missing
     /// environment variable, say).
-    pub fn new(config: ServeConfig) -> Result<Self, String> {
+    pub fn new(config: ServeConfig) -> Result<Self, ServerError> {
         // First: an unusable certificate or key stops `weir serve` before anything starts.
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
@@ -115,7 +138,11 @@ impl Server {
                     if r.client_keys.is_empty() {
                         tracing::warn!(route = %r.path, "route has no client_keys: anyone can use it");
                     }
-                    let filter = proxy::filter_for(&r.redact)?;
+                    let filter =
+                        proxy::filter_for(&r.redact).map_err(|error| ServerError::Redaction {
+                            path: r.path.clone(),
+                            error,
+                        })?;
                     let state = Arc::new(ProxyRoute::new(
                         r.clone(),
                         admission.clone(),

@@ -5,7 +5,7 @@
 //! certificate) is an error naming the file, raised before the server listens.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::{self, PemObject};
@@ -19,70 +19,130 @@ const MAX_PEM_FILE: u64 = 1 << 20;
 /// ALPN protocol id of HTTP/2.
 pub(crate) const H2: &[u8] = b"h2";
 
+/// A `tls_cert` or `tls_key` that cannot serve, naming the file and the fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// `key` is `tls_cert` or `tls_key`.
+    #[error("{key} {}: cannot read: {error}", .path.display())]
+    Read {
+        key: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{key} {}: larger than {MAX_PEM_FILE} bytes", .path.display())]
+    TooLarge { key: &'static str, path: PathBuf },
+    #[error("{key} {}: not PEM: {error}", .path.display())]
+    NotPem {
+        key: &'static str,
+        path: PathBuf,
+        error: pem::Error,
+    },
+    #[error("tls_cert {}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)", .0.display())]
+    NoCertificate(PathBuf),
+    #[error(
+        "tls_key {}: holds no private key (an unencrypted PKCS#8, PKCS#1 or SEC1 PEM key)",
+        .0.display()
+    )]
+    NoKey(PathBuf),
+    #[error("TLS setup: {0}")]
+    Setup(rustls::Error),
+    #[error(
+        "tls_key {}: not the key of the certificate in tls_cert {}",
+        .key.display(),
+        .cert.display()
+    )]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("tls_cert {}: unusable certificate: {error}", .cert.display())]
+    Certificate { cert: PathBuf, error: rustls::Error },
+    #[error(
+        "tls_key {} with tls_cert {}: unusable: {error}",
+        .key.display(),
+        .cert.display()
+    )]
+    Unusable {
+        cert: PathBuf,
+        key: PathBuf,
+        error: rustls::Error,
+    },
+}
+
 /// The server side of TLS to clients, from PEM files: the certificate chain (leaf first)
 /// and its private key.
-pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     let chain = read_certificates(cert)?;
     let private_key = read_key(key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .map_err(TlsError::Setup)?
         .with_no_client_auth()
         .with_single_cert(chain, private_key)
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => format!(
-                "tls_key {}: not the key of the certificate in tls_cert {}",
-                key.display(),
-                cert.display()
-            ),
-            rustls::Error::InvalidCertificate(_) | rustls::Error::InvalidCertRevocationList(_) => {
-                format!("tls_cert {}: unusable certificate: {e}", cert.display())
+        .map_err(|error| match error {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                TlsError::KeyMismatch {
+                    cert: cert.to_path_buf(),
+                    key: key.to_path_buf(),
+                }
             }
-            e => format!(
-                "tls_key {} with tls_cert {}: unusable: {e}",
-                key.display(),
-                cert.display()
-            ),
+            rustls::Error::InvalidCertificate(_) | rustls::Error::InvalidCertRevocationList(_) => {
+                TlsError::Certificate {
+                    cert: cert.to_path_buf(),
+                    error,
+                }
+            }
+            error => TlsError::Unusable {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                error,
+            },
         })?;
     config.alpn_protocols = vec![H2.to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A PEM file's bytes, at most [`MAX_PEM_FILE`]; `at` names it in errors.
-fn read_pem(path: &Path, at: &str) -> Result<Vec<u8>, String> {
+/// A PEM file's bytes, at most [`MAX_PEM_FILE`]; `key` (`tls_cert`, `tls_key`) names it.
+fn read_pem(path: &Path, key: &'static str) -> Result<Vec<u8>, TlsError> {
     let mut pem = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_PEM_FILE + 1).read_to_end(&mut pem))
-        .map_err(|e| format!("{at}: cannot read: {e}"))?;
+        .map_err(|error| TlsError::Read {
+            key,
+            path: path.to_path_buf(),
+            error,
+        })?;
     if pem.len() as u64 > MAX_PEM_FILE {
-        return Err(format!("{at}: larger than {MAX_PEM_FILE} bytes"));
+        return Err(TlsError::TooLarge {
+            key,
+            path: path.to_path_buf(),
+        });
     }
     Ok(pem)
 }
 
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let at = format!("tls_cert {}", path.display());
-    let pem = read_pem(path, &at)?;
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_pem(path, "tls_cert")?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{at}: not PEM: {e}"))?;
+        .map_err(|error| TlsError::NotPem {
+            key: "tls_cert",
+            path: path.to_path_buf(),
+            error,
+        })?;
     if chain.is_empty() {
-        return Err(format!(
-            "{at}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
-        ));
+        return Err(TlsError::NoCertificate(path.to_path_buf()));
     }
     Ok(chain)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let at = format!("tls_key {}", path.display());
-    let pem = read_pem(path, &at)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
-        pem::Error::NoItemsFound => {
-            format!("{at}: holds no private key (an unencrypted PKCS#8, PKCS#1 or SEC1 PEM key)")
-        }
-        e => format!("{at}: not PEM: {e}"),
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read_pem(path, "tls_key")?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|error| match error {
+        pem::Error::NoItemsFound => TlsError::NoKey(path.to_path_buf()),
+        error => TlsError::NotPem {
+            key: "tls_key",
+            path: path.to_path_buf(),
+            error,
+        },
     })
 }
 
@@ -118,7 +178,7 @@ mod tests {
     fn error(cert: &Path, key: &Path) -> String {
         match acceptor(cert, key) {
             Ok(_) => panic!("{} and {} were accepted", cert.display(), key.display()),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         }
     }
 

@@ -70,9 +70,9 @@ pub async fn run(
     .await
     .map_err(failed("starting the mock upstream"))?;
     let text = config(listen, mock.local_addr()) + &super::demo_export::route(orders);
-    let config = ServeConfig::parse(&text).map_err(Failure::Pipeline)?;
+    let config = ServeConfig::parse(&text).map_err(|e| Failure::Pipeline(e.to_string()))?;
     let server = Server::new(config)
-        .map_err(Failure::Pipeline)?
+        .map_err(|e| Failure::Pipeline(e.to_string()))?
         .start(listen)
         .await
         .map_err(failed("starting the proxy"))?;

@@ -140,7 +140,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let listen = config.listen_addr();
     let pipelines = config.pipelines.clone();
     let grace = config.shutdown_grace;
-    let server = Server::new(config).map_err(Failure::Usage)?;
+    let server = Server::new(config).map_err(|e| Failure::Usage(e.to_string()))?;
     let registry = server.registry().clone();
     if args.check_config {
         println!("{}: ok", args.config.display());

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -135,28 +136,33 @@ async fn page(State(console): State<Arc<Console>>, request: Request) -> Response
     response
 }
 
+/// A console query string that does not say which streams to send.
+#[derive(Debug, thiserror::Error)]
+enum ViewError {
+    #[error("{0}")]
+    Query(#[from] QueryRejection),
+    #[error("top={0}: a number from 0 to {MAX_TOP}")]
+    Top(String),
+    #[error("`{key}={value}`: the parameters are top=N (0 to {MAX_TOP}) and sort=buffered|rate")]
+    Unknown { key: String, value: String },
+}
+
 /// `?top=N&sort=buffered|rate`: which streams to send in full; the message says what is wrong.
-fn view(request: &Request) -> Result<View, String> {
-    let pairs: Vec<(String, String)> = Query::try_from_uri(request.uri())
-        .map(|Query(p)| p)
-        .map_err(|e| e.to_string())?;
+fn view(request: &Request) -> Result<View, ViewError> {
+    let Query(pairs): Query<Vec<(String, String)>> = Query::try_from_uri(request.uri())?;
     let mut view = View {
         top: DEFAULT_TOP,
         sort: SortBy::Buffered,
     };
-    for (k, v) in pairs {
-        match (k.as_str(), v.as_str()) {
+    for (key, value) in pairs {
+        match (key.as_str(), value.as_str()) {
             ("top", n) => match n.parse() {
                 Ok(n) if n <= MAX_TOP => view.top = n,
-                _ => return Err(format!("top={v}: a number from 0 to {MAX_TOP}")),
+                _ => return Err(ViewError::Top(value)),
             },
             ("sort", "buffered") => view.sort = SortBy::Buffered,
             ("sort", "rate") => view.sort = SortBy::Rate,
-            _ => {
-                return Err(format!(
-                    "`{k}={v}`: the parameters are top=N (0 to {MAX_TOP}) and sort=buffered|rate"
-                ))
-            }
+            _ => return Err(ViewError::Unknown { key, value }),
         }
     }
     Ok(view)
@@ -172,7 +178,7 @@ async fn state(State(console): State<Arc<Console>>, request: Request) -> Respons
     }
     match view(&request) {
         Ok(view) => axum::Json(build(&console.sources, view)).into_response(),
-        Err(e) => bad_query(&e),
+        Err(e) => bad_query(&e.to_string()),
     }
 }
 
@@ -182,7 +188,7 @@ async fn events(State(console): State<Arc<Console>>, request: Request) -> Respon
     }
     let view = match view(&request) {
         Ok(view) => view,
-        Err(e) => return bad_query(&e),
+        Err(e) => return bad_query(&e.to_string()),
     };
     let budget = console.sources.admission.budget();
     let bytes = EVENTS_BASE + view.top * EVENTS_PER_STREAM;

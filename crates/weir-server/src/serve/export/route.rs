@@ -16,7 +16,7 @@ use weir_stages::sources::sql::{
 
 use super::metrics::ExportMetrics;
 use crate::serve::admission::Admission;
-use crate::serve::config::{DatabaseUrl, SqlExportRoute};
+use crate::serve::config::{DatabaseUrl, DatabaseUrlError, SqlExportRoute};
 
 /// How long opening a PostgreSQL connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,8 +35,8 @@ pub enum RouteProblem {
     #[error("query: {0}")]
     Query(QueryError),
     /// The configuration's own message on the `database` URL.
-    #[error("{0}")]
-    DatabaseUrl(String),
+    #[error(transparent)]
+    DatabaseUrl(DatabaseUrlError),
     /// The SQLite file could not be opened or the query not prepared.
     #[error("{0}")]
     Sqlite(SqlError),
@@ -44,13 +44,6 @@ pub enum RouteProblem {
     PostgresUrl(tokio_postgres::Error),
     #[error("connection pool: {0}")]
     Pool(deadpool_postgres::BuildError),
-}
-
-/// The server builds its routes with text errors.
-impl From<ExportRouteError> for String {
-    fn from(e: ExportRouteError) -> String {
-        e.to_string()
-    }
 }
 
 enum Database {

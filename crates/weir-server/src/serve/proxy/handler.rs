@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use super::relay::{Relay, TextFilter};
 use super::scrub::scrub_body;
 use super::stream::{ProxyStream, StreamTiming};
-use super::upstream::{tls_failure, SendError, Upstream};
+use super::upstream::{tls_failure, SendError, Upstream, UpstreamError};
 use crate::serve::admission::{Admission, Refusal};
 use crate::serve::config::LlmProxyRoute;
 use crate::serve::console::{Holds, Registry, StreamInfo};
@@ -38,6 +38,22 @@ const MAX_ERROR_BODY: u64 = 64 << 10;
 /// Makes the text filter of one stream (redaction), if the route has one.
 pub type FilterFactory = Arc<dyn Fn() -> Box<dyn TextFilter> + Send + Sync>;
 
+/// An `llm_proxy` route that cannot start, naming the route or its upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyRouteError {
+    #[error("upstream `{upstream}`: {error}")]
+    UpstreamUri {
+        upstream: String,
+        error: hyper::http::uri::InvalidUri,
+    },
+    #[error("route {path}: environment variable {var} (upstream_key_env) is not set")]
+    KeyNotSet { path: String, var: String },
+    #[error("route {path}: {var} holds characters not allowed in a header")]
+    KeyNotHeader { path: String, var: String },
+    #[error("route {path}: {error}")]
+    Upstream { path: String, error: UpstreamError },
+}
+
 /// A configured `llm_proxy` route, shared by its requests.
 pub struct ProxyRoute {
     config: LlmProxyRoute,
@@ -60,35 +76,39 @@ impl ProxyRoute {
         admission: Admission,
         body_limits: BodyLimits,
         filter: Option<FilterFactory>,
-    ) -> Result<Self, String> {
-        let upstream: Uri = config
-            .upstream
-            .parse()
-            .map_err(|e| format!("upstream `{}`: {e}", config.upstream))?;
+    ) -> Result<Self, ProxyRouteError> {
+        let upstream: Uri =
+            config
+                .upstream
+                .parse()
+                .map_err(|error| ProxyRouteError::UpstreamUri {
+                    upstream: config.upstream.clone(),
+                    error,
+                })?;
         let mut secret = None;
         let upstream_key = match &config.upstream_key_env {
             None => None,
             Some(var) => {
-                let key = std::env::var(var).map_err(|_| {
-                    format!(
-                        "route {}: environment variable {var} (upstream_key_env) is not set",
-                        config.path
-                    )
+                let key = std::env::var(var).map_err(|_| ProxyRouteError::KeyNotSet {
+                    path: config.path.clone(),
+                    var: var.clone(),
                 })?;
                 secret = (!key.is_empty()).then(|| Arc::from(key.as_bytes()));
                 let (_, value) = config.protocol.dialect().key_header(&key);
-                let mut value = HeaderValue::from_str(&value).map_err(|_| {
-                    format!(
-                        "route {}: {var} holds characters not allowed in a header",
-                        config.path
-                    )
-                })?;
+                let mut value =
+                    HeaderValue::from_str(&value).map_err(|_| ProxyRouteError::KeyNotHeader {
+                        path: config.path.clone(),
+                        var: var.clone(),
+                    })?;
                 value.set_sensitive(true);
                 Some(value)
             }
         };
         let upstream =
-            Upstream::new(&upstream, &config).map_err(|e| format!("route {}: {e}", config.path))?;
+            Upstream::new(&upstream, &config).map_err(|error| ProxyRouteError::Upstream {
+                path: config.path.clone(),
+                error,
+            })?;
         Ok(ProxyRoute {
             upstream,
             upstream_key,

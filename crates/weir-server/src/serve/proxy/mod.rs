@@ -9,13 +9,16 @@ mod scrub;
 mod stream;
 mod upstream;
 
+use weir_stages::codec::redact::RedactConfigError;
+
 pub use dialect::{Dialect, Frame, FrameError, TokenText};
-pub use handler::{handle, FilterFactory, ProxyRoute};
+pub use handler::{handle, FilterFactory, ProxyRoute, ProxyRouteError};
 pub use relay::{Relay, Tally, TextFilter};
 pub use stream::StreamTiming;
+pub use upstream::{UpstreamCaError, UpstreamError};
 
 /// The text filter for a route's `redact` list, or none when the list is empty.
-pub fn filter_for(redact: &[String]) -> Result<Option<FilterFactory>, String> {
+pub fn filter_for(redact: &[String]) -> Result<Option<FilterFactory>, RedactConfigError> {
     if redact.is_empty() {
         return Ok(None);
     }

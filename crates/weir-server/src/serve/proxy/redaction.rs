@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use weir_stages::codec::redact::{RedactConfig, RedactStream, Redactor};
+use weir_stages::codec::redact::{RedactConfig, RedactConfigError, RedactStream, Redactor};
 
 use super::blocks::Blocks;
 use super::handler::FilterFactory;
@@ -50,9 +50,9 @@ impl TextFilter for Redaction {
 }
 
 /// The filter factory of a route redacting the detectors named in `kinds`.
-pub fn factory(kinds: &[String]) -> Result<FilterFactory, String> {
+pub fn factory(kinds: &[String]) -> Result<FilterFactory, RedactConfigError> {
     let names: Vec<&str> = kinds.iter().map(String::as_str).collect();
-    let redactor = Arc::new(Redactor::new(RedactConfig::kinds(&names)).map_err(|e| e.to_string())?);
+    let redactor = Arc::new(Redactor::new(RedactConfig::kinds(&names))?);
     Ok(Arc::new(move || {
         Box::new(Redaction {
             redactor: Arc::clone(&redactor),

@@ -5,4 +5,4 @@ mod lines;
 mod route;
 
 pub use follow::{Follower, Read, Start};
-pub use route::{handle, TailRoute};
+pub use route::{handle, TailProblem, TailRoute, TailRouteError};

@@ -29,6 +29,28 @@ const SLOW_READ: usize = 4 << 10;
 /// Lines `?lines=` may ask for.
 const MAX_LAST_LINES: usize = 100_000;
 
+/// A `file_tail` route that cannot follow its file, naming its path.
+#[derive(Debug, thiserror::Error)]
+#[error("route {path}: {problem}")]
+pub struct TailRouteError {
+    pub path: String,
+    pub problem: TailProblem,
+}
+
+/// Why a `file_tail` route cannot follow its file.
+#[derive(Debug, thiserror::Error)]
+pub enum TailProblem {
+    #[error("file {}: {error}", .file.display())]
+    Absolute {
+        file: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("file {} has no directory", .0.display())]
+    NoDirectory(PathBuf),
+    #[error("cannot watch {}: {error}", .dir.display())]
+    Watch { dir: PathBuf, error: notify::Error },
+}
+
 /// A route's configuration and the watch that wakes its readers.
 pub struct TailRoute {
     config: FileTailRoute,
@@ -41,22 +63,35 @@ pub struct TailRoute {
 
 impl TailRoute {
     /// Watches the file's directory; fails, naming the route, when it cannot.
-    pub fn new(config: FileTailRoute) -> Result<Self, String> {
-        let at = format!("route {}", config.path);
-        let file = std::path::absolute(&config.file)
-            .map_err(|e| format!("{at}: file {}: {e}", config.file.display()))?;
+    pub fn new(config: FileTailRoute) -> Result<Self, TailRouteError> {
+        let at = |problem| TailRouteError {
+            path: config.path.clone(),
+            problem,
+        };
+        let file = std::path::absolute(&config.file).map_err(|error| {
+            at(TailProblem::Absolute {
+                file: config.file.clone(),
+                error,
+            })
+        })?;
         let dir = file
             .parent()
-            .ok_or_else(|| format!("{at}: file {} has no directory", file.display()))?
+            .ok_or_else(|| at(TailProblem::NoDirectory(file.clone())))?
             .to_path_buf();
         let (tx, changes) = watch::channel(0u64);
+        let watch_error = |error| {
+            at(TailProblem::Watch {
+                dir: dir.clone(),
+                error,
+            })
+        };
         let mut watcher = notify::recommended_watcher(move |_event| {
             tx.send_modify(|n| *n = n.wrapping_add(1));
         })
-        .map_err(|e| format!("{at}: cannot watch {}: {e}", dir.display()))?;
+        .map_err(watch_error)?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|e| format!("{at}: cannot watch {}: {e}", dir.display()))?;
+            .map_err(watch_error)?;
         Ok(TailRoute {
             path: Arc::from(config.path.as_str()),
             config,

@@ -4,4 +4,6 @@ pub mod gate;
 mod route;
 
 pub use gate::Policy;
-pub use route::{publish, render_subscriber_metrics, subscribe, Topic, TopicSummary};
+pub use route::{
+    publish, render_subscriber_metrics, subscribe, Topic, TopicError, TopicProblem, TopicSummary,
+};

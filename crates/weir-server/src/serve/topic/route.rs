@@ -106,6 +106,26 @@ pub struct TopicSummary {
 /// Subscribers by the number each was given.
 type Connected = Vec<(u64, Arc<Subscriber>)>;
 
+/// A topic route that cannot start, naming its path.
+#[derive(Debug, thiserror::Error)]
+#[error("route {path}: {problem}")]
+pub struct TopicError {
+    pub path: String,
+    pub problem: TopicProblem,
+}
+
+/// Why a topic route cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicProblem {
+    #[error("a topic needs the async runtime")]
+    NoRuntime,
+    #[error("udp_listen {addr}: {error}")]
+    Udp {
+        addr: std::net::SocketAddr,
+        error: std::io::Error,
+    },
+}
+
 /// A topic: its subscribers and counters.
 pub struct Topic {
     config: TopicRoute,
@@ -118,7 +138,7 @@ pub struct Topic {
 
 impl Topic {
     /// Builds the topic; binds `udp_listen` and starts the metrics refresh (inside a runtime).
-    pub fn new(config: TopicRoute) -> Result<Arc<Self>, String> {
+    pub fn new(config: TopicRoute) -> Result<Arc<Self>, TopicError> {
         let topic = Arc::new(Topic {
             path: Arc::from(config.path.as_str()),
             config,
@@ -126,17 +146,20 @@ impl Topic {
             next_id: AtomicU64::new(0),
             counters: Arc::default(),
         });
-        let at = format!("route {}", topic.config.path);
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| format!("{at}: a topic needs the async runtime"))?;
+        let at = |problem| TopicError {
+            path: topic.config.path.clone(),
+            problem,
+        };
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| at(TopicProblem::NoRuntime))?;
         if let Some(addr) = topic.config.udp_listen {
+            let udp_error = |error| at(TopicProblem::Udp { addr, error });
             let socket = std::net::UdpSocket::bind(addr)
                 .and_then(|s| s.set_nonblocking(true).map(|()| s))
-                .map_err(|e| format!("{at}: udp_listen {addr}: {e}"))?;
+                .map_err(udp_error)?;
             let udp = {
                 let _entered = runtime.enter();
-                tokio::net::UdpSocket::from_std(socket)
-                    .map_err(|e| format!("{at}: udp_listen {addr}: {e}"))?
+                tokio::net::UdpSocket::from_std(socket).map_err(udp_error)?
             };
             runtime.spawn(receive_udp(Arc::downgrade(&topic), udp));
         }

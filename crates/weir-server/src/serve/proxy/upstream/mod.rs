@@ -34,7 +34,7 @@ use crate::serve::socket_buffer;
 use conn::{Io, Pool};
 use http1::{BodyDecoder, Http1Error, MAX_HEAD};
 use http2::{Http2Body, Http2Pool, RequestHead};
-pub use tls::tls_failure;
+pub use tls::{tls_failure, UpstreamCaError};
 
 /// Bytes taken from the socket per read, on the reader's stack. A streamed read becomes one
 /// chunk of the response, and hyper takes the next chunk while less than 8 KiB wait in its
@@ -119,6 +119,22 @@ pub struct Upstream {
     learning: tokio::sync::Mutex<()>,
 }
 
+/// An upstream that cannot be reached as configured, naming its URL or its CA file.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream `{0}`: only http:// and https:// are supported")]
+    Scheme(Uri),
+    #[error("upstream `{0}` has no host")]
+    NoHost(Uri),
+    #[error("upstream `{uri}`: {error}")]
+    ServerName {
+        uri: Uri,
+        error: rustls::pki_types::InvalidDnsNameError,
+    },
+    #[error(transparent)]
+    Ca(#[from] UpstreamCaError),
+}
+
 const PROTOCOL_UNKNOWN: u8 = 0;
 const PROTOCOL_HTTP1: u8 = 1;
 const PROTOCOL_HTTP2: u8 = 2;
@@ -132,24 +148,23 @@ pub struct UpstreamResponse {
 impl Upstream {
     /// `https://` upstreams are verified against Mozilla's roots plus those of `upstream_ca`,
     /// and offered HTTP/2 and HTTP/1.1 by ALPN.
-    pub fn new(uri: &Uri, route: &LlmProxyRoute) -> Result<Self, String> {
+    pub fn new(uri: &Uri, route: &LlmProxyRoute) -> Result<Self, UpstreamError> {
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => {
-                return Err(format!(
-                    "upstream `{uri}`: only http:// and https:// are supported"
-                ))
-            }
+            _ => return Err(UpstreamError::Scheme(uri.clone())),
         };
         let authority = uri
             .authority()
-            .ok_or_else(|| format!("upstream `{uri}` has no host"))?;
+            .ok_or_else(|| UpstreamError::NoHost(uri.clone()))?;
         let host = authority.host().trim_matches(['[', ']']).to_string();
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
             let name =
-                ServerName::try_from(host.clone()).map_err(|e| format!("upstream `{uri}`: {e}"))?;
+                ServerName::try_from(host.clone()).map_err(|error| UpstreamError::ServerName {
+                    uri: uri.clone(),
+                    error,
+                })?;
             let mut config = tls::tls_config(route.upstream_ca.as_deref())?;
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             Some((TlsConnector::from(Arc::new(config)), name))
