@@ -144,11 +144,28 @@ fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits[..n]).ok()?.parse().ok()
 }
 
+/// Why a subscriber could not connect, naming the URL or the host.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("{0}: not a ws:// URL")]
+    NotWs(String),
+    #[error("connect {host}: {error}")]
+    Connect { host: String, error: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("closed during the upgrade")]
+    Closed,
+    #[error("upgrade refused: {0}")]
+    Refused(String),
+    #[error("response head over 16 KiB")]
+    HeadTooLarge,
+}
+
 /// `ws://host:port/path` → (`host:port`, `/path`).
-fn split_ws_url(url: &str) -> Result<(String, String), String> {
+fn split_ws_url(url: &str) -> Result<(String, String), ConnectError> {
     let rest = url
         .strip_prefix("ws://")
-        .ok_or_else(|| format!("{url}: not a ws:// URL"))?;
+        .ok_or_else(|| ConnectError::NotWs(url.to_string()))?;
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -157,40 +174,38 @@ fn split_ws_url(url: &str) -> Result<(String, String), String> {
 }
 
 /// Connects and upgrades; returns the stream and the bytes read past the response head.
-async fn ws_connect(url: &str) -> Result<(TcpStream, Vec<u8>), String> {
+async fn ws_connect(url: &str) -> Result<(TcpStream, Vec<u8>), ConnectError> {
     let (host, path) = split_ws_url(url)?;
     let mut stream = TcpStream::connect(&host)
         .await
-        .map_err(|e| format!("connect {host}: {e}"))?;
+        .map_err(|error| ConnectError::Connect {
+            host: host.clone(),
+            error,
+        })?;
     stream.set_nodelay(true).ok();
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+    stream.write_all(request.as_bytes()).await?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err("closed during the upgrade".into());
+            return Err(ConnectError::Closed);
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_string();
             if !head.starts_with("HTTP/1.1 101") {
-                return Err(format!(
-                    "upgrade refused: {}",
-                    head.lines().next().unwrap_or("")
-                ));
+                let status = head.lines().next().unwrap_or("");
+                return Err(ConnectError::Refused(status.to_string()));
             }
             return Ok((stream, buf[end + 4..].to_vec()));
         }
         if buf.len() > 16 * 1024 {
-            return Err("response head over 16 KiB".into());
+            return Err(ConnectError::HeadTooLarge);
         }
     }
 }
@@ -206,7 +221,7 @@ async fn subscriber(
     start: Arc<tokio::sync::OnceCell<Instant>>,
     counters: Arc<Counters>,
     stop: CancellationToken,
-    connected: tokio::sync::oneshot::Sender<Result<(), String>>,
+    connected: tokio::sync::oneshot::Sender<Result<(), ConnectError>>,
 ) -> Hist {
     let mut hist = Hist::new();
     let (mut stream, mut buf) = match ws_connect(&url).await {
@@ -380,11 +395,8 @@ async fn run(args: Args, t0: Instant) -> Result<serde_json::Value, Error> {
     let connect_ms = t0.elapsed().as_secs_f64() * 1e3;
     if connected == 0 && args.subscribers > 0 {
         stop.cancel();
-        return Err(format!(
-            "no subscriber connected: {}",
-            first_error.unwrap_or_default()
-        )
-        .into());
+        let why = first_error.map(|e| e.to_string()).unwrap_or_default();
+        return Err(format!("no subscriber connected: {why}").into());
     }
     // Let the servers register the last subscriptions.
     tokio::time::sleep(Duration::from_millis(200)).await;

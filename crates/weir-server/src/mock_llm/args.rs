@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::config::MockLlmConfig;
-use super::knobs::{Fault, FaultKind, Knobs};
+use super::knobs::{Fault, FaultKind, Knobs, KnobsError};
 use super::server::run;
 
 const HELP: &str = "\
@@ -96,7 +96,7 @@ pub struct MockLlmArgs {
 
 impl MockLlmArgs {
     /// The server configuration these arguments describe, validated.
-    pub fn config(&self) -> Result<MockLlmConfig, String> {
+    pub fn config(&self) -> Result<MockLlmConfig, KnobsError> {
         let knobs = Knobs {
             tokens: self.tokens,
             rate: self.rate,

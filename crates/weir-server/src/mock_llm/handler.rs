@@ -31,11 +31,11 @@ pub(crate) async fn respond<A: Api>(mock: MockLlm, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let query = match KnobsQuery::from_uri(&parts.uri) {
         Ok(q) => q,
-        Err(m) => return error::<A>(StatusCode::BAD_REQUEST, &m),
+        Err(m) => return error::<A>(StatusCode::BAD_REQUEST, &m.to_string()),
     };
     let knobs = match query.apply(&mock.config().knobs) {
         Ok(k) => k,
-        Err(m) => return error::<A>(StatusCode::BAD_REQUEST, &m),
+        Err(m) => return error::<A>(StatusCode::BAD_REQUEST, &m.to_string()),
     };
     let bytes = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
         Ok(b) => b,

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::Query;
 use axum::http::Uri;
 use serde::Deserialize;
@@ -129,12 +130,31 @@ pub(crate) struct KnobsQuery {
     _beta: Option<serde::de::IgnoredAny>,
 }
 
+/// Knobs a query string or the command line got wrong, naming the knob.
+#[derive(Debug, thiserror::Error)]
+pub enum KnobsError {
+    #[error("bad query string: {}", .0.body_text())]
+    Query(QueryRejection),
+    #[error("fault_after and status need fault=KIND")]
+    NoFault,
+    #[error("rate must be 0 (unpaced) or in {MIN_RATE}..={MAX_RATE} tokens/s, not {0}")]
+    Rate(f64),
+    #[error("ttft_ms must be at most {}, not {}", MAX_TTFT.as_millis(), .0.as_millis())]
+    Ttft(Duration),
+    #[error("token_size must be in 1..={MAX_TOKEN_SIZE}, not {0}")]
+    TokenSize(usize),
+    #[error("status must be in 400..=599, not {0}")]
+    Status(u16),
+    #[error("status is only for fault=status")]
+    StatusWithoutStatusFault,
+}
+
 impl KnobsQuery {
     /// Parses the query string of `uri` (no query: every knob at its default).
-    pub(crate) fn from_uri(uri: &Uri) -> Result<Self, String> {
+    pub(crate) fn from_uri(uri: &Uri) -> Result<Self, KnobsError> {
         Query::<KnobsQuery>::try_from_uri(uri)
             .map(|q| q.0)
-            .map_err(|e| format!("bad query string: {}", e.body_text()))
+            .map_err(KnobsError::Query)
     }
 
     /// The `stream=` override, if given.
@@ -143,7 +163,7 @@ impl KnobsQuery {
     }
 
     /// `defaults` with this query's values laid over them, validated.
-    pub(crate) fn apply(&self, defaults: &Knobs) -> Result<Knobs, String> {
+    pub(crate) fn apply(&self, defaults: &Knobs) -> Result<Knobs, KnobsError> {
         let mut k = defaults.clone();
         if let Some(v) = self.tokens {
             k.tokens = v;
@@ -177,7 +197,7 @@ impl KnobsQuery {
         };
         k.fault = match kind {
             None if self.fault_after.is_some() || self.status.is_some() => {
-                return Err("fault_after and status need fault=KIND".into())
+                return Err(KnobsError::NoFault)
             }
             None => None,
             Some(kind) => {
@@ -196,33 +216,23 @@ impl KnobsQuery {
 
 impl Knobs {
     /// Checks the ranges a query string (or a CLI flag) can get wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), KnobsError> {
         if !(self.rate == 0.0 || (MIN_RATE..=MAX_RATE).contains(&self.rate)) {
-            return Err(format!(
-                "rate must be 0 (unpaced) or in {MIN_RATE}..={MAX_RATE} tokens/s, not {}",
-                self.rate
-            ));
+            return Err(KnobsError::Rate(self.rate));
         }
         if self.ttft > MAX_TTFT {
-            return Err(format!(
-                "ttft_ms must be at most {}, not {}",
-                MAX_TTFT.as_millis(),
-                self.ttft.as_millis()
-            ));
+            return Err(KnobsError::Ttft(self.ttft));
         }
         if self.token_size == 0 || self.token_size > MAX_TOKEN_SIZE {
-            return Err(format!(
-                "token_size must be in 1..={MAX_TOKEN_SIZE}, not {}",
-                self.token_size
-            ));
+            return Err(KnobsError::TokenSize(self.token_size));
         }
         if let Some(f) = self.fault {
             match (f.kind, f.status) {
                 (FaultKind::Status, Some(s)) if !(400..=599).contains(&s) => {
-                    return Err(format!("status must be in 400..=599, not {s}"))
+                    return Err(KnobsError::Status(s))
                 }
                 (FaultKind::Status, _) => {}
-                (_, Some(_)) => return Err("status is only for fault=status".into()),
+                (_, Some(_)) => return Err(KnobsError::StatusWithoutStatusFault),
                 (_, None) => {}
             }
         }
@@ -234,10 +244,8 @@ impl Knobs {
 mod tests {
     use super::*;
 
-    fn parse(query: &str) -> Result<KnobsQuery, String> {
-        let uri: Uri = format!("/v1/messages?{query}")
-            .parse()
-            .map_err(|e| format!("{e}"))?;
+    fn parse(query: &str) -> Result<KnobsQuery, KnobsError> {
+        let uri: Uri = format!("/v1/messages?{query}").parse().expect("a URI");
         KnobsQuery::from_uri(&uri)
     }
 

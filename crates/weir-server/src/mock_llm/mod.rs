@@ -18,7 +18,9 @@ mod tokens;
 pub use api::monotonic_ns;
 pub use args::{run_cli, MockLlmArgs};
 pub use config::{MockLlmConfig, DEFAULT_PORT};
-pub use knobs::{Fault, FaultKind, Knobs, MAX_RATE, MAX_TOKEN_SIZE, MAX_TTFT, MIN_RATE};
+pub use knobs::{
+    Fault, FaultKind, Knobs, KnobsError, MAX_RATE, MAX_TOKEN_SIZE, MAX_TTFT, MIN_RATE,
+};
 pub use pii::{luhn_valid, PiiKind};
 pub use server::{run, run_until, RunningMockLlm, SHUTDOWN_GRACE};
 pub use state::MockLlm;
