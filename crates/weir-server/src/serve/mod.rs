@@ -5,7 +5,7 @@ pub mod config;
 pub mod console;
 mod cors;
 pub mod export;
-pub mod metrics;
+pub(crate) mod metrics;
 mod outcome;
 pub mod proxy;
 mod reply;
@@ -19,7 +19,7 @@ pub mod stream_stats;
 pub mod tail;
 mod tls;
 pub mod topic;
-pub mod ws;
+pub(crate) mod ws;
 
 pub use config::{
     ConfigError, DatabaseUrl, DatabaseUrlError, ExportFormat, FileTailRoute, InvalidConfig,

@@ -5,7 +5,8 @@ mod registry;
 mod snapshot;
 mod stages;
 
-pub use api::{router, Console, STALL_LIMIT};
+pub use api::STALL_LIMIT;
+pub(crate) use api::{router, Console};
 pub use registry::{Holds, PipelineEntry, Registry, StreamInfo, Watched, WatchedPipeline};
-pub use snapshot::{build, SortBy, Sources, State, View, DEFAULT_TOP, MAX_TOP};
+pub use snapshot::{build, SortBy, Sources, State, View, DEFAULT_TOP};
 pub use stages::StageView;

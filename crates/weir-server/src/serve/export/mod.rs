@@ -6,5 +6,5 @@ mod metrics;
 mod request;
 mod route;
 
-pub use handler::handle;
+pub(crate) use handler::handle;
 pub use route::{ExportRoute, ExportRouteError, RouteProblem};

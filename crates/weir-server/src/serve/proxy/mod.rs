@@ -12,9 +12,9 @@ mod upstream;
 use weir_stages::codec::redact::RedactConfigError;
 
 pub use dialect::{Dialect, Frame, FrameError, TokenText};
-pub use handler::{handle, FilterFactory, ProxyRoute, ProxyRouteError};
+pub(crate) use handler::handle;
+pub use handler::{FilterFactory, ProxyRoute, ProxyRouteError};
 pub use relay::{Relay, Tally, TextFilter};
-pub use stream::StreamTiming;
 pub use upstream::{UpstreamCaError, UpstreamError};
 
 /// The text filter for a route's `redact` list, or none when the list is empty.

@@ -33,8 +33,8 @@ pub enum Start {
 
 /// What one read gave.
 pub enum Read {
-    /// `n` bytes were appended, read from `inode` at `offset`.
-    Data { n: usize, inode: u64, offset: u64 },
+    /// Bytes were appended to the buffer, read from `inode` at `offset`.
+    Data { inode: u64, offset: u64 },
     /// Nothing new for `idle`: the caller may send a keep-alive.
     Idle,
 }
@@ -110,7 +110,6 @@ impl Follower {
                     let offset = self.offset;
                     self.offset += n as u64;
                     return Ok(Read::Data {
-                        n,
                         inode: *inode,
                         offset,
                     });

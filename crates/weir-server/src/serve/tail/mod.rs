@@ -4,5 +4,5 @@ mod follow;
 mod lines;
 mod route;
 
-pub use follow::{Follower, Read, Start};
-pub use route::{handle, TailProblem, TailRoute, TailRouteError};
+pub(crate) use route::handle;
+pub use route::{TailProblem, TailRoute, TailRouteError};
