@@ -292,3 +292,33 @@ async fn goaway_mid_stream_ends_it_with_an_error_event_and_the_next_goes_to_a_ne
     assert_eq!(events.last().map(|e| e.data.as_str()), Some("[DONE]"));
     upstream.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reserves_its_window_with_its_buffer() {
+    let mock = start().await;
+    // 3 streams of 16 KiB + 8 KiB fit in 72 KiB; over HTTP/1.1 four 16 KiB ones would.
+    let proxy = start_proxy(
+        "openai",
+        &mock.url("/v1/chat/completions?tokens=0&rate=20"),
+        "memory_budget = \"72KiB\"",
+        &route("buffer = \"16KiB\"\nreceive_buffer = \"8KiB\""),
+    )
+    .await;
+    let url = format!("http://{}/v1/chat/completions", proxy.local_addr());
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let response = proxy_request(&client(), &url, false).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        open.push(response);
+    }
+    let refused = proxy_request(&client(), &url, false).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("memory"),
+        "{body}"
+    );
+}
