@@ -479,7 +479,8 @@ pub enum ConfigError {
     #[error("{path}: {problem}")]
     Invalid {
         path: String,
-        problem: InvalidConfig,
+        // Boxed: the problems (toml's error among them) make a large enum.
+        problem: Box<InvalidConfig>,
     },
 }
 
@@ -600,7 +601,7 @@ impl ServeConfig {
         })?;
         Self::parse(&text).map_err(|problem| ConfigError::Invalid {
             path: path.display().to_string(),
-            problem,
+            problem: Box::new(problem),
         })
     }
 
