@@ -7,6 +7,7 @@ mod cors;
 pub mod export;
 pub(crate) mod metrics;
 mod outcome;
+mod pem;
 pub mod proxy;
 mod reply;
 mod request_body;
@@ -25,5 +26,6 @@ pub use config::{
     ConfigError, DatabaseUrl, DatabaseUrlError, ExportFormat, FileTailRoute, InvalidConfig,
     LlmProxyRoute, Protocol, RouteConfig, ServeConfig, SqlExportRoute,
 };
+pub use pem::{PemError, PemKey};
 pub use server::{RunningServer, Server, ServerError};
 pub use tls::TlsError;

@@ -4,17 +4,13 @@
 //! Every way the files can be unusable (missing, no certificate, no key, a key of another
 //! certificate) is an error naming the file, raised before the server listens.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-/// Largest PEM file read: a chain and a key fit in kilobytes.
-const MAX_PEM_FILE: u64 = 1 << 20;
+use super::pem::{self, PemError, PemKey};
 
 /// ALPN protocol id of HTTP/2.
 pub(crate) const H2: &[u8] = b"h2";
@@ -22,28 +18,8 @@ pub(crate) const H2: &[u8] = b"h2";
 /// A `tls_cert` or `tls_key` that cannot serve, naming the file and the fault.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// `key` is `tls_cert` or `tls_key`.
-    #[error("{key} {}: cannot read: {error}", .path.display())]
-    Read {
-        key: &'static str,
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("{key} {}: larger than {MAX_PEM_FILE} bytes", .path.display())]
-    TooLarge { key: &'static str, path: PathBuf },
-    #[error("{key} {}: not PEM: {error}", .path.display())]
-    NotPem {
-        key: &'static str,
-        path: PathBuf,
-        error: pem::Error,
-    },
-    #[error("tls_cert {}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)", .0.display())]
-    NoCertificate(PathBuf),
-    #[error(
-        "tls_key {}: holds no private key (an unencrypted PKCS#8, PKCS#1 or SEC1 PEM key)",
-        .0.display()
-    )]
-    NoKey(PathBuf),
+    #[error(transparent)]
+    File(#[from] PemError),
     #[error("TLS setup: {0}")]
     Setup(rustls::Error),
     #[error(
@@ -69,8 +45,8 @@ pub enum TlsError {
 /// The server side of TLS to clients, from PEM files: the certificate chain (leaf first)
 /// and its private key.
 pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
-    let chain = read_certificates(cert)?;
-    let private_key = read_key(key)?;
+    let chain = pem::certificates(PemKey::TlsCert, cert)?;
+    let private_key = pem::private_key(PemKey::TlsKey, key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -98,52 +74,6 @@ pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError>
         })?;
     config.alpn_protocols = vec![H2.to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// A PEM file's bytes, at most [`MAX_PEM_FILE`]; `key` (`tls_cert`, `tls_key`) names it.
-fn read_pem(path: &Path, key: &'static str) -> Result<Vec<u8>, TlsError> {
-    let mut pem = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_PEM_FILE + 1).read_to_end(&mut pem))
-        .map_err(|error| TlsError::Read {
-            key,
-            path: path.to_path_buf(),
-            error,
-        })?;
-    if pem.len() as u64 > MAX_PEM_FILE {
-        return Err(TlsError::TooLarge {
-            key,
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(pem)
-}
-
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read_pem(path, "tls_cert")?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| TlsError::NotPem {
-            key: "tls_cert",
-            path: path.to_path_buf(),
-            error,
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::NoCertificate(path.to_path_buf()));
-    }
-    Ok(chain)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read_pem(path, "tls_key")?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|error| match error {
-        pem::Error::NoItemsFound => TlsError::NoKey(path.to_path_buf()),
-        error => TlsError::NotPem {
-            key: "tls_key",
-            path: path.to_path_buf(),
-            error,
-        },
-    })
 }
 
 #[cfg(test)]

@@ -1,31 +1,18 @@
 //! TLS to `https://` upstreams: which roots are trusted, and what to say when a
 //! handshake fails.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
-/// Largest `upstream_ca` file read: a few roots fit in kilobytes.
-const MAX_CA_FILE: u64 = 1 << 20;
+use crate::serve::pem::{self, PemError, PemKey};
 
 /// An `upstream_ca` file that cannot be trusted, naming the file and the fault.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamCaError {
-    #[error("upstream_ca {}: cannot read: {error}", .path.display())]
-    Read {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("upstream_ca {}: larger than {MAX_CA_FILE} bytes", .0.display())]
-    TooLarge(PathBuf),
-    #[error("upstream_ca {}: not PEM: {error}", .path.display())]
-    NotPem { path: PathBuf, error: pem::Error },
-    #[error("upstream_ca {}: holds no PEM certificate", .0.display())]
-    NoCertificate(PathBuf),
+    #[error(transparent)]
+    File(#[from] PemError),
     /// A certificate of the file that is not a usable root.
     #[error("upstream_ca {}: {error}", .path.display())]
     Root { path: PathBuf, error: rustls::Error },
@@ -42,7 +29,7 @@ pub(super) fn tls_config(extra_roots: Option<&Path>) -> Result<ClientConfig, Ups
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     if let Some(path) = extra_roots {
-        for cert in read_pem_certificates(path)? {
+        for cert in pem::certificates(PemKey::UpstreamCa, path)? {
             roots.add(cert).map_err(|error| UpstreamCaError::Root {
                 path: path.to_path_buf(),
                 error,
@@ -55,30 +42,6 @@ pub(super) fn tls_config(extra_roots: Option<&Path>) -> Result<ClientConfig, Ups
         .map_err(UpstreamCaError::Setup)?
         .with_root_certificates(roots)
         .with_no_client_auth())
-}
-
-/// The certificates of a PEM file; an error names the file and what is wrong with it.
-fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, UpstreamCaError> {
-    let mut pem = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_CA_FILE + 1).read_to_end(&mut pem))
-        .map_err(|error| UpstreamCaError::Read {
-            path: path.to_path_buf(),
-            error,
-        })?;
-    if pem.len() as u64 > MAX_CA_FILE {
-        return Err(UpstreamCaError::TooLarge(path.to_path_buf()));
-    }
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| UpstreamCaError::NotPem {
-            path: path.to_path_buf(),
-            error,
-        })?;
-    if certs.is_empty() {
-        return Err(UpstreamCaError::NoCertificate(path.to_path_buf()));
-    }
-    Ok(certs)
 }
 
 /// What to tell a client when the TLS handshake with the upstream failed, if it did.
