@@ -22,9 +22,6 @@ use h2::RecvStream;
 use http_body_util::{BodyExt, Full};
 use hyper::http::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,29 +43,17 @@ struct Pki {
 }
 
 fn pki() -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "weir test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
-        .expect("CA certificate");
-    let server_key = KeyPair::generate().expect("server key");
-    let server_cert = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-        .expect("server params")
-        .signed_by(&server_key, &ca)
-        .expect("server certificate");
+    let made = common::pki::test_ca();
     let dir = tempfile::tempdir().expect("temp dir");
-    let write = |name: &str, pem: String| {
+    let write = |name: &str, pem: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, pem).expect("write PEM");
         path
     };
     let (ca, cert, key) = (
-        write("ca.pem", ca.pem()),
-        write("cert.pem", server_cert.pem()),
-        write("key.pem", server_key.serialize_pem()),
+        write("ca.pem", &made.ca_pem),
+        write("cert.pem", &made.cert_pem),
+        write("key.pem", &made.key_pem),
     );
     Pki { dir, ca, cert, key }
 }
@@ -666,7 +651,7 @@ fn proxy_h2_tls_cert_and_key_come_together_and_bad_files_are_named() {
     // The files are read where `weir serve` (and --check-config) builds the server.
     let missing = pki.dir.path().join("missing.pem");
     let other = pki.dir.path().join("other-key.pem");
-    std::fs::write(&other, KeyPair::generate().expect("key").serialize_pem()).expect("write");
+    std::fs::write(&other, rcgen::KeyPair::generate().expect("key").serialize_pem()).expect("write");
     for (cert, key, named, why) in [
         (&missing, &pki.key, &missing, "cannot read"),
         (&pki.cert, &pki.ca, &pki.ca, "no private key"),

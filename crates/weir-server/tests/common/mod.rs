@@ -1,6 +1,8 @@
 //! Helpers of the mock-llm tests: a mock on a free loopback port, SSE parsing, bounded polling.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
