@@ -5,8 +5,11 @@
 //! Each poll of the response body reads the upstream socket at most once and feeds what it
 //! read to the stream's [`Relay`] (decode, rewrite token text, encode), all within the
 //! poll, in the task of the client's connection. Nothing reads ahead: while the client does
-//! not read, the body is not polled, the upstream socket is not read, and TCP flow control
-//! pauses the upstream server.
+//! not read, the relay is not fed, the upstream socket is not read, and TCP flow control
+//! pauses the upstream server. Over HTTP/2 the same holds for the stream's window: what
+//! the upstream sent within it while the client catches up is moved out of h2's frame
+//! queue into one buffer of the stream's own, and the window is given back only as the
+//! client takes bytes.
 //!
 //! # Failure
 //!
@@ -30,7 +33,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -197,7 +200,14 @@ impl Stream for ProxyStream {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         if let Some(backlog) = &this.backlog {
-            ready!(backlog.poll_drained(cx));
+            if backlog.poll_drained(cx).is_pending() {
+                // What an HTTP/2 upstream sends meanwhile waits in one buffer of the
+                // stream's own, not frame by frame in h2's (see `Http2Body::absorb`).
+                if let BodyReader::Http2(body) = &mut this.upstream {
+                    body.absorb(cx);
+                }
+                return Poll::Pending;
+            }
         }
         this.stats.polled();
         this.kept_up = match &this.backlog {

@@ -210,6 +210,8 @@ async fn exchange(
         body: Http2Body {
             recv,
             pending: Bytes::new(),
+            held: Vec::new(),
+            held_from: 0,
             unreleased: 0,
             failed: None,
             _request_body: request_body,
@@ -273,8 +275,15 @@ pub struct Http2Body {
     /// The rest of the last DATA frame: a frame (up to 16 KiB) is handed out in reads the
     /// size of an HTTP/1.1 one, so the relay takes no more at once over either protocol.
     pending: Bytes,
+    /// What came while the stream waited on its client, copied out of h2: a frame left in
+    /// h2 costs a slot in its connection's queue (a queue that never shrinks) and keeps the
+    /// whole read buffer it was cut from (8 KiB) alive. At most the window (the budget
+    /// counts it); freed once handed out.
+    held: Vec<u8>,
+    /// Bytes of `held` already handed out.
+    held_from: usize,
     unreleased: usize,
-    /// A failure met after data in the same read: told at the next.
+    /// A failure met after data: told once that data is handed out.
     failed: Option<h2::Error>,
     // Kept until the body ends: dropping both halves early resets the stream.
     _request_body: h2::SendStream<Bytes>,
@@ -292,6 +301,17 @@ impl Http2Body {
             let released = std::mem::take(&mut self.unreleased);
             // Fails only once the stream is closed, when the window no longer matters.
             let _ = self.recv.flow_control().release_capacity(released);
+        }
+        if self.held_from < self.held.len() {
+            let end = self.held.len().min(self.held_from + READ_SIZE);
+            data(&self.held[self.held_from..end]);
+            self.unreleased = end - self.held_from;
+            self.held_from = end;
+            if end == self.held.len() {
+                self.held = Vec::new();
+                self.held_from = 0;
+            }
+            return Poll::Ready(Ok(false));
         }
         if let Some(e) = self.failed.take() {
             return Poll::Ready(Err(BodyError::Http2(e)));
@@ -325,5 +345,35 @@ impl Http2Body {
         }
         self.unreleased = taken;
         Poll::Ready(Ok(self.pending.is_empty() && self.recv.is_end_stream()))
+    }
+
+    /// Takes what the upstream sent while the stream waits on its client out of h2 into
+    /// `held` (no window is given back), and asks to be woken when more comes.
+    pub(crate) fn absorb(&mut self, cx: &mut Context<'_>) {
+        if !self.pending.is_empty() {
+            let rest = std::mem::take(&mut self.pending);
+            self.hold(&rest);
+        }
+        while self.failed.is_none() {
+            match self.recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(frame))) => self.hold(&frame),
+                Poll::Ready(Some(Err(e))) => self.failed = Some(e),
+                Poll::Ready(None) | Poll::Pending => return,
+            }
+        }
+    }
+
+    fn hold(&mut self, data: &[u8]) {
+        if self.held_from > 0 {
+            self.held.drain(..self.held_from);
+            self.held_from = 0;
+        }
+        let want = self.held.len() + data.len();
+        if want > self.held.capacity() {
+            // Powers of two from 1 KiB: a full window fits exactly, with no doubling past it.
+            let size = want.next_power_of_two().max(1024);
+            self.held.reserve_exact(size - self.held.len());
+        }
+        self.held.extend_from_slice(data);
     }
 }
