@@ -97,6 +97,24 @@ async fn a_connection_is_added_only_when_the_upstream_allows_no_more_streams() {
         stats.connections_open, 3,
         "10 streams at 4 per connection: {stats:?}"
     );
+    // The gauge is process-wide, and the other tests here use the same route: at least ours.
+    let metrics = client()
+        .get(format!("http://{}/metrics", proxy.local_addr()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let open: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("weir_upstream_http2_connections{route=\"/v1/chat/completions\"} ")
+        })
+        .unwrap_or_else(|| panic!("no connections gauge in {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(open >= 3.0, "{open}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,7 @@ pub const UPSTREAM_PAUSED: &str = "weir_upstream_paused_seconds_total";
 pub const TIME_TO_FIRST_TOKEN: &str = "weir_time_to_first_token_seconds";
 pub const REDACTIONS: &str = "weir_redactions_total";
 pub const MEMORY_BUDGET: &str = "weir_memory_budget_bytes";
+pub const UPSTREAM_CONNECTIONS: &str = "weir_upstream_http2_connections";
 /// The name Prometheus' process collectors use, so `weir check --metrics-url` can watch weir.
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 
@@ -110,6 +111,11 @@ fn describe() {
         MEMORY_BUDGET,
         Unit::Bytes,
         "The global memory budget: bytes reserved by open streams, and its limit."
+    );
+    describe_gauge!(
+        UPSTREAM_CONNECTIONS,
+        Unit::Count,
+        "HTTP/2 connections open to each route's upstream (over HTTP/1.1 a stream has its own)."
     );
     describe_gauge!(
         PROCESS_RSS,

@@ -20,6 +20,7 @@ use h2::RecvStream;
 use super::conn::Io;
 use super::{BodyError, SendError, READ_SIZE};
 use crate::serve::config::MAX_H2_WINDOW;
+use crate::serve::metrics::UPSTREAM_CONNECTIONS;
 
 /// Largest response head accepted, as over HTTP/1.1.
 const MAX_HEADER_LIST: u32 = 64 << 10;
@@ -47,16 +48,19 @@ pub(super) struct Http2Pool {
     spread: usize,
     receive_buffer: u32,
     connections: Mutex<Vec<Arc<Connection>>>,
+    /// Connections open now, in `/metrics` by route.
+    open: metrics::Gauge,
     /// One connection is opened at a time: a burst of requests shares the first.
     opening: tokio::sync::Mutex<()>,
 }
 
 impl Http2Pool {
-    pub(super) fn new(spread: usize, receive_buffer: u32) -> Self {
+    pub(super) fn new(route: &str, spread: usize, receive_buffer: u32) -> Self {
         Http2Pool {
             spread: spread.max(1),
             receive_buffer: receive_buffer.max(1),
             connections: Mutex::default(),
+            open: metrics::gauge!(UPSTREAM_CONNECTIONS, "route" => route.to_string()),
             opening: tokio::sync::Mutex::new(()),
         }
     }
@@ -100,11 +104,14 @@ impl Http2Pool {
         let mut ping = connection.ping_pong();
         let closed = Arc::new(AtomicBool::new(false));
         let ended = Arc::clone(&closed);
+        let open = self.open.clone();
+        open.increment(1.0);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("upstream HTTP/2 connection ended: {e}");
             }
             ended.store(true, Ordering::Release);
+            open.decrement(1.0);
         });
         // The peer's SETTINGS come before its answer to a PING: once it is here, its limit
         // of concurrent streams is known, and no burst overfills the new connection.

@@ -188,7 +188,7 @@ impl Upstream {
             connect_timeout: route.connect_timeout,
             pool: Arc::default(),
             uri: uri.to_string(),
-            http2: Http2Pool::new(route.upstream_connections, window),
+            http2: Http2Pool::new(&route.path, route.upstream_connections, window),
             protocol: AtomicU8::new(protocol),
             learning: tokio::sync::Mutex::new(()),
         })
