@@ -651,7 +651,11 @@ fn proxy_h2_tls_cert_and_key_come_together_and_bad_files_are_named() {
     // The files are read where `weir serve` (and --check-config) builds the server.
     let missing = pki.dir.path().join("missing.pem");
     let other = pki.dir.path().join("other-key.pem");
-    std::fs::write(&other, rcgen::KeyPair::generate().expect("key").serialize_pem()).expect("write");
+    std::fs::write(
+        &other,
+        rcgen::KeyPair::generate().expect("key").serialize_pem(),
+    )
+    .expect("write");
     for (cert, key, named, why) in [
         (&missing, &pki.key, &missing, "cannot read"),
         (&pki.cert, &pki.ca, &pki.ca, "no private key"),
