@@ -5,6 +5,7 @@ pub mod config;
 pub mod console;
 mod cors;
 pub mod export;
+mod http1;
 pub(crate) mod metrics;
 mod outcome;
 mod pem;

@@ -33,6 +33,7 @@ use super::config::{RouteConfig, ServeConfig};
 use super::console::{self, Console, Registry, Sources};
 use super::cors::Cors;
 use super::export::{self, ExportRoute};
+use super::http1;
 use super::metrics;
 use super::proxy::{self, ProxyRoute};
 use super::request_body::BodyLimits;
@@ -290,10 +291,13 @@ impl Server {
             };
             let draining = shutdown.clone();
             let Some(acceptor) = self.tls.clone() else {
-                let conn = http
-                    .serve_connection(TokioIo::new(io), per_connection.service())
-                    .with_upgrades();
-                connections.spawn(until_drained(conn, draining, |c| c.graceful_shutdown()));
+                connections.spawn(http1::serve(
+                    io,
+                    per_connection,
+                    http.clone(),
+                    self.config.header_timeout,
+                    draining,
+                ));
                 continue;
             };
             // The handshake in the connection's own task: a slow or silent client never
@@ -353,7 +357,7 @@ impl Server {
 }
 
 /// What every request of one connection carries in its extensions.
-struct PerConnection {
+pub(super) struct PerConnection {
     router: Router,
     limit: StallLimit,
     /// `None` on HTTP/2 connections.
@@ -366,11 +370,12 @@ struct PerConnection {
 }
 
 type RouterCall = Oneshot<Router, Request<Incoming>>;
-type Http1 = hyper::server::conn::http1::Builder;
+pub(super) type Http1 = hyper::server::conn::http1::Builder;
 type Http2 = hyper::server::conn::http2::Builder<TokioExecutor>;
 
 impl PerConnection {
-    fn service(
+    /// The connection served by hyper.
+    pub(super) fn service(
         self,
     ) -> impl Service<
         Request<Incoming>,
@@ -379,19 +384,28 @@ impl PerConnection {
         Future = RouterCall,
     > + Send {
         service_fn(move |mut req: Request<Incoming>| {
-            if let Some(asked) = &self.asked {
-                asked.store(true, Ordering::Relaxed);
-            }
-            let extensions = req.extensions_mut();
-            extensions.insert(self.limit.clone());
-            if let Some(backlog) = &self.backlog {
-                extensions.insert(backlog.clone());
-            }
-            extensions.insert(self.stop.clone());
-            extensions.insert(self.registry.clone());
-            extensions.insert(ConnectInfo(self.peer));
+            self.prepare(&mut req);
             self.router.clone().oneshot(req)
         })
+    }
+
+    /// Puts what the handlers take from the connection into `req`'s extensions.
+    pub(super) fn prepare<B>(&self, req: &mut Request<B>) {
+        if let Some(asked) = &self.asked {
+            asked.store(true, Ordering::Relaxed);
+        }
+        let extensions = req.extensions_mut();
+        extensions.insert(self.limit.clone());
+        if let Some(backlog) = &self.backlog {
+            extensions.insert(backlog.clone());
+        }
+        extensions.insert(self.stop.clone());
+        extensions.insert(self.registry.clone());
+        extensions.insert(ConnectInfo(self.peer));
+    }
+
+    pub(super) fn router(&self) -> Router {
+        self.router.clone()
     }
 }
 
@@ -421,10 +435,7 @@ async fn serve_tls(
     };
     tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
     if tls.get_ref().1.alpn_protocol() != Some(tls::H2) {
-        let conn = http1
-            .serve_connection(TokioIo::new(tls), per_connection.service())
-            .with_upgrades();
-        return until_drained(conn, draining, |c| c.graceful_shutdown()).await;
+        return http1::serve(tls, per_connection, http1, header_timeout, draining).await;
     }
     // The connection's Backlog holds a body until its last chunk reached the socket, one
     // body per connection; HTTP/2's streams are paced by their windows instead.
@@ -452,7 +463,7 @@ async fn serve_tls(
 
 /// Serves `conn` to its end; once `draining` is cancelled, lets it finish the request it
 /// has and takes no more.
-async fn until_drained<C: Future>(
+pub(super) async fn until_drained<C: Future>(
     conn: C,
     draining: CancellationToken,
     graceful_shutdown: impl FnOnce(Pin<&mut C>),
