@@ -70,7 +70,8 @@ pub(super) async fn serve<I>(
                         per_connection.service(),
                     )
                     .with_upgrades();
-                return until_drained(conn, draining, |c| c.graceful_shutdown()).await;
+                // Boxed: hyper's connection would otherwise take room in every task.
+                return Box::pin(until_drained(conn, draining, |c| c.graceful_shutdown())).await;
             }
             Ok(Ok(None)) | Ok(Err(_)) => return,
             Err(_) => {
@@ -78,15 +79,32 @@ pub(super) async fn serve<I>(
                 return;
             }
         };
-        let keep_alive = match exchange(&mut io, &mut read, head, &per_connection, &draining).await
-        {
-            Ok(keep_alive) => keep_alive && !draining.is_cancelled(),
-            Err(e) => {
-                tracing::debug!("connection ended mid-response: {e}");
-                return;
-            }
+        // Each step's values are locals of this loop or arguments of a future awaited
+        // and gone: what a held stream's task keeps is only what its response needs.
+        let head_keep_alive = head.keep_alive;
+        let (request, mut feed) = request_for(head, &mut read);
+        // Boxed: the handler's call is large and done once the response starts.
+        let answered = Box::pin(answer(
+            &mut io,
+            &mut read,
+            request,
+            &mut feed,
+            &per_connection,
+        ));
+        let Some(response) = answered.await else {
+            tracing::debug!("the client closed the connection before the response");
+            return;
         };
-        if !keep_alive {
+        let keep_alive = head_keep_alive && feed.is_done() && !draining.is_cancelled();
+        drop(feed);
+        let (mut parts, body) = response.into_parts();
+        let (head, framing) = head::encode(&mut parts, body.size_hint().exact(), keep_alive);
+        drop(parts);
+        if let Err(e) = respond(&mut io, &mut read, head, framing, body).await {
+            tracing::debug!("connection ended mid-response: {e}");
+            return;
+        }
+        if !keep_alive || draining.is_cancelled() {
             let _ = io.shutdown().await;
             return;
         }
@@ -129,17 +147,8 @@ fn poll_read_into<I: AsyncRead + Unpin>(
     Poll::Ready(Ok(buf.filled().len()))
 }
 
-/// One request and its response; whether the connection can take another.
-async fn exchange<I>(
-    io: &mut I,
-    read: &mut Vec<u8>,
-    head: Head,
-    per_connection: &PerConnection,
-    draining: &CancellationToken,
-) -> io::Result<bool>
-where
-    I: AsyncRead + AsyncWrite + Unpin,
-{
+/// The request for `head`, its body fed from what `read` holds, then from the socket.
+fn request_for(head: Head, read: &mut Vec<u8>) -> (Request<Body>, BodyFeed) {
     read.drain(..head.len);
     let in_buffer = usize::try_from(head.body_len)
         .unwrap_or(usize::MAX)
@@ -163,12 +172,27 @@ where
         feed.tx = Some(tx);
         Body::from_stream(rx)
     };
-    let mut request = Request::from_parts(head.parts, body);
+    (Request::from_parts(head.parts, body), feed)
+}
+
+/// The handler's response, the body fed to it meanwhile; `None` if the client closed first.
+/// Its own future, so that the handler's call takes no room in a connection's task while
+/// the response streams.
+async fn answer<I>(
+    io: &mut I,
+    read: &mut Vec<u8>,
+    mut request: Request<Body>,
+    feed: &mut BodyFeed,
+    per_connection: &PerConnection,
+) -> Option<Response<Body>>
+where
+    I: AsyncRead + Unpin,
+{
     per_connection.prepare(&mut request);
     let call = per_connection.router().oneshot(request);
     tokio::pin!(call);
-    let answered = poll_fn(|cx| {
-        if let Poll::Ready(response) = call.as_mut().poll(cx) {
+    poll_fn(|cx| {
+        if let Poll::Ready(Ok(response)) = call.as_mut().poll(cx) {
             return Poll::Ready(Some(response));
         }
         if feed.tx.is_some() && feed.poll(io, cx).is_pending() {
@@ -176,52 +200,42 @@ where
         }
         watch_for_close(io, cx, read).map(|()| None)
     })
-    .await;
-    let Some(Ok(response)) = answered else {
-        return Err(io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            "the client closed the connection",
-        ));
-    };
-    let body_read = feed.remaining == 0 && feed.first.is_none() && !feed.cut;
-    drop(feed);
-    respond(
-        io,
-        read,
-        response,
-        head.keep_alive && body_read && !draining.is_cancelled(),
-    )
     .await
 }
 
-/// Writes `response`; whether the connection can take another request.
+/// Writes a response: its encoded `head`, then `body` as `framing` says.
 async fn respond<I>(
     io: &mut I,
     read: &mut Vec<u8>,
-    response: Response<Body>,
-    keep_alive: bool,
-) -> io::Result<bool>
+    head: Vec<u8>,
+    framing: Framing,
+    mut body: Body,
+) -> io::Result<()>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut parts, mut body) = response.into_parts();
-    let (head, framing) = head::encode(&mut parts, body.size_hint().exact(), keep_alive);
-    drop(parts);
     io.write_all(&head).await?;
     drop(head);
     io.flush().await?;
     if framing == Framing::NoBody {
-        return Ok(keep_alive);
+        return Ok(());
     }
     let mut sent = 0u64;
+    // A frame the body gave while the last one waited for the socket.
+    let mut ahead = None;
     loop {
-        let next = poll_fn(|cx| {
-            if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
-                return Poll::Ready(Some(frame));
+        let next = match ahead.take() {
+            Some(frame) => Some(frame),
+            None => {
+                poll_fn(|cx| {
+                    if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
+                        return Poll::Ready(Some(frame));
+                    }
+                    watch_for_close(io, cx, read).map(|()| None)
+                })
+                .await
             }
-            watch_for_close(io, cx, read).map(|()| None)
-        })
-        .await;
+        };
         let frame = match next {
             None => {
                 return Err(io::Error::new(
@@ -240,18 +254,26 @@ where
             continue;
         }
         sent += data.len() as u64;
-        match framing {
+        let (size, len) = chunk_size_line(data.len());
+        let parts: &mut [&[u8]] = match framing {
             Framing::Length(n) if sent > n => {
                 return Err(io::Error::other(
                     "the body is longer than its Content-Length",
                 ))
             }
-            Framing::Length(_) => io.write_all(&data).await?,
-            _ => {
-                let (size, len) = chunk_size_line(data.len());
-                write_all_vectored(io, &mut [&size[..len], &data, b"\r\n"]).await?;
+            Framing::Length(_) => &mut [&data],
+            _ => &mut [&size[..len], &data, b"\r\n"],
+        };
+        // The body is polled while the socket is full: a proxy stream then moves what its
+        // upstream sends out of h2's queues into its own window (`Http2Body::absorb`).
+        write_all_vectored(io, parts, |cx| {
+            if ahead.is_none() {
+                if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
+                    ahead = Some(frame);
+                }
             }
-        }
+        })
+        .await?;
         drop(data);
         io.flush().await?;
     }
@@ -261,10 +283,9 @@ where
         )),
         Framing::Chunked => {
             io.write_all(b"0\r\n\r\n").await?;
-            io.flush().await?;
-            Ok(keep_alive)
+            io.flush().await
         }
-        _ => Ok(keep_alive),
+        _ => Ok(()),
     }
 }
 
@@ -280,10 +301,12 @@ fn chunk_size_line(size: usize) -> ([u8; 18], usize) {
     (line, digits + 2)
 }
 
-/// Writes every byte of `parts`, as few system calls as the socket allows.
+/// Writes every byte of `parts`, as few system calls as the socket allows; `waiting` is
+/// called each time the socket has no room.
 async fn write_all_vectored<I: AsyncWrite + Unpin>(
     io: &mut I,
     parts: &mut [&[u8]],
+    mut waiting: impl FnMut(&mut Context<'_>),
 ) -> io::Result<()> {
     let mut first = 0;
     while first < parts.len() {
@@ -293,7 +316,11 @@ async fn write_all_vectored<I: AsyncWrite + Unpin>(
             for (slice, part) in slices.iter_mut().zip(live) {
                 *slice = IoSlice::new(part);
             }
-            Pin::new(&mut *io).poll_write_vectored(cx, &slices[..live.len().min(3)])
+            let written = Pin::new(&mut *io).poll_write_vectored(cx, &slices[..live.len().min(3)]);
+            if written.is_pending() {
+                waiting(cx);
+            }
+            written
         })
         .await?;
         if n == 0 {
@@ -344,6 +371,11 @@ struct BodyFeed {
 }
 
 impl BodyFeed {
+    /// Whether the whole body was read from the socket (so the next request follows it).
+    fn is_done(&self) -> bool {
+        self.remaining == 0 && self.first.is_none() && !self.cut
+    }
+
     /// Hands the handler what arrives, one chunk at a time as it takes them; ready once
     /// there is no more to hand.
     fn poll<I: AsyncRead + Unpin>(&mut self, io: &mut I, cx: &mut Context<'_>) -> Poll<()> {
@@ -418,13 +450,17 @@ mod tests {
         let (near, mut far) = tokio::io::duplex(3);
         let writer = tokio::spawn(async move {
             let mut near = near;
-            write_all_vectored(&mut near, &mut [b"a\r\n", b"0123456789", b"\r\n"]).await
+            let mut waited = 0;
+            let parts: &mut [&[u8]] = &mut [b"a\r\n", b"0123456789", b"\r\n"];
+            write_all_vectored(&mut near, parts, |_| waited += 1).await?;
+            Ok::<_, io::Error>(waited)
         });
         let mut all = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut far, &mut all)
             .await
             .expect("read");
-        writer.await.expect("task").expect("written");
+        let waited = writer.await.expect("task").expect("written");
         assert_eq!(all, b"a\r\n0123456789\r\n");
+        assert!(waited > 0, "a pipe of 3 bytes has no room for 15 at once");
     }
 }
