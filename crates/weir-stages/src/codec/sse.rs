@@ -99,6 +99,20 @@ impl SseDecoder {
             + self.last_id.capacity()
     }
 
+    /// Frees the buffers that hold nothing now (a stream waiting on its reader keeps
+    /// only what it must).
+    pub fn release_spare(&mut self) {
+        if self.line.is_empty() {
+            self.line = Vec::new();
+        }
+        if self.data.is_empty() {
+            self.data = String::new();
+        }
+        if self.event_type.is_empty() {
+            self.event_type = String::new();
+        }
+    }
+
     pub fn new(limits: SseLimits) -> Self {
         SseDecoder {
             limits,

@@ -32,7 +32,7 @@ impl<T> Blocks<T> {
         let at = match self.entries.iter().position(|(b, _)| *b == block) {
             Some(at) => at,
             None => {
-                self.entries.push((block, make()));
+                self.push(block, make());
                 self.entries.len() - 1
             }
         };
@@ -42,7 +42,7 @@ impl<T> Blocks<T> {
     pub fn insert(&mut self, block: u64, value: T) {
         match self.get_mut(block) {
             Some(slot) => *slot = value,
-            None => self.entries.push((block, value)),
+            None => self.push(block, value),
         }
     }
 
@@ -52,6 +52,17 @@ impl<T> Blocks<T> {
 
     pub fn values(&self) -> impl Iterator<Item = &T> {
         self.entries.iter().map(|(_, t)| t)
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.entries.iter_mut().map(|(_, t)| t)
+    }
+
+    /// One more entry, room for it alone: most responses have one block, and a vector's
+    /// first growth would make room for four.
+    fn push(&mut self, block: u64, value: T) {
+        self.entries.reserve_exact(1);
+        self.entries.push((block, value));
     }
 }
 

@@ -33,6 +33,12 @@ impl TextFilter for Redaction {
             .unwrap_or_default()
     }
 
+    fn release_spare(&mut self) {
+        self.blocks
+            .values_mut()
+            .for_each(RedactStream::release_spare);
+    }
+
     fn held_bytes(&self) -> usize {
         self.blocks
             .values()

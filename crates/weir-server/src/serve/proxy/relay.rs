@@ -45,6 +45,8 @@ pub trait TextFilter: Send + 'static {
     /// Reports the redactions made so far as `(kind, count)`, for the stream's metrics
     /// and its end-of-stream log line; called once, when the stream ends.
     fn redactions(&self, _report: &mut dyn FnMut(&str, u64)) {}
+    /// Frees what holds nothing now: the stream waits on its client.
+    fn release_spare(&mut self) {}
 }
 
 /// What the relay did since it was last asked, for the stream's figures.
@@ -198,6 +200,18 @@ impl Relay {
                 Outcome::UpstreamIncomplete,
                 "upstream ended the stream before its last event",
             );
+        }
+    }
+
+    /// Frees the buffers that hold nothing now: a stream waiting on a slow client keeps
+    /// only what it must (they grow again with the next token).
+    pub fn release_spare(&mut self) {
+        self.decoder.release_spare();
+        if self.out.is_empty() {
+            self.out = Vec::new();
+        }
+        if let Some(filter) = &mut self.filter {
+            filter.release_spare();
         }
     }
 
@@ -397,6 +411,38 @@ mod tests {
                     let (split, _) = run(relay(protocol, redact), input.as_bytes(), &[cut], true);
                     assert_eq!(split, whole, "{protocol:?} redact={redact} cut at {cut}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn spare_buffers_released_between_any_two_bytes_change_nothing_but_what_is_held() {
+        for protocol in [Protocol::Openai, Protocol::Anthropic] {
+            let input = stream(protocol, &["write to al", "ice@exam", "ple.com now"], "");
+            for redact in [false, true] {
+                let (whole, _) = run(relay(protocol, redact), input.as_bytes(), &[], true);
+                let mut r = relay(protocol, redact);
+                let mut out = Vec::new();
+                let mut released_less = false;
+                for byte in input.as_bytes().chunks(1) {
+                    r.feed(byte);
+                    out.extend(r.take_output().unwrap_or_default());
+                    let before = r.held_bytes();
+                    r.release_spare();
+                    assert!(r.held_bytes() <= before, "{protocol:?} redact={redact}");
+                    released_less |= r.held_bytes() < before;
+                }
+                r.upstream_ended();
+                out.extend(r.take_output().unwrap_or_default());
+                assert_eq!(
+                    String::from_utf8(out).expect("utf-8"),
+                    whole,
+                    "redact={redact}"
+                );
+                assert!(
+                    released_less,
+                    "{protocol:?} redact={redact}: something was freed"
+                );
             }
         }
     }

@@ -206,6 +206,7 @@ impl Stream for ProxyStream {
                 if let BodyReader::Http2(body) = &mut this.upstream {
                     body.absorb(cx);
                 }
+                this.relay.release_spare();
                 return Poll::Pending;
             }
         }

@@ -422,6 +422,13 @@ pub(super) struct Matcher {
 }
 
 impl Matcher {
+    pub(super) fn release_spare(&mut self) {
+        if self.attempts.is_empty() {
+            self.attempts = Vec::new();
+        }
+        self.scratch = Vec::new();
+    }
+
     pub(super) fn new(c: &Compiled) -> Matcher {
         Matcher {
             held_at: 0,

@@ -162,4 +162,13 @@ impl RedactStream {
     pub fn held(&self) -> usize {
         self.held.len()
     }
+
+    /// Frees the buffers that hold nothing now (a stream waiting on its reader keeps
+    /// only what it must).
+    pub fn release_spare(&mut self) {
+        if self.held.is_empty() {
+            self.held = String::new();
+        }
+        self.matcher.release_spare();
+    }
 }
