@@ -250,6 +250,8 @@ impl Server {
         http.timer(TokioTimer::new())
             .header_read_timeout(self.config.header_timeout)
             .max_buf_size(WRITE_BUFFER);
+        // Shared: a connection's task keeps it for its life.
+        let http = Arc::new(http);
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(H2_MAX_STREAMS)
@@ -294,7 +296,7 @@ impl Server {
                 connections.spawn(http1::serve(
                     io,
                     per_connection,
-                    http.clone(),
+                    Arc::clone(&http),
                     self.config.header_timeout,
                     draining,
                 ));
@@ -305,7 +307,7 @@ impl Server {
             connections.spawn(serve_tls(
                 acceptor.accept(io),
                 per_connection,
-                (http.clone(), h2.clone()),
+                (Arc::clone(&http), h2.clone()),
                 self.config.header_timeout,
                 draining,
             ));
@@ -414,7 +416,7 @@ impl PerConnection {
 async fn serve_tls(
     handshake: tokio_rustls::Accept<StallGuard<BoundedSendQueue>>,
     mut per_connection: PerConnection,
-    (http1, http2): (Http1, Http2),
+    (http1, http2): (Arc<Http1>, Http2),
     header_timeout: Duration,
     draining: CancellationToken,
 ) {
@@ -519,5 +521,45 @@ impl RunningServer {
 impl Drop for RunningServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpStream;
+
+    /// A held stream's connection task lives as long as the stream: hyper's took 1.8 KB
+    /// plus its two 8 KiB buffers; weir's own must stay a small fraction of that.
+    #[tokio::test]
+    async fn an_http1_connections_task_is_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tcp, _) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let tcp = tcp.expect("connect");
+        let backlog = Backlog::default();
+        let limit = StallLimit::new(Duration::from_secs(60));
+        let io = StallGuard::new(
+            BoundedSendQueue::new(tcp, 64 << 10, backlog.clone()),
+            limit.clone(),
+        );
+        let per_connection = PerConnection {
+            router: Router::new(),
+            limit,
+            backlog: Some(backlog),
+            asked: None,
+            stop: Shutdown::new(CancellationToken::new(), TaskTracker::new()),
+            registry: Registry::default(),
+            peer: addr,
+        };
+        let task = http1::serve(
+            io,
+            per_connection,
+            Arc::new(hyper::server::conn::http1::Builder::new()),
+            Duration::from_secs(1),
+            CancellationToken::new(),
+        );
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1536, "a connection's task takes {size} bytes");
     }
 }

@@ -18,6 +18,7 @@ mod rewind;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -48,7 +49,7 @@ const CLOSE_READ: usize = 256;
 pub(super) async fn serve<I>(
     mut io: I,
     per_connection: PerConnection,
-    hyper: Http1,
+    hyper: Arc<Http1>,
     header_timeout: Duration,
     draining: CancellationToken,
 ) where
@@ -221,38 +222,32 @@ where
         return Ok(());
     }
     let mut sent = 0u64;
-    // A frame the body gave while the last one waited for the socket.
+    // Data the body gave while the last chunk waited for the socket.
     let mut ahead = None;
     loop {
         let next = match ahead.take() {
-            Some(frame) => Some(frame),
+            Some(next) => next,
             None => {
                 poll_fn(|cx| {
-                    if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
-                        return Poll::Ready(Some(frame));
+                    if let Poll::Ready(next) = poll_data(&mut body, cx) {
+                        return Poll::Ready(next);
                     }
-                    watch_for_close(io, cx, read).map(|()| None)
+                    watch_for_close(io, cx, read).map(|()| Next::Closed)
                 })
                 .await
             }
         };
-        let frame = match next {
-            None => {
+        let data = match next {
+            Next::Data(data) => data,
+            Next::End => break,
+            Next::Failed(e) => return Err(io::Error::other(e)),
+            Next::Closed => {
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
                     "the client closed the connection",
                 ))
             }
-            Some(None) => break,
-            Some(Some(Err(e))) => return Err(io::Error::other(e)),
-            Some(Some(Ok(frame))) => frame,
         };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if data.is_empty() {
-            continue;
-        }
         sent += data.len() as u64;
         let (size, len) = chunk_size_line(data.len());
         let parts: &mut [&[u8]] = match framing {
@@ -268,8 +263,8 @@ where
         // upstream sends out of h2's queues into its own window (`Http2Body::absorb`).
         write_all_vectored(io, parts, |cx| {
             if ahead.is_none() {
-                if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
-                    ahead = Some(frame);
+                if let Poll::Ready(next) = poll_data(&mut body, cx) {
+                    ahead = Some(next);
                 }
             }
         })
@@ -286,6 +281,29 @@ where
             io.flush().await
         }
         _ => Ok(()),
+    }
+}
+
+/// What a response body gives next.
+enum Next {
+    Data(Bytes),
+    End,
+    Failed(axum::Error),
+    /// The client closed the connection first.
+    Closed,
+}
+
+/// The body's next non-empty data (trailers are not sent).
+fn poll_data(body: &mut Body, cx: &mut Context<'_>) -> Poll<Next> {
+    loop {
+        return Poll::Ready(match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+            None => Next::End,
+            Some(Err(e)) => Next::Failed(e),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => Next::Data(data),
+                _ => continue,
+            },
+        });
     }
 }
 
