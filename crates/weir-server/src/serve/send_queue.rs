@@ -126,6 +126,13 @@ impl Backlog {
     }
 }
 
+/// Marks a response whose body gives no chunk while its connection's [`Backlog`] waits:
+/// only such a body is polled while the socket is full (an HTTP/2 proxy stream then moves
+/// its window out of h2's queues); any other is polled once its last chunk is written, so
+/// that nothing is read ahead of the client.
+#[derive(Clone, Copy, Debug)]
+pub struct PacedByBacklog;
+
 pub struct BoundedSendQueue {
     tcp: TcpStream,
     limit: usize,

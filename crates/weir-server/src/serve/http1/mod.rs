@@ -31,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use super::send_queue::PacedByBacklog;
 use super::server::{until_drained, Http1, PerConnection};
 use head::{Framing, Head, Parsed, MAX_HEAD};
 use rewind::Rewind;
@@ -100,8 +101,9 @@ pub(super) async fn serve<I>(
         drop(feed);
         let (mut parts, body) = response.into_parts();
         let (head, framing) = head::encode(&mut parts, body.size_hint().exact(), keep_alive);
+        let paced = parts.extensions.get::<PacedByBacklog>().is_some();
         drop(parts);
-        if let Err(e) = respond(&mut io, &mut read, head, framing, body).await {
+        if let Err(e) = respond(&mut io, &mut read, head, framing, body, paced).await {
             tracing::debug!("connection ended mid-response: {e}");
             return;
         }
@@ -204,13 +206,15 @@ where
     .await
 }
 
-/// Writes a response: its encoded `head`, then `body` as `framing` says.
+/// Writes a response: its encoded `head`, then `body` as `framing` says; a `paced` body
+/// ([`PacedByBacklog`]) is polled while the socket is full too.
 async fn respond<I>(
     io: &mut I,
     read: &mut Vec<u8>,
     head: Vec<u8>,
     framing: Framing,
     mut body: Body,
+    paced: bool,
 ) -> io::Result<()>
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -259,10 +263,10 @@ where
             Framing::Length(_) => &mut [&data],
             _ => &mut [&size[..len], &data, b"\r\n"],
         };
-        // The body is polled while the socket is full: a proxy stream then moves what its
-        // upstream sends out of h2's queues into its own window (`Http2Body::absorb`).
+        // A paced body is polled while the socket is full: a proxy stream then moves what
+        // its upstream sends out of h2's queues into its own window (`Http2Body::absorb`).
         write_all_vectored(io, parts, |cx| {
-            if ahead.is_none() {
+            if paced && ahead.is_none() {
                 if let Poll::Ready(next) = poll_data(&mut body, cx) {
                     ahead = Some(next);
                 }
@@ -461,6 +465,44 @@ mod tests {
         }
         let (bytes, len) = chunk_size_line(usize::MAX);
         assert_eq!(&bytes[..len], format!("{:x}\r\n", usize::MAX).as_bytes());
+    }
+
+    /// Three 1 KiB chunks into a pipe of 256 bytes that nobody reads yet: the first write
+    /// waits for room.
+    #[tokio::test]
+    async fn only_a_paced_body_is_polled_while_the_socket_is_full() {
+        use futures::StreamExt as _;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncReadExt as _;
+        for paced in [false, true] {
+            let (mut near, mut far) = tokio::io::duplex(256);
+            let taken = Arc::new(AtomicUsize::new(0));
+            let counted = Arc::clone(&taken);
+            let chunks = futures::stream::iter((0..3).map(|_| Bytes::from(vec![b'x'; 1024])));
+            let body = Body::from_stream(chunks.map(move |chunk| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, io::Error>(chunk)
+            }));
+            let mut read = Vec::new();
+            let head = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+            let written = respond(&mut far, &mut read, head, Framing::Chunked, body, paced);
+            tokio::pin!(written);
+            assert!(futures::poll!(written.as_mut()).is_pending());
+            let wanted = if paced { 2 } else { 1 };
+            assert_eq!(taken.load(Ordering::SeqCst), wanted, "paced={paced}");
+            let mut all = Vec::new();
+            let reader = async {
+                while !all.ends_with(b"0\r\n\r\n") {
+                    let mut chunk = [0u8; 512];
+                    let n = near.read(&mut chunk).await.expect("read");
+                    all.extend_from_slice(&chunk[..n]);
+                }
+            };
+            let (done, ()) = tokio::join!(written, reader);
+            done.expect("written");
+            assert_eq!(taken.load(Ordering::SeqCst), 3);
+            assert_eq!(all.iter().filter(|&&b| b == b'x').count(), 3 * 1024);
+        }
     }
 
     #[tokio::test]

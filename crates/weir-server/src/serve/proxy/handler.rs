@@ -18,7 +18,7 @@ use crate::serve::config::LlmProxyRoute;
 use crate::serve::console::{Holds, Registry, StreamInfo};
 use crate::serve::metrics::RouteMetrics;
 use crate::serve::request_body::{self, BodyError, BodyLimits};
-use crate::serve::send_queue::Backlog;
+use crate::serve::send_queue::{Backlog, PacedByBacklog};
 use crate::serve::shutdown::Shutdown;
 use crate::serve::stall::StallLimit;
 use crate::serve::stream_stats::{Outcome, StreamStats};
@@ -330,6 +330,7 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
         .ending_with(&shutdown)
         .reporting_held(relay_held);
     let mut response = Response::new(Body::from_stream(stream));
+    response.extensions_mut().insert(PacedByBacklog);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
