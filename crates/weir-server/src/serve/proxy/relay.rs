@@ -22,9 +22,12 @@ use super::blocks::Blocks;
 use super::dialect::{Dialect, Frame, FrameError};
 use crate::serve::stream_stats::Outcome;
 
+/// What one read may bring for a slow client: its chunk is one read's output.
+const SLOW_READ: usize = 4 << 10;
+
 /// Output gathered from several upstream reads into one chunk while the client keeps up:
-/// fewer, larger writes.
-const FAST_BATCH: usize = 16 << 10;
+/// fewer, larger reads and writes, which is most of what a token costs on loopback.
+const FAST_BATCH: usize = 32 << 10;
 
 /// What a relay allocates whatever it holds (its filter's box, its containers' headers).
 const RELAY_FIXED: usize = 256;
@@ -47,6 +50,15 @@ pub trait TextFilter: Send + 'static {
     fn redactions(&self, _report: &mut dyn FnMut(&str, u64)) {}
     /// Frees what holds nothing now: the stream waits on its client.
     fn release_spare(&mut self) {}
+}
+
+/// How the client takes what the relay gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// It takes each chunk as soon as it is out.
+    KeepsUp,
+    /// Its socket's queue fills: `room` bytes were free in it at the last write.
+    Slow { room: usize },
 }
 
 /// What the relay did since it was last asked, for the stream's figures.
@@ -100,17 +112,31 @@ impl Relay {
         }
     }
 
-    /// Whether the relay takes more upstream bytes now: not ended, and for a slow client
-    /// its last output handed out (nothing is read ahead of it); a client that keeps up
-    /// gets output of several reads in one chunk, up to `FAST_BATCH` or an eighth of the
-    /// buffer (one more read on top of it, and the output's doubling growth, stay within it).
-    pub fn wants_upstream(&self, client_is_slow: bool) -> bool {
-        let batch = if client_is_slow {
-            1
-        } else {
-            FAST_BATCH.min(self.buffer / 8)
-        };
-        self.ended.is_none() && self.out.len() < batch
+    /// How many upstream bytes the relay takes now (0: none). A slow client gets one read
+    /// once its last output is handed out (nothing is read ahead of it), as large as its
+    /// socket had room for and at least `SLOW_READ`; a client that keeps up gets the output
+    /// of several reads in one chunk. Either way a chunk is at most `FAST_BATCH` or a
+    /// quarter of the buffer.
+    pub fn upstream_room(&self, client: Pace) -> usize {
+        if self.ended.is_some() {
+            return 0;
+        }
+        let batch = FAST_BATCH.min(self.buffer / 4);
+        match client {
+            Pace::Slow { room } if self.out.is_empty() => {
+                room.clamp(SLOW_READ, batch.max(SLOW_READ))
+            }
+            Pace::Slow { .. } => 0,
+            Pace::KeepsUp => {
+                let room = batch.saturating_sub(self.out.len());
+                // A nearly full batch goes out rather than take a sliver more.
+                if room < batch / 4 {
+                    0
+                } else {
+                    room
+                }
+            }
+        }
     }
 
     /// Bytes the relay has allocated for what it holds between two feeds: the decoder's
@@ -471,7 +497,7 @@ mod tests {
                 "nothing after it: {out}"
             );
             assert!(!after.contains("[DONE]"), "{out}");
-            assert!(!r.wants_upstream(false), "ended: no more reading");
+            assert_eq!(r.upstream_room(Pace::KeepsUp), 0, "ended: no more reading");
         }
     }
 
@@ -520,11 +546,16 @@ mod tests {
             let buffer = 16 << 10;
             let mut r = Relay::new(Protocol::Openai.dialect(), buffer, filter);
             let mut out = 0;
-            // Reads the size of the upstream readers' (4 KiB) whenever the relay takes more.
-            for read in input.as_bytes().chunks(4096) {
-                if !r.wants_upstream(false) {
+            // Reads as large as the relay has room for, taking its output when it has none.
+            let mut rest = input.as_bytes();
+            while !rest.is_empty() {
+                let mut room = r.upstream_room(Pace::KeepsUp);
+                if room == 0 {
                     out += r.take_output().map_or(0, |o| o.len());
+                    room = r.upstream_room(Pace::KeepsUp);
                 }
+                let (read, after) = rest.split_at(room.min(rest.len()));
+                rest = after;
                 r.feed(read);
                 assert!(
                     r.held_bytes() <= buffer,
@@ -543,12 +574,36 @@ mod tests {
     #[test]
     fn output_waits_for_the_client_before_more_is_read() {
         let mut r = relay(Protocol::Openai, false);
-        assert!(r.wants_upstream(true));
+        assert_eq!(r.upstream_room(Pace::Slow { room: 0 }), SLOW_READ);
+        let batch = FAST_BATCH.min((64 << 10) / 4);
+        assert_eq!(
+            r.upstream_room(Pace::Slow { room: batch - 1 }),
+            batch - 1,
+            "a read as large as the client's socket has room for"
+        );
+        assert_eq!(r.upstream_room(Pace::Slow { room: 1 << 20 }), batch);
         r.feed(openai_token("hi").as_bytes());
-        assert!(!r.wants_upstream(true), "its output is not taken yet");
-        assert!(r.wants_upstream(false), "a fast client's batch has room");
-        assert!(r.take_output().is_some());
-        assert!(r.wants_upstream(true));
+        assert_eq!(
+            r.upstream_room(Pace::Slow { room: 0 }),
+            0,
+            "its output is not taken yet"
+        );
+        let out = r.take_output().expect("output");
+        r.feed(openai_token("hi").as_bytes());
+        assert_eq!(
+            r.upstream_room(Pace::KeepsUp),
+            batch - out.len(),
+            "a fast client's batch has room for the rest"
+        );
+        while r.upstream_room(Pace::KeepsUp) > 0 {
+            r.feed(openai_token("hi").as_bytes());
+        }
+        let full = r.take_output().expect("output").len();
+        assert!(
+            full >= batch * 3 / 4 && full <= batch,
+            "a nearly full batch goes out: {full} of {batch}"
+        );
+        assert_eq!(r.upstream_room(Pace::Slow { room: 0 }), SLOW_READ);
         r.keepalive();
         assert_eq!(r.take_output().as_deref(), Some(&b": keep-alive\n\n"[..]));
     }

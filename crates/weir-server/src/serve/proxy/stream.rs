@@ -41,7 +41,7 @@ use futures::Stream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::relay::Relay;
+use super::relay::{Pace, Relay};
 use super::scrub::Scrubber;
 use super::upstream::{BodyError, BodyReader};
 use crate::serve::admission::Ticket;
@@ -222,8 +222,13 @@ impl Stream for ProxyStream {
                     this.relay.fail(Outcome::ServerShutdown, SHUTTING_DOWN);
                 }
             }
-            let slow = this.kept_up < KEPT_UP;
-            if !this.relay.wants_upstream(slow) {
+            let pace = match &this.backlog {
+                _ if this.kept_up >= KEPT_UP => Pace::KeepsUp,
+                Some(b) => Pace::Slow { room: b.room() },
+                None => Pace::Slow { room: 0 },
+            };
+            let room = this.relay.upstream_room(pace);
+            if room == 0 {
                 if let Some(chunk) = this.next_chunk() {
                     return Poll::Ready(Some(Ok(chunk)));
                 }
@@ -234,7 +239,9 @@ impl Stream for ProxyStream {
                 }
             }
             let relay = &mut this.relay;
-            let read = this.upstream.poll_read_body(cx, |data| relay.feed(data));
+            let read = this
+                .upstream
+                .poll_read_body(cx, room, |data| relay.feed(data));
             let tally = relay.take_tally();
             if let Some(held) = &this.held {
                 held.store(relay.held_bytes() as u64, Ordering::Relaxed);

@@ -18,7 +18,7 @@ use h2::client::SendRequest;
 use h2::RecvStream;
 
 use super::conn::Io;
-use super::{BodyError, SendError, READ_SIZE};
+use super::{BodyError, SendError};
 use crate::serve::config::MAX_H2_WINDOW;
 use crate::serve::metrics::UPSTREAM_CONNECTIONS;
 
@@ -298,10 +298,11 @@ pub struct Http2Body {
 }
 
 impl Http2Body {
-    /// As [`super::BodyReader::poll_read_body`]: one DATA frame per call.
+    /// As [`super::BodyReader::poll_read_body`]: the DATA frames already here, up to `max`.
     pub(super) fn poll_read_body(
         &mut self,
         cx: &mut Context<'_>,
+        max: usize,
         mut data: impl FnMut(&[u8]),
     ) -> Poll<Result<bool, BodyError>> {
         if self.unreleased > 0 {
@@ -310,7 +311,7 @@ impl Http2Body {
             let _ = self.recv.flow_control().release_capacity(released);
         }
         if self.held_from < self.held.len() {
-            let end = self.held.len().min(self.held_from + READ_SIZE);
+            let end = self.held.len().min(self.held_from + max);
             data(&self.held[self.held_from..end]);
             self.unreleased = end - self.held_from;
             self.held_from = end;
@@ -323,10 +324,10 @@ impl Http2Body {
         if let Some(e) = self.failed.take() {
             return Poll::Ready(Err(BodyError::Http2(e)));
         }
-        // DATA frames that are here already, up to one read's worth: a frame is often one
-        // token, and the relay works best fed as much as an HTTP/1.1 read brings.
+        // A frame is often one token, and the relay works best fed as much as an HTTP/1.1
+        // read brings.
         let mut taken = 0;
-        while taken < READ_SIZE {
+        while taken < max {
             if self.pending.is_empty() {
                 let polled = match self.recv.poll_data(cx) {
                     Poll::Ready(polled) => polled,
@@ -344,9 +345,7 @@ impl Http2Body {
                     }
                 }
             }
-            let read = self
-                .pending
-                .split_to(self.pending.len().min(READ_SIZE - taken));
+            let read = self.pending.split_to(self.pending.len().min(max - taken));
             taken += read.len();
             data(&read);
         }

@@ -36,10 +36,9 @@ use http1::{BodyDecoder, Http1Error, MAX_HEAD};
 use http2::{Http2Body, Http2Pool, RequestHead};
 pub use tls::{tls_failure, UpstreamCaError};
 
-/// Bytes taken from the socket per read, on the reader's stack. A streamed read becomes one
-/// chunk of the response, and hyper takes the next chunk while less than 8 KiB wait in its
-/// write buffer: a slow client's connection holds up to 8 KiB plus one read in the heap.
-pub(super) const READ_SIZE: usize = 4 * 1024;
+/// The most one read takes from the socket, on the reader's stack; a streamed read takes
+/// what its relay has room for, up to this (a slow client's: a few KiB).
+pub const MAX_READ: usize = 32 * 1024;
 /// Steps in which the buffer of a response head grows: most heads fit in the first.
 const HEAD_READ: usize = 2048;
 
@@ -375,16 +374,19 @@ pub enum BodyReader {
 }
 
 impl BodyReader {
-    /// Reads once from the upstream, handing the body data in it to `data`; `true` when
-    /// the body has ended. Pending (having read nothing) while there is nothing to read.
+    /// Reads once from the upstream, at most `max` bytes (up to [`MAX_READ`]), handing the
+    /// body data in it to `data`; `true` when the body has ended. Pending (having read
+    /// nothing) while there is nothing to read.
     pub fn poll_read_body(
         &mut self,
         cx: &mut Context<'_>,
+        max: usize,
         data: impl FnMut(&[u8]),
     ) -> Poll<Result<bool, BodyError>> {
+        let max = max.clamp(1, MAX_READ);
         match self {
-            BodyReader::Http1(body) => body.poll_read_body(cx, data),
-            BodyReader::Http2(body) => body.poll_read_body(cx, data),
+            BodyReader::Http1(body) => body.poll_read_body(cx, max, data),
+            BodyReader::Http2(body) => body.poll_read_body(cx, max, data),
         }
     }
 
@@ -397,7 +399,7 @@ impl BodyReader {
                 return Poll::Ready(None);
             }
             let mut chunk = Vec::new();
-            match ready!(self.poll_read_body(cx, |d| chunk.extend_from_slice(d))) {
+            match ready!(self.poll_read_body(cx, MAX_READ, |d| chunk.extend_from_slice(d))) {
                 Err(e) => {
                     ended = true;
                     return Poll::Ready(Some(Err(e)));
@@ -433,6 +435,7 @@ impl Http1Body {
     fn poll_read_body(
         &mut self,
         cx: &mut Context<'_>,
+        max: usize,
         mut data: impl FnMut(&[u8]),
     ) -> Poll<Result<bool, BodyError>> {
         if !self.leftover.is_empty() {
@@ -449,8 +452,8 @@ impl Http1Body {
         if self.decoder.is_done() {
             return Poll::Ready(Ok(self.after_read(false)));
         }
-        let mut scratch = [MaybeUninit::<u8>::uninit(); READ_SIZE];
-        let mut buf = ReadBuf::uninit(&mut scratch);
+        let mut scratch = [MaybeUninit::<u8>::uninit(); MAX_READ];
+        let mut buf = ReadBuf::uninit(&mut scratch[..max]);
         ready!(Pin::new(io).poll_read(cx, &mut buf))?;
         let read = buf.filled();
         if read.is_empty() {
