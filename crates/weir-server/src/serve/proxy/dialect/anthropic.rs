@@ -52,7 +52,7 @@ impl Dialect for Anthropic {
             return Ok(Frame::Other);
         };
         Ok(match (delta.kind, delta.text) {
-            (Some("text_delta"), Some(raw)) => match TokenText::new(event, raw) {
+            (Some("text_delta"), Some(raw)) => match TokenText::within(event, raw) {
                 Some(text) => Frame::Text {
                     block,
                     text,

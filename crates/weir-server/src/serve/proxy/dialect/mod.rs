@@ -4,6 +4,7 @@
 //! protocol is one new file implementing [`Dialect`].
 
 mod anthropic;
+mod json;
 mod openai;
 
 use std::borrow::Cow;
@@ -93,12 +94,20 @@ pub struct TokenText<'a> {
 }
 
 impl<'a> TokenText<'a> {
-    /// `raw` must borrow from `event.data`; `None` when it is not a JSON string.
-    fn new(event: &'a SseEvent, raw: &'a RawValue) -> Option<Self> {
-        let text: Cow<'a, str> = serde_json::from_str(raw.get()).ok()?;
-        let start = (raw.get().as_ptr() as usize).checked_sub(event.data.as_ptr() as usize)?;
-        let span = start..start + raw.get().len();
-        (event.data.get(span.clone()) == Some(raw.get())).then_some(TokenText { text, span })
+    /// The JSON value at `span` of the event's data (valid JSON); `None` when it is not
+    /// a string.
+    fn new(event: &'a SseEvent, span: Range<usize>) -> Option<Self> {
+        let raw = event.data.get(span.clone())?;
+        let text = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+            Some(plain) if !plain.contains('\\') => Cow::Borrowed(plain),
+            _ => Cow::Owned(serde_json::from_str::<String>(raw).ok()?),
+        };
+        Some(TokenText { text, span })
+    }
+
+    /// As [`TokenText::new`] for `raw`, a value borrowed from the event's data.
+    fn within(event: &'a SseEvent, raw: &'a RawValue) -> Option<Self> {
+        Self::new(event, span_in(&event.data, raw)?)
     }
 
     /// `event` with this token text replaced by `text`; every other byte is the upstream's.
@@ -115,6 +124,14 @@ impl<'a> TokenText<'a> {
             retry: event.retry,
         }
     }
+}
+
+/// Where `raw`, a value borrowed from `data`, lies in it.
+fn span_in(data: &str, raw: &RawValue) -> Option<Range<usize>> {
+    let part = raw.get();
+    let start = (part.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
+    let span = start..start + part.len();
+    (data.get(span.clone()) == Some(part)).then_some(span)
 }
 
 /// Checks that `data` is JSON, naming the problem if not.

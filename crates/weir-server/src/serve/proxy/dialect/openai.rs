@@ -2,17 +2,43 @@
 //! `choices[0].delta.content`, `finish_reason` ending a choice, `[DONE]` ending the stream,
 //! and `{"error": …}` for a failure.
 
+use std::ops::Range;
+
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use weir_stages::codec::sse::SseEvent;
 
-use super::{present, require_json, Dialect, Frame, FrameError, TokenText};
+use super::json::Reader;
+use super::{present, require_json, span_in, Dialect, Frame, FrameError, TokenText};
 
 pub struct Openai;
 
-/// The fields of a chunk the proxy acts on, read without building a JSON tree.
+/// What the proxy acts on in a chunk, however it was read.
+#[derive(Default)]
+struct View {
+    error: bool,
+    /// The first of `choices`.
+    choice: Option<ChoiceView>,
+}
+
+#[derive(Default)]
+struct ChoiceView {
+    index: Option<u64>,
+    finish: bool,
+    delta: Option<DeltaView>,
+}
+
+#[derive(Default)]
+struct DeltaView {
+    /// Where `content`'s value lies in the event's data.
+    content: Option<Range<usize>>,
+    tool_calls: bool,
+}
+
+/// A chunk read with serde, for what [`scan`] leaves: the fields of [`View`], read
+/// without building a JSON tree.
 #[derive(Deserialize)]
 struct Chunk<'a> {
     #[serde(default, deserialize_with = "present")]
@@ -44,33 +70,10 @@ impl Dialect for Openai {
         if event.data == "[DONE]" {
             return Ok(Frame::Terminal);
         }
-        let Ok(chunk) = serde_json::from_str::<Chunk<'a>>(&event.data) else {
-            // Valid JSON of another shape is forwarded as it is.
-            return require_json(&event.data).map(|()| Frame::Other);
-        };
-        if chunk.error {
-            return Ok(Frame::Error);
+        match scan(&event.data) {
+            Some(view) => Ok(frame(event, view)),
+            None => parse_with_serde(event),
         }
-        let Some(choice) = chunk.choices.and_then(|c| c.into_iter().next()) else {
-            return Ok(Frame::Other);
-        };
-        let block = choice.index.unwrap_or(0);
-        let ends_block = choice.finish_reason.is_some();
-        let delta = choice.delta;
-        let text = delta
-            .as_ref()
-            .and_then(|d| d.content)
-            .and_then(|raw| TokenText::new(event, raw));
-        Ok(match text {
-            Some(text) => Frame::Text {
-                block,
-                text,
-                ends_block,
-            },
-            None if ends_block => Frame::EndOfBlock { block },
-            None if delta.is_some_and(|d| d.tool_calls.is_some()) => Frame::ToolCall,
-            None => Frame::Other,
-        })
     }
 
     fn token_event(&self, template: &str, block: u64, text: &str) -> SseEvent {
@@ -93,6 +96,163 @@ impl Dialect for Openai {
     fn key_header(&self, key: &str) -> (&'static str, String) {
         ("authorization", format!("Bearer {key}"))
     }
+}
+
+/// Reads a chunk with serde: what [`scan`] leaves.
+fn parse_with_serde(event: &SseEvent) -> Result<Frame<'_>, FrameError> {
+    let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(&event.data) else {
+        // Valid JSON of another shape is forwarded as it is.
+        return require_json(&event.data).map(|()| Frame::Other);
+    };
+    let view = View {
+        error: chunk.error,
+        choice: chunk
+            .choices
+            .and_then(|c| c.into_iter().next())
+            .map(|c| ChoiceView {
+                index: c.index,
+                finish: c.finish_reason.is_some(),
+                delta: c.delta.map(|d| DeltaView {
+                    content: d.content.and_then(|raw| span_in(&event.data, raw)),
+                    tool_calls: d.tool_calls.is_some(),
+                }),
+            }),
+    };
+    Ok(frame(event, view))
+}
+
+/// The one decision for a chunk, whichever way it was read.
+fn frame(event: &SseEvent, view: View) -> Frame<'_> {
+    if view.error {
+        return Frame::Error;
+    }
+    let Some(choice) = view.choice else {
+        return Frame::Other;
+    };
+    let block = choice.index.unwrap_or(0);
+    let ends_block = choice.finish;
+    let delta = choice.delta;
+    let text = delta
+        .as_ref()
+        .and_then(|d| d.content.clone())
+        .and_then(|span| TokenText::new(event, span));
+    match text {
+        Some(text) => Frame::Text {
+            block,
+            text,
+            ends_block,
+        },
+        None if ends_block => Frame::EndOfBlock { block },
+        None if delta.is_some_and(|d| d.tool_calls) => Frame::ToolCall,
+        None => Frame::Other,
+    }
+}
+
+/// Reads a chunk of the usual shape in one pass; `None` for serde to read it (an unusual
+/// shape, or not JSON).
+fn scan(data: &str) -> Option<View> {
+    let mut r = Reader::new(data);
+    let mut view = View::default();
+    let (mut error, mut choices) = (false, false);
+    r.object(|r, key| {
+        if key.escaped {
+            return None;
+        }
+        match key.raw {
+            b"error" => {
+                once(&mut error)?;
+                view.error = true;
+                r.skip(1).map(drop)
+            }
+            b"choices" => {
+                once(&mut choices)?;
+                if r.null()? {
+                    return Some(());
+                }
+                r.array(|r, n| {
+                    let choice = scan_choice(r)?;
+                    if n == 0 {
+                        view.choice = Some(choice);
+                    }
+                    Some(())
+                })
+            }
+            _ => r.skip(1).map(drop),
+        }
+    })?;
+    r.end()?;
+    Some(view)
+}
+
+fn scan_choice(r: &mut Reader<'_>) -> Option<ChoiceView> {
+    let mut choice = ChoiceView::default();
+    let (mut index, mut delta, mut finish) = (false, false, false);
+    r.object(|r, key| {
+        if key.escaped {
+            return None;
+        }
+        match key.raw {
+            b"index" => {
+                once(&mut index)?;
+                if !r.null()? {
+                    choice.index = Some(r.unsigned()?);
+                }
+            }
+            b"delta" => {
+                once(&mut delta)?;
+                if !r.null()? {
+                    choice.delta = Some(scan_delta(r)?);
+                }
+            }
+            b"finish_reason" => {
+                once(&mut finish)?;
+                choice.finish = !r.null()?;
+                if choice.finish {
+                    r.skip(3)?;
+                }
+            }
+            _ => {
+                r.skip(3)?;
+            }
+        }
+        Some(())
+    })?;
+    Some(choice)
+}
+
+fn scan_delta(r: &mut Reader<'_>) -> Option<DeltaView> {
+    let mut delta = DeltaView::default();
+    let (mut content, mut tool_calls) = (false, false);
+    r.object(|r, key| {
+        if key.escaped {
+            return None;
+        }
+        match key.raw {
+            b"content" => {
+                once(&mut content)?;
+                if !r.null()? {
+                    delta.content = Some(r.skip(4)?);
+                }
+            }
+            b"tool_calls" => {
+                once(&mut tool_calls)?;
+                delta.tool_calls = !r.null()?;
+                if delta.tool_calls {
+                    r.skip(4)?;
+                }
+            }
+            _ => {
+                r.skip(4)?;
+            }
+        }
+        Some(())
+    })?;
+    Some(delta)
+}
+
+/// A field seen a second time: serde refuses the chunk, so the scan leaves it to serde.
+fn once(seen: &mut bool) -> Option<()> {
+    (!std::mem::replace(seen, true)).then_some(())
 }
 
 fn data_event(json: &Value) -> SseEvent {
@@ -153,6 +313,57 @@ mod tests {
             assert_eq!(frame(data), wanted, "{data}");
         }
         assert!(frame("{not json").starts_with("err: upstream event is not JSON"));
+    }
+
+    /// What serde alone makes of `data`.
+    fn by_serde(data: &str) -> String {
+        let ev = event(None, data);
+        match parse_with_serde(&ev) {
+            Ok(f) => describe(&f),
+            Err(e) => format!("err: {e}"),
+        }
+    }
+
+    #[test]
+    fn the_one_pass_scan_reads_every_chunk_as_serde_does() {
+        let usual = r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1796432509,"model":"m","choices":[{"index":0,"delta":{"content":" memory"},"finish_reason":null}]}"#;
+        assert!(scan(usual).is_some(), "the usual chunk takes the scan");
+        let seeds = [
+            usual,
+            r#"{"choices":[{"index":2,"delta":{"role":"assistant","content":"h\u00e9 \"q\""},"logprobs":{"a":[1.5e3,-2,true,false,null]}}],"usage":null}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{}"}}]},"finish_reason":"tool_calls"}]}"#,
+            r#"{"choices":[{"delta":{"content":"x"},"finish_reason":"length"},{"index":"bad"}]}"#,
+            r#"{"choices":[{"index":1,"delta":{},"finish_reason":"stop"}],"error":null}"#,
+            r#"{"choices":[{"delta":{"content":"a","content":"b"}}]}"#,
+            r#"{"choices":[{"index":-0,"delta":{"content":"\uD800"}}]}"#,
+            r#"{"\u0065rror":1,"choices":[{"delta":{"content":7}}]}"#,
+            r#"{"choices":[[0,{"content":"x"}]]}"#,
+            r#" { "choices" : [ { "index" : 18446744073709551616 , "delta" : { "content" : "" } } ] } "#,
+        ];
+        let mut checked = 0;
+        for seed in seeds {
+            assert_eq!(frame(seed), by_serde(seed), "{seed}");
+            // Every byte dropped, and every byte replaced by each of a few that matter.
+            let bytes = seed.as_bytes();
+            for at in 0..bytes.len() {
+                let mut variants = vec![[&bytes[..at], &bytes[at + 1..]].concat()];
+                for b in [
+                    b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', b'0', b'n', b' ', 1,
+                ] {
+                    let mut v = bytes.to_vec();
+                    v[at] = b;
+                    variants.push(v);
+                }
+                for v in variants {
+                    let Ok(data) = String::from_utf8(v) else {
+                        continue;
+                    };
+                    assert_eq!(frame(&data), by_serde(&data), "{data}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked} variants");
     }
 
     #[test]
