@@ -56,14 +56,14 @@ impl<'a> Reader<'a> {
         let start = self.i - 1;
         let mut escaped = false;
         loop {
-            let rest = self.s.get(self.i..)?;
-            let at = self.i + memchr::memchr2(b'"', b'\\', rest)?;
-            if self.s[self.i..at].iter().any(|&b| b < 0x20) {
-                return None;
-            }
-            self.i = at + 1;
-            if self.s[at] == b'"' {
-                return Some((start..self.i, escaped));
+            self.i = plain_run_end(self.s, self.i);
+            match *self.s.get(self.i)? {
+                b'"' => {
+                    self.i += 1;
+                    return Some((start..self.i, escaped));
+                }
+                b'\\' => self.i += 1,
+                _ => return None,
             }
             escaped = true;
             match *self.s.get(self.i)? {
@@ -219,6 +219,39 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Where the run of string bytes needing no attention that starts at `i` ends: at a quote,
+/// a backslash, a control character, or the end. Eight bytes at a time: strings are most
+/// of an event's bytes.
+fn plain_run_end(s: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    /// High bit set in each byte of `x` that is zero (exact up to the first such byte).
+    fn zeros(x: u64) -> u64 {
+        x.wrapping_sub(ONES) & !x & HIGHS
+    }
+    while let Some(word) = s.get(i..i + 8) {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(word);
+        let v = u64::from_le_bytes(bytes);
+        let quote = zeros(v ^ (ONES * u64::from(b'"')));
+        let backslash = zeros(v ^ (ONES * u64::from(b'\\')));
+        // Bytes under 0x20 (bytes of 0x80 and over never are: `!v` clears their high bit).
+        let control = v.wrapping_sub(ONES * 0x20) & !v & HIGHS;
+        let found = quote | backslash | control;
+        if found != 0 {
+            return i + (found.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while s
+        .get(i)
+        .is_some_and(|&b| b != b'"' && b != b'\\' && b >= 0x20)
+    {
+        i += 1;
+    }
+    i
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +315,23 @@ mod tests {
         })
         .expect("an object");
         assert_eq!(seen, [("k".to_string(), 7..10), ("n".to_string(), 18..20)]);
+    }
+
+    #[test]
+    fn a_run_of_plain_string_bytes_ends_at_the_first_byte_needing_attention() {
+        for len in 0..20 {
+            for stop in [b'"', b'\\', 0x00, 0x1f] {
+                for filler in [b'a', 0x20, 0x7f, 0x80, 0xff, b'!', b'#', b'[', b']'] {
+                    let mut s = vec![filler; len];
+                    assert_eq!(plain_run_end(&s, 0), len, "no stop, filler {filler:#x}");
+                    for at in 0..len {
+                        s[at] = stop;
+                        assert_eq!(plain_run_end(&s, 0), at, "{stop:#x} at {at} of {len}");
+                        s[at] = filler;
+                    }
+                }
+            }
+        }
     }
 
     #[test]
