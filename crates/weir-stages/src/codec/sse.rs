@@ -146,6 +146,17 @@ impl SseDecoder {
         chunk: &[u8],
         mut on_event: impl FnMut(SseEvent),
     ) -> Result<(), SseError> {
+        // One exact allocation per event; the decoder's buffers keep their capacity.
+        self.feed_each(chunk, |event| on_event(event.clone()))
+    }
+
+    /// As [`feed`](Self::feed), lending each event to `on_event` instead of giving it: the
+    /// decoder's buffers are the event's, so decoding allocates nothing per event.
+    pub fn feed_each(
+        &mut self,
+        chunk: &[u8],
+        mut on_event: impl FnMut(&SseEvent),
+    ) -> Result<(), SseError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -165,7 +176,7 @@ impl SseDecoder {
         discarded
     }
 
-    fn feed_lines<F: FnMut(SseEvent)>(
+    fn feed_lines<F: FnMut(&SseEvent)>(
         &mut self,
         chunk: &[u8],
         on_event: &mut F,
@@ -245,7 +256,7 @@ impl SseDecoder {
         Ok(())
     }
 
-    fn process_line<F: FnMut(SseEvent)>(
+    fn process_line<F: FnMut(&SseEvent)>(
         &mut self,
         line: &[u8],
         line_start: u64,
@@ -303,7 +314,7 @@ impl SseDecoder {
         Ok(())
     }
 
-    fn dispatch<F: FnMut(SseEvent)>(&mut self, on_event: &mut F) {
+    fn dispatch<F: FnMut(&SseEvent)>(&mut self, on_event: &mut F) {
         let retry = self.retry.take();
         self.in_event = false;
         if self.data.is_empty() {
@@ -312,16 +323,29 @@ impl SseDecoder {
         }
         // Every data line appended a line feed; the last one is not part of the data.
         self.data.pop();
-        // Copies, not takes: one exact allocation per event, and the buffers keep their capacity.
+        // The buffers are lent to the event and taken back, with their capacity.
         let event = SseEvent {
-            event: (!self.event_type.is_empty()).then(|| self.event_type.clone()),
-            data: self.data.clone(),
-            id: self.last_event_id().map(str::to_owned),
+            event: (!self.event_type.is_empty()).then(|| mem::take(&mut self.event_type)),
+            data: mem::take(&mut self.data),
+            id: (!self.last_id.is_empty()).then(|| mem::take(&mut self.last_id)),
             retry,
         };
-        self.data.clear();
-        self.event_type.clear();
-        on_event(event);
+        on_event(&event);
+        let SseEvent {
+            event: event_type,
+            mut data,
+            id,
+            ..
+        } = event;
+        data.clear();
+        self.data = data;
+        if let Some(mut event_type) = event_type {
+            event_type.clear();
+            self.event_type = event_type;
+        }
+        if let Some(id) = id {
+            self.last_id = id;
+        }
     }
 }
 
@@ -352,6 +376,16 @@ impl SseEncoder {
     /// per line of the data (split at CR, LF or CRLF), then a blank line. Nothing is
     /// written if the event cannot be encoded.
     pub fn encode(&mut self, event: &SseEvent, out: &mut Vec<u8>) -> Result<(), SseEncodeError> {
+        self.encode_with_data(event, &event.data, out)
+    }
+
+    /// As [`encode`](Self::encode), with `data` in place of the event's own.
+    pub fn encode_with_data(
+        &mut self,
+        event: &SseEvent,
+        data: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SseEncodeError> {
         let event_type = event.event.as_deref().filter(|t| !t.is_empty());
         let id = event.id.as_deref().filter(|id| !id.is_empty());
         if event_type.is_some_and(has_line_break) {
@@ -377,7 +411,7 @@ impl SseEncoder {
         if let Some(retry) = event.retry {
             write_field(out, b"retry", retry.to_string().as_bytes());
         }
-        let mut data = event.data.as_bytes();
+        let mut data = data.as_bytes();
         while let Some(end) = memchr2(b'\r', b'\n', data) {
             write_field(out, b"data", &data[..end]);
             let crlf = data[end] == b'\r' && data.get(end + 1) == Some(&b'\n');
@@ -445,6 +479,28 @@ mod tests {
             id: Some(id.to_owned()),
             ..message(data)
         }
+    }
+
+    #[test]
+    fn lent_events_are_the_given_ones_and_the_buffers_come_back() {
+        let stream =
+            b"event: a\nid: 7\ndata: one\n\ndata: two\ndata: lines\n\nevent: b\ndata: 3\n\n";
+        let mut lent = Vec::new();
+        let mut decoder = SseDecoder::default();
+        decoder
+            .feed_each(stream, |e| lent.push(e.clone()))
+            .expect("decodes");
+        assert_eq!(lent, decode(&[stream]));
+        assert_eq!(decoder.last_event_id(), Some("7"), "the id stays in effect");
+        assert!(
+            decoder.buffered_bytes() >= "two\nlines".len(),
+            "the data buffer keeps its capacity"
+        );
+        decoder
+            .feed_each(b"data: x\n\n", |e| {
+                assert_eq!((e.event.as_deref(), e.id.as_deref()), (None, Some("7")));
+            })
+            .expect("decodes");
     }
 
     #[test]

@@ -39,13 +39,6 @@ impl<T> Blocks<T> {
         &mut self.entries[at].1
     }
 
-    pub fn insert(&mut self, block: u64, value: T) {
-        match self.get_mut(block) {
-            Some(slot) => *slot = value,
-            None => self.push(block, value),
-        }
-    }
-
     pub fn keys(&self) -> impl Iterator<Item = u64> + '_ {
         self.entries.iter().map(|(b, _)| *b)
     }
@@ -73,9 +66,9 @@ mod tests {
     #[test]
     fn each_block_has_its_own_value() {
         let mut blocks = Blocks::default();
-        blocks.insert(3, "a".to_string());
+        blocks.get_or_insert_with(3, || "a".to_string());
         blocks.get_or_insert_with(0, || "b".to_string()).push('!');
-        blocks.insert(3, "c".to_string());
+        *blocks.get_mut(3).expect("block 3") = "c".to_string();
         blocks.get_or_insert_with(3, || unreachable!()).push('?');
         assert_eq!(blocks.get(3).map(String::as_str), Some("c?"));
         assert_eq!(blocks.get(0).map(String::as_str), Some("b!"));

@@ -19,18 +19,17 @@ pub struct Redaction {
 }
 
 impl TextFilter for Redaction {
-    fn push(&mut self, block: u64, text: &str) -> String {
+    fn push(&mut self, block: u64, text: &str, out: &mut String) {
         let redactor = &self.redactor;
         self.blocks
             .get_or_insert_with(block, || redactor.stream())
-            .push(text)
+            .push_into(text, out);
     }
 
-    fn flush(&mut self, block: u64) -> String {
-        self.blocks
-            .get_mut(block)
-            .map(RedactStream::finish)
-            .unwrap_or_default()
+    fn flush(&mut self, block: u64, out: &mut String) {
+        if let Some(stream) = self.blocks.get_mut(block) {
+            stream.finish_into(out);
+        }
     }
 
     fn release_spare(&mut self) {

@@ -39,10 +39,10 @@ const MAX_TEXT_BLOCKS: u64 = 64;
 
 /// Rewrites token text as it streams, holding back what it cannot decide yet.
 pub trait TextFilter: Send + 'static {
-    /// Takes the next piece of `block`'s text; returns what may be sent now.
-    fn push(&mut self, block: u64, text: &str) -> String;
-    /// The block ends: everything still held, rewritten.
-    fn flush(&mut self, block: u64) -> String;
+    /// Takes the next piece of `block`'s text; appends what may be sent now to `out`.
+    fn push(&mut self, block: u64, text: &str, out: &mut String);
+    /// The block ends: appends everything still held, rewritten, to `out`.
+    fn flush(&mut self, block: u64, out: &mut String);
     /// Bytes the filter holds (text held back and its state), at most.
     fn held_bytes(&self) -> usize;
     /// Reports the redactions made so far as `(kind, count)`, for the stream's metrics
@@ -79,6 +79,10 @@ pub struct Relay {
     filter: Option<Box<dyn TextFilter>>,
     /// The data of the last token event of each block: the shape for releasing held-back text.
     templates: Blocks<String>,
+    /// The filter's output for the event at hand, and that event's data rewritten with
+    /// it: kept between events, so that a token costs no allocation.
+    released: String,
+    rewritten: String,
     out: Vec<u8>,
     saw_terminal: bool,
     ended: Option<Outcome>,
@@ -105,6 +109,8 @@ impl Relay {
             encoder: SseEncoder::new(),
             filter,
             templates: Blocks::default(),
+            released: String::new(),
+            rewritten: String::new(),
             out: Vec::new(),
             saw_terminal: false,
             ended: None,
@@ -146,6 +152,8 @@ impl Relay {
         let template_entry = std::mem::size_of::<(u64, String)>();
         RELAY_FIXED
             + self.decoder.buffered_bytes()
+            + self.released.capacity()
+            + self.rewritten.capacity()
             + self.out.capacity()
             + self
                 .templates
@@ -189,7 +197,7 @@ impl Relay {
         // would keep its capacity for the life of the stream.
         let mut decoder = std::mem::take(&mut self.decoder);
         let mut failure = None;
-        let decoded = decoder.feed(data, |event| {
+        let decoded = decoder.feed_each(data, |event| {
             if failure.is_none() && self.ended.is_none() {
                 failure = self.forward(event).err();
             }
@@ -233,6 +241,8 @@ impl Relay {
     /// only what it must (they grow again with the next token).
     pub fn release_spare(&mut self) {
         self.decoder.release_spare();
+        self.released = String::new();
+        self.rewritten = String::new();
         if self.out.is_empty() {
             self.out = Vec::new();
         }
@@ -260,12 +270,12 @@ impl Relay {
         self.ended = Some(outcome);
     }
 
-    fn forward(&mut self, event: SseEvent) -> Result<(), FrameError> {
+    fn forward(&mut self, event: &SseEvent) -> Result<(), FrameError> {
         if self.saw_terminal {
             return Ok(());
         }
         let dialect = self.dialect;
-        let frame = dialect.parse(&event)?;
+        let frame = dialect.parse(event)?;
         if let Frame::Text { block, .. } | Frame::EndOfBlock { block } = frame {
             if block >= MAX_TEXT_BLOCKS {
                 return Err(FrameError::TooManyBlocks {
@@ -281,55 +291,67 @@ impl Relay {
                 ends_block,
             } => {
                 let Some(filter) = self.filter.as_mut() else {
-                    let token = !text.text.is_empty();
-                    drop(text);
-                    return self.emit(&event, token);
+                    return self.emit(event, !text.text.is_empty());
                 };
-                let mut released = filter.push(block, &text.text);
+                let mut released = std::mem::take(&mut self.released);
+                released.clear();
+                filter.push(block, &text.text, &mut released);
                 if ends_block {
-                    released.push_str(&filter.flush(block));
+                    filter.flush(block, &mut released);
                 }
                 let token = !released.is_empty();
-                let rewritten =
-                    (released != *text.text).then(|| text.replaced_in(&event, &released));
-                drop(text);
-                self.emit(rewritten.as_ref().unwrap_or(&event), token)?;
-                self.keep_template(block, event.data);
+                let emitted = if released == *text.text {
+                    self.emit(event, token)
+                } else {
+                    let mut data = std::mem::take(&mut self.rewritten);
+                    text.replace_into(&event.data, &released, &mut data);
+                    let emitted = self.emit_with_data(event, &data, token);
+                    self.rewritten = data;
+                    emitted
+                };
+                self.released = released;
+                emitted?;
+                self.keep_template(block, &event.data);
                 Ok(())
             }
             Frame::EndOfBlock { block } => {
                 self.release_block(block)?;
-                self.emit(&event, false)
+                self.emit(event, false)
             }
-            Frame::ToolCall => self.emit(&event, true),
+            Frame::ToolCall => self.emit(event, true),
             Frame::Terminal => {
                 self.saw_terminal = true;
-                self.emit(&event, false)
+                self.emit(event, false)
             }
             Frame::Error => {
                 self.release_held();
-                self.emit(&event, false)?;
+                self.emit(event, false)?;
                 self.ended = Some(Outcome::UpstreamError);
                 Ok(())
             }
-            Frame::Other => self.emit(&event, false),
+            Frame::Other => self.emit(event, false),
         }
     }
 
-    /// Keeps `data` (moved in, not copied) as the shape for releasing `block`'s held-back
-    /// text later, if the templates' share of the buffer has room; else that text is
-    /// released in a bare event.
-    fn keep_template(&mut self, block: u64, data: String) {
+    /// Keeps a copy of `data` as the shape for releasing `block`'s held-back text later,
+    /// if the templates' share of the buffer has room; else that text is released in a
+    /// bare event. The block's buffer is reused from one token to the next.
+    fn keep_template(&mut self, block: u64, data: &str) {
         let others: usize = self
             .templates
             .keys()
             .filter(|&b| b != block)
             .filter_map(|b| self.templates.get(b).map(String::capacity))
             .sum();
-        if others + data.capacity() <= self.buffer / 8 {
-            self.templates.insert(block, data);
-        } else {
-            self.templates.insert(block, String::new());
+        let room = (self.buffer / 8).saturating_sub(others);
+        let template = self.templates.get_or_insert_with(block, String::new);
+        if template.capacity() > room {
+            *template = String::new();
+        }
+        template.clear();
+        if data.len() <= room {
+            template.reserve_exact(data.len());
+            template.push_str(data);
         }
     }
 
@@ -338,7 +360,8 @@ impl Relay {
         let Some(filter) = self.filter.as_mut() else {
             return Ok(());
         };
-        let rest = filter.flush(block);
+        let mut rest = String::new();
+        filter.flush(block, &mut rest);
         if rest.is_empty() {
             return Ok(());
         }
@@ -360,7 +383,17 @@ impl Relay {
 
     /// Encodes `event` for the client; `token` if it carries token text.
     fn emit(&mut self, event: &SseEvent, token: bool) -> Result<(), FrameError> {
-        self.encoder.encode(event, &mut self.out)?;
+        self.emit_with_data(event, &event.data, token)
+    }
+
+    /// Encodes `event` with `data` in place of its own.
+    fn emit_with_data(
+        &mut self,
+        event: &SseEvent,
+        data: &str,
+        token: bool,
+    ) -> Result<(), FrameError> {
+        self.encoder.encode_with_data(event, data, &mut self.out)?;
         self.tally.events += 1;
         self.tally.tokens += u64::from(token);
         Ok(())

@@ -143,10 +143,14 @@ impl RedactStream {
     /// take a new text (counts carry on).
     pub fn finish(&mut self) -> String {
         let mut out = String::new();
-        self.matcher
-            .run(&self.inner, &mut self.held, "", true, &mut out);
-        self.matcher.restart(&self.inner);
+        self.finish_into(&mut out);
         out
+    }
+
+    /// As [`finish`](Self::finish), appending to `out`.
+    pub fn finish_into(&mut self, out: &mut String) {
+        self.matcher.run(&self.inner, &mut self.held, "", true, out);
+        self.matcher.restart(&self.inner);
     }
 
     /// Redactions so far per detector, in configuration order.

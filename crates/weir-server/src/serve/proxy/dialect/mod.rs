@@ -110,20 +110,46 @@ impl<'a> TokenText<'a> {
         Self::new(event, span_in(&event.data, raw)?)
     }
 
-    /// `event` with this token text replaced by `text`; every other byte is the upstream's.
-    pub fn replaced_in(&self, event: &SseEvent, text: &str) -> SseEvent {
-        let quoted = Value::from(text).to_string();
-        let mut data = String::with_capacity(event.data.len() + quoted.len());
-        data.push_str(&event.data[..self.span.start]);
-        data.push_str(&quoted);
-        data.push_str(&event.data[self.span.end..]);
-        SseEvent {
-            event: event.event.clone(),
-            data,
-            id: event.id.clone(),
-            retry: event.retry,
-        }
+    /// Writes `data` (the event's) into `out` with this token text replaced by `text`;
+    /// every other byte is the upstream's.
+    pub fn replace_into(&self, data: &str, text: &str, out: &mut String) {
+        out.clear();
+        out.reserve(data.len() + text.len() + 2);
+        out.push_str(&data[..self.span.start]);
+        push_json_string(out, text);
+        out.push_str(&data[self.span.end..]);
     }
+}
+
+/// Appends `text` as a JSON string, escaped as serde_json escapes it.
+fn push_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    let mut plain = 0;
+    for (i, byte) in text.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&text[plain..i]);
+        if escape.is_empty() {
+            let hex = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(hex[usize::from(byte >> 4)]));
+            out.push(char::from(hex[usize::from(byte & 0xf)]));
+        } else {
+            out.push_str(escape);
+        }
+        plain = i + 1;
+    }
+    out.push_str(&text[plain..]);
+    out.push('"');
 }
 
 /// Where `raw`, a value borrowed from `data`, lies in it.
@@ -176,5 +202,23 @@ pub(crate) fn describe(frame: &Frame<'_>) -> String {
         Frame::Terminal => "terminal".into(),
         Frame::Error => "error".into(),
         Frame::Other => "other".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn text_is_escaped_as_serde_json_escapes_it() {
+        let mut every: String = (0u8..0x80).map(char::from).collect();
+        every.push_str("é \u{2028} 🦀 \\\" end");
+        for text in [every.as_str(), "", "plain", "\"", "a\\b"] {
+            let mut ours = String::new();
+            super::push_json_string(&mut ours, text);
+            assert_eq!(
+                ours,
+                serde_json::to_string(text).expect("a string"),
+                "{text:?}"
+            );
+        }
     }
 }
