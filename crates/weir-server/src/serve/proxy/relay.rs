@@ -19,7 +19,7 @@
 use weir_stages::codec::sse::{SseDecoder, SseEncoder, SseEvent, SseLimits};
 
 use super::blocks::Blocks;
-use super::dialect::{Dialect, Frame, FrameError};
+use super::dialect::{Dialect, Frame, FrameError, Shape};
 use crate::serve::stream_stats::Outcome;
 
 /// What one read may bring for a slow client: its chunk is one read's output.
@@ -75,6 +75,8 @@ pub struct Relay {
     buffer: usize,
     dialect: &'static dyn Dialect,
     decoder: SseDecoder,
+    /// The last text event's shape: the next one like it is read by its text alone.
+    shape: Shape,
     encoder: SseEncoder,
     filter: Option<Box<dyn TextFilter>>,
     /// The data of the last token event of each block: the shape for releasing held-back text.
@@ -106,6 +108,7 @@ impl Relay {
             buffer,
             dialect,
             decoder: SseDecoder::new(limits),
+            shape: Shape::default(),
             encoder: SseEncoder::new(),
             filter,
             templates: Blocks::default(),
@@ -152,6 +155,7 @@ impl Relay {
         let template_entry = std::mem::size_of::<(u64, String)>();
         RELAY_FIXED
             + self.decoder.buffered_bytes()
+            + self.shape.held_bytes()
             + self.released.capacity()
             + self.rewritten.capacity()
             + self.out.capacity()
@@ -241,6 +245,7 @@ impl Relay {
     /// only what it must (they grow again with the next token).
     pub fn release_spare(&mut self) {
         self.decoder.release_spare();
+        self.shape = Shape::default();
         self.released = String::new();
         self.rewritten = String::new();
         if self.out.is_empty() {
@@ -274,8 +279,14 @@ impl Relay {
         if self.saw_terminal {
             return Ok(());
         }
-        let dialect = self.dialect;
-        let frame = dialect.parse(event)?;
+        let frame = match self.shape.recognise(event) {
+            Some(frame) => frame,
+            None => {
+                let frame = self.dialect.parse(event)?;
+                self.shape.learn(event, &frame);
+                frame
+            }
+        };
         if let Frame::Text { block, .. } | Frame::EndOfBlock { block } = frame {
             if block >= MAX_TEXT_BLOCKS {
                 return Err(FrameError::TooManyBlocks {

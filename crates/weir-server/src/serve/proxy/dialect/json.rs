@@ -28,6 +28,14 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A reader of `s` from byte `at`.
+    pub fn at(s: &'a str, at: usize) -> Self {
+        Reader {
+            s: s.as_bytes(),
+            i: at,
+        }
+    }
+
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.s.get(self.i) {
             self.i += 1;

@@ -6,6 +6,7 @@
 mod anthropic;
 mod json;
 mod openai;
+mod shape;
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -18,6 +19,7 @@ use weir_stages::codec::sse::SseEvent;
 
 pub use anthropic::Anthropic;
 pub use openai::Openai;
+pub use shape::Shape;
 
 use crate::serve::config::Protocol;
 
