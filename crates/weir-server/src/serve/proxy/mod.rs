@@ -11,7 +11,7 @@ mod upstream;
 
 use weir_stages::codec::redact::RedactConfigError;
 
-pub use dialect::{Dialect, Frame, FrameError, TokenText};
+pub use dialect::{Dialect, Frame, FrameError, Openai, Shape, TokenText};
 pub(crate) use handler::handle;
 pub use handler::{FilterFactory, ProxyRoute, ProxyRouteError};
 pub use relay::{Relay, Tally, TextFilter};

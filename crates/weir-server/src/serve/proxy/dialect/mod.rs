@@ -24,6 +24,7 @@ pub use shape::Shape;
 use crate::serve::config::Protocol;
 
 /// What an upstream event is, for the proxy.
+#[derive(Debug)]
 pub enum Frame<'a> {
     /// Token text for text block `block`; `ends_block` when the same event also ends it
     /// (an OpenAI chunk with both `content` and `finish_reason`).
@@ -90,6 +91,7 @@ impl Protocol {
 
 /// The token text of an event and where its JSON string lies in the event's data, so the
 /// text can be replaced without re-serialising (and reordering) the rest of the event.
+#[derive(Debug)]
 pub struct TokenText<'a> {
     pub text: Cow<'a, str>,
     span: Range<usize>,

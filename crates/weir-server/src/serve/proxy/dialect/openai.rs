@@ -98,6 +98,14 @@ impl Dialect for Openai {
     }
 }
 
+impl Openai {
+    /// Reads a chunk with serde alone, as [`Dialect::parse`] does what its one-pass scan
+    /// leaves: the scan's oracle in tests and fuzzing.
+    pub fn parse_with_serde(event: &SseEvent) -> Result<Frame<'_>, FrameError> {
+        parse_with_serde(event)
+    }
+}
+
 /// Reads a chunk with serde: what [`scan`] leaves.
 fn parse_with_serde(event: &SseEvent) -> Result<Frame<'_>, FrameError> {
     let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(&event.data) else {
