@@ -5,9 +5,12 @@
 //!
 //! # What it does with each event
 //!
-//! Each upstream event is decoded, read once by the route's [`Dialect`] into a [`Frame`],
-//! its token text passed through the text filter (redaction) if there is one, and encoded
-//! again. Plain and redacting streams take the same decisions on the same frames.
+//! Each upstream event is decoded, read once by the route's [`Dialect`] into a [`Frame`]
+//! (or, when it differs from the last text event only in its token text, by that event's
+//! [`Shape`]), its token text passed through the text filter (redaction) if there is one,
+//! and encoded again. Plain and redacting streams take the same decisions on the same
+//! frames. Nothing is allocated per event: the decoder lends its buffers, the filter and
+//! the rewriting write into buffers the relay keeps.
 //!
 //! # Failure
 //!
