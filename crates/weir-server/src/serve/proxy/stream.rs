@@ -224,8 +224,11 @@ impl Stream for ProxyStream {
             }
             let pace = match &this.backlog {
                 _ if this.kept_up >= KEPT_UP => Pace::KeepsUp,
-                Some(b) => Pace::Slow { room: b.room() },
-                None => Pace::Slow { room: 0 },
+                // A connection found slow gets small chunks: the kernel takes less than
+                // SIOCOUTQ's room shows (its bookkeeping counts), and a larger chunk's tail
+                // waits in the heap (9,900 stalled streams held twice the memory so).
+                Some(b) if !b.is_slow() => Pace::Slow { room: b.room() },
+                _ => Pace::Slow { room: 0 },
             };
             let room = this.relay.upstream_room(pace);
             if room == 0 {
