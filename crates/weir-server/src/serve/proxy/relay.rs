@@ -60,7 +60,8 @@ pub trait TextFilter: Send + 'static {
 pub enum Pace {
     /// It takes each chunk as soon as it is out.
     KeepsUp,
-    /// Its socket's queue fills: `room` bytes were free in it at the last write.
+    /// It has not kept up for long: a chunk of `room` bytes (0 if unknown) would not
+    /// wait in the heap.
     Slow { room: usize },
 }
 
