@@ -49,8 +49,6 @@ struct BacklogState {
     waiting: AtomicBool,
     /// The send queue was over half full at the last flush.
     slow: AtomicBool,
-    /// Room in the send queue at the last flush.
-    room: AtomicU64,
     drained: AtomicWaker,
     /// The socket while the connection holds it, so that the console can read its send
     /// queue; cleared (under the lock) before the socket is closed.
@@ -72,9 +70,8 @@ impl Backlog {
         self.0.waiting.store(true, Ordering::Release);
     }
 
-    fn drain(&self, room: usize, limit: usize) {
-        self.0.room.store(room as u64, Ordering::Relaxed);
-        self.0.slow.store(room < limit / 2, Ordering::Release);
+    fn drain(&self, slow: bool) {
+        self.0.slow.store(slow, Ordering::Release);
         if self.0.waiting.swap(false, Ordering::AcqRel) {
             self.0.drained.wake();
         }
@@ -84,12 +81,6 @@ impl Backlog {
     /// client slower than what is sent to it.
     pub fn is_slow(&self) -> bool {
         self.0.slow.load(Ordering::Acquire)
-    }
-
-    /// Bytes the send queue had room for at the connection's last flush: what a chunk
-    /// may bring without waiting in the heap.
-    pub fn room(&self) -> usize {
-        usize::try_from(self.0.room.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
     }
 
     /// Whether the body's last chunk has not all reached the kernel yet.
@@ -294,7 +285,7 @@ impl AsyncWrite for BoundedSendQueue {
                 self.room = self.limit.saturating_sub(bytes);
             }
         }
-        self.backlog.drain(self.room, self.limit);
+        self.backlog.drain(self.room < half);
         Pin::new(&mut self.tcp).poll_flush(cx)
     }
 

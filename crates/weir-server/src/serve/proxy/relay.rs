@@ -60,9 +60,8 @@ pub trait TextFilter: Send + 'static {
 pub enum Pace {
     /// It takes each chunk as soon as it is out.
     KeepsUp,
-    /// It has not kept up for long: a chunk of `room` bytes (0 if unknown) would not
-    /// wait in the heap.
-    Slow { room: usize },
+    /// It has not kept up for long: its chunks are one small read each.
+    Slow,
 }
 
 /// What the relay did since it was last asked, for the stream's figures.
@@ -125,21 +124,18 @@ impl Relay {
         }
     }
 
-    /// How many upstream bytes the relay takes now (0: none). A slow client gets one read
-    /// once its last output is handed out (nothing is read ahead of it), as large as its
-    /// socket had room for and at least `SLOW_READ`; a client that keeps up gets the output
-    /// of several reads in one chunk. Either way a chunk is at most `FAST_BATCH` or a
-    /// quarter of the buffer.
+    /// How many upstream bytes the relay takes now (0: none). A slow client gets one
+    /// `SLOW_READ` once its last output is handed out (nothing is read ahead of it); a
+    /// client that keeps up gets the output of several reads in one chunk, at most
+    /// `FAST_BATCH` or a quarter of the buffer, each read as large as the room left in it.
     pub fn upstream_room(&self, client: Pace) -> usize {
         if self.ended.is_some() {
             return 0;
         }
         let batch = FAST_BATCH.min(self.buffer / 4);
         match client {
-            Pace::Slow { room } if self.out.is_empty() => {
-                room.clamp(SLOW_READ, batch.max(SLOW_READ))
-            }
-            Pace::Slow { .. } => 0,
+            Pace::Slow if self.out.is_empty() => SLOW_READ,
+            Pace::Slow => 0,
             Pace::KeepsUp => {
                 let room = batch.saturating_sub(self.out.len());
                 // A nearly full batch goes out rather than take a sliver more.
@@ -622,17 +618,11 @@ mod tests {
     #[test]
     fn output_waits_for_the_client_before_more_is_read() {
         let mut r = relay(Protocol::Openai, false);
-        assert_eq!(r.upstream_room(Pace::Slow { room: 0 }), SLOW_READ);
+        assert_eq!(r.upstream_room(Pace::Slow), SLOW_READ);
         let batch = FAST_BATCH.min((64 << 10) / 4);
-        assert_eq!(
-            r.upstream_room(Pace::Slow { room: batch - 1 }),
-            batch - 1,
-            "a read as large as the client's socket has room for"
-        );
-        assert_eq!(r.upstream_room(Pace::Slow { room: 1 << 20 }), batch);
         r.feed(openai_token("hi").as_bytes());
         assert_eq!(
-            r.upstream_room(Pace::Slow { room: 0 }),
+            r.upstream_room(Pace::Slow),
             0,
             "its output is not taken yet"
         );
@@ -651,7 +641,7 @@ mod tests {
             full >= batch * 3 / 4 && full <= batch,
             "a nearly full batch goes out: {full} of {batch}"
         );
-        assert_eq!(r.upstream_room(Pace::Slow { room: 0 }), SLOW_READ);
+        assert_eq!(r.upstream_room(Pace::Slow), SLOW_READ);
         r.keepalive();
         assert_eq!(r.take_output().as_deref(), Some(&b": keep-alive\n\n"[..]));
     }

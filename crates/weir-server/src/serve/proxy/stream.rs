@@ -222,13 +222,12 @@ impl Stream for ProxyStream {
                     this.relay.fail(Outcome::ServerShutdown, SHUTTING_DOWN);
                 }
             }
-            let pace = match &this.backlog {
-                _ if this.kept_up >= KEPT_UP => Pace::KeepsUp,
-                // A connection found slow gets small chunks: the kernel takes less than
-                // SIOCOUTQ's room shows (its bookkeeping counts), and a larger chunk's tail
-                // waits in the heap (9,900 stalled streams held twice the memory so).
-                Some(b) if !b.is_slow() => Pace::Slow { room: b.room() },
-                _ => Pace::Slow { room: 0 },
+            // A client that has not kept up gets one small read at a time: the kernel takes
+            // less than SIOCOUTQ's room shows, and a larger chunk's tail waits in the heap.
+            let pace = if this.kept_up >= KEPT_UP {
+                Pace::KeepsUp
+            } else {
+                Pace::Slow
             };
             let room = this.relay.upstream_room(pace);
             if room == 0 {
