@@ -39,6 +39,9 @@ pub use tls::{tls_failure, UpstreamCaError};
 /// The most one read takes from the socket, on the reader's stack; a streamed read takes
 /// what its relay has room for, up to this (a slow client's: a few KiB).
 pub const MAX_READ: usize = 32 * 1024;
+/// A read of a body passed through whole (not a stream): each becomes one chunk, which may
+/// wait in the heap for a slow client, so it stays small.
+const PASSTHROUGH_READ: usize = 4 * 1024;
 /// Steps in which the buffer of a response head grows: most heads fit in the first.
 const HEAD_READ: usize = 2048;
 
@@ -399,7 +402,8 @@ impl BodyReader {
                 return Poll::Ready(None);
             }
             let mut chunk = Vec::new();
-            match ready!(self.poll_read_body(cx, MAX_READ, |d| chunk.extend_from_slice(d))) {
+            match ready!(self.poll_read_body(cx, PASSTHROUGH_READ, |d| chunk.extend_from_slice(d)))
+            {
                 Err(e) => {
                     ended = true;
                     return Poll::Ready(Some(Err(e)));
