@@ -12,6 +12,11 @@
 //! connection (one whose send queue was over half full at its last flush) one chunk at a
 //! time: the next only once all of the last has reached the kernel. A connection that
 //! keeps up is not held, since each hold costs its task a wake-up per chunk.
+//!
+//! A slow connection's flush then waits until the kernel reports the socket writable (by
+//! its own count, which charges its bookkeeping against SO_SNDBUF where SIOCOUTQ counts
+//! payload only): the body's next chunk, no larger than the kernel takes then
+//! ([`Backlog::kernel_room`]), goes to the kernel whole, and none of it waits in the heap.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -19,6 +24,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures::task::AtomicWaker;
 
@@ -30,6 +36,11 @@ use tokio::net::TcpStream;
 /// The smallest bound weir accepts: below the kernel's own floor for SO_SNDBUF (4608
 /// bytes) the kernel could report space the bound does not have.
 pub const MIN_SEND_BUFFER: u64 = 16 * 1024;
+
+/// A hold on a full socket this long marks a slow reader: a client briefly behind takes
+/// its bytes sooner (bench/proxy's load client, short of CPU, mostly in 5-20 ms), one
+/// reading 1 KB/s in seconds.
+const LONG_HOLD: Duration = Duration::from_millis(20);
 
 /// As many slices as hyper gives one vectored write.
 const MAX_SLICES: usize = 64;
@@ -55,6 +66,8 @@ struct BacklogState {
     socket: Mutex<Option<RawFd>>,
     /// Bytes in the send queue when the connection last looked (SIOCOUTQ).
     queued: AtomicU64,
+    /// The body's last hold on a full socket lasted `LONG_HOLD` or more.
+    held_long: AtomicBool,
 }
 
 impl Backlog {
@@ -83,6 +96,12 @@ impl Backlog {
         self.0.slow.load(Ordering::Acquire)
     }
 
+    /// Whether the client kept the body's last hold on a full socket waiting long: a slow
+    /// reader rather than one briefly behind.
+    pub fn held_long(&self) -> bool {
+        self.0.held_long.load(Ordering::Relaxed)
+    }
+
     /// Whether the body's last chunk has not all reached the kernel yet.
     pub fn is_waiting(&self) -> bool {
         self.0.waiting.load(Ordering::Acquire)
@@ -96,6 +115,18 @@ impl Backlog {
         // it under the same lock before it closes the socket.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         queued_on(fd).ok().map(|n| n as u64)
+    }
+
+    /// Bytes the kernel takes into the send queue now, by its own count, bookkeeping
+    /// included, which SIOCOUTQ's count of payload leaves out; `None` once the
+    /// connection is closed. A write of at most this much is taken whole: the kernel
+    /// checks its count only before it starts a segment.
+    pub fn kernel_room(&self) -> Option<usize> {
+        let socket = self.socket();
+        let fd = (*socket)?;
+        // SAFETY: as in `send_queue`, the descriptor stays open while the lock is held.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        kernel_room_on(fd).ok()
     }
 
     /// Bytes in the send queue when the connection last looked: no system call.
@@ -140,6 +171,8 @@ pub struct BoundedSendQueue {
     /// between our writes, so room seen at the last look is there still.
     room: usize,
     backlog: Backlog,
+    /// When the body's current hold on a full socket began.
+    held_since: Option<Instant>,
 }
 
 impl BoundedSendQueue {
@@ -152,6 +185,7 @@ impl BoundedSendQueue {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
             room: 0,
             backlog,
+            held_since: None,
         }
     }
 
@@ -203,6 +237,28 @@ impl BoundedSendQueue {
 }
 
 impl BoundedSendQueue {
+    /// Ready once the kernel reports the socket writable (by its own count, a third of
+    /// SO_SNDBUF free or more): a body held for a slow connection then makes its next
+    /// chunk, sized to what the kernel takes, so that none of it waits in the heap.
+    fn poll_kernel_writable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            // Through `try_io`: readiness that came after the look is not cleared, and a
+            // look that finds the socket full makes the kernel wake us once it is not.
+            let tcp = &self.tcp;
+            let looked = tcp.try_io(Interest::WRITABLE, || match kernel_writable(tcp) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => Err(e),
+            });
+            match looked {
+                Ok(()) => return Poll::Ready(Ok(())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
     /// The send queue's bytes, kept for the console too.
     fn queued(&self) -> io::Result<usize> {
         let bytes = queued(&self.tcp)?;
@@ -227,6 +283,31 @@ fn queued_on(fd: BorrowedFd<'_>) -> io::Result<usize> {
     // passes, which points at its own `c_int`; the descriptor is borrowed for the call.
     let bytes = unsafe { ioctl(fd, Getter::<SIOCOUTQ, std::ffi::c_int>::new()) }?;
     Ok(usize::try_from(bytes).unwrap_or(0))
+}
+
+fn kernel_room_on(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes to `info`, which has that many, and
+    // sets `len` to what it wrote; the descriptor is borrowed for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if (len as usize) < (libc::SK_MEMINFO_WMEM_QUEUED as usize + 1) * 4 {
+        return Err(io::ErrorKind::Unsupported.into());
+    }
+    let sndbuf = info[libc::SK_MEMINFO_SNDBUF as usize];
+    let queued = info[libc::SK_MEMINFO_WMEM_QUEUED as usize];
+    Ok(sndbuf.saturating_sub(queued) as usize)
 }
 
 fn kernel_writable(tcp: &TcpStream) -> io::Result<bool> {
@@ -285,7 +366,20 @@ impl AsyncWrite for BoundedSendQueue {
                 self.room = self.limit.saturating_sub(bytes);
             }
         }
-        self.backlog.drain(self.room < half);
+        let slow = self.room < half;
+        if slow && self.backlog.is_waiting() {
+            let writable = self.poll_kernel_writable(cx);
+            if writable.is_pending() {
+                self.held_since.get_or_insert_with(Instant::now);
+            }
+            ready!(writable)?;
+        }
+        // The hold ends here, whether the kernel took more or the queue emptied meanwhile.
+        if let Some(since) = self.held_since.take() {
+            let long = since.elapsed() >= LONG_HOLD;
+            self.backlog.0.held_long.store(long, Ordering::Relaxed);
+        }
+        self.backlog.drain(slow);
         Pin::new(&mut self.tcp).poll_flush(cx)
     }
 
@@ -302,13 +396,22 @@ mod tests {
     use futures::FutureExt;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpSocket};
 
     const LIMIT: u64 = 32 << 10;
 
     async fn connected() -> (TcpStream, TcpStream) {
+        connected_with_receive_buffer(0).await
+    }
+
+    /// A client socket with the kernel's default receive buffer if `receive_buffer` is 0.
+    async fn connected_with_receive_buffer(receive_buffer: u32) -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let socket = TcpSocket::new_v4().unwrap();
+        if receive_buffer > 0 {
+            socket.set_recv_buffer_size(receive_buffer).unwrap();
+        }
+        let client = socket.connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
         let server = accepted.unwrap().0;
         socket2::SockRef::from(&server)
@@ -342,8 +445,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_stop_at_the_limit_and_a_slow_connection_gets_one_chunk_at_a_time() {
-        let (mut client, server) = connected().await;
+    async fn a_slow_connections_body_is_held_until_the_kernel_takes_more() {
+        let (mut client, server) = connected_with_receive_buffer(4096).await;
         let backlog = Backlog::default();
         let mut socket = BoundedSendQueue::new(server, LIMIT, backlog.clone());
         let held = || poll_fn(|cx| Poll::Ready(backlog.poll_drained(cx).is_pending()));
@@ -359,35 +462,80 @@ mod tests {
             "a write waits for room, and the body was not held"
         );
 
+        // The client takes nothing: the flush waits, and the body with it.
         let waiter = tokio::spawn({
             let backlog = backlog.clone();
             async move { poll_fn(|cx| backlog.poll_drained(cx)).await }
         });
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished(), "drained before the flush");
-        socket.flush().await.unwrap();
+        let mut flush = Box::pin(async {
+            socket.flush().await.unwrap();
+            socket
+        });
+        assert!(
+            (&mut flush).now_or_never().is_none(),
+            "a full socket's flush did not wait"
+        );
+        assert!(!waiter.is_finished(), "drained while the socket was full");
+
+        // Once the client has read it all, the kernel takes more: the flush ends and
+        // wakes the body; the connection keeps up, and its next chunk is not held.
+        let mut all = vec![0u8; sent];
+        client.read_exact(&mut all).await.unwrap();
+        let mut socket = tokio::time::timeout(Duration::from_secs(10), flush)
+            .await
+            .expect("the flush did not end once the client read");
         tokio::time::timeout(Duration::from_secs(10), waiter)
             .await
             .expect("the body waiting on the backlog was not woken")
             .unwrap();
-
-        // The queue was full at that flush: the connection is slow, its next chunk held.
-        backlog.handed_a_chunk();
-        assert!(held().await, "a slow connection's chunk was not held");
-        socket.flush().await.unwrap();
-        assert!(!held().await);
-
-        // Once the client has read it all, the queue is nearly empty at the next flush:
-        // the connection keeps up, and is not held.
-        let mut all = vec![0u8; sent];
-        client.read_exact(&mut all).await.unwrap();
-        socket.write_all(&chunk[..10]).await.unwrap();
-        socket.flush().await.unwrap();
         backlog.handed_a_chunk();
         assert!(!held().await, "a connection that keeps up was held");
+        socket.write_all(&chunk[..10]).await.unwrap();
         socket.shutdown().await.unwrap();
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest.len(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_keeps_a_hold_waiting_long_is_marked_a_slow_reader() {
+        let (mut client, server) = connected_with_receive_buffer(4096).await;
+        let backlog = Backlog::default();
+        let mut socket = BoundedSendQueue::new(server, LIMIT, backlog.clone());
+        let chunk = [7u8; 1000];
+        let mut sent = 0;
+        while let Some(n) = socket.write(&chunk).now_or_never() {
+            sent += n.unwrap();
+        }
+        assert!(!backlog.held_long());
+        let flush = tokio::spawn(async move {
+            socket.flush().await.unwrap();
+            socket
+        });
+        // The client takes nothing for LONG_HOLD: a slow reader.
+        tokio::time::sleep(LONG_HOLD).await;
+        let mut all = vec![0u8; sent];
+        client.read_exact(&mut all).await.unwrap();
+        let _socket = tokio::time::timeout(Duration::from_secs(10), flush)
+            .await
+            .expect("the flush did not end once the client read")
+            .unwrap();
+        assert!(backlog.held_long(), "a hold of {LONG_HOLD:?} was not long");
+        assert!(backlog.kernel_room().is_some_and(|room| room > 0));
+    }
+
+    #[test]
+    fn a_chunk_handed_to_a_slow_connection_is_held_until_the_next_flush() {
+        let backlog = Backlog::default();
+        backlog.drain(true);
+        backlog.handed_a_chunk();
+        assert!(
+            backlog.is_waiting(),
+            "a slow connection's chunk was not held"
+        );
+        backlog.drain(false);
+        assert!(!backlog.is_waiting());
+        backlog.handed_a_chunk();
+        assert!(!backlog.is_waiting(), "a connection that keeps up was held");
     }
 }

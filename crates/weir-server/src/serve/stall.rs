@@ -63,11 +63,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for StallGuard<T> {
 
 impl<T> StallGuard<T> {
     /// Passes a finished write on; a write still waiting fails once it has waited too long.
-    fn timed(
+    fn timed<R>(
         &mut self,
         cx: &mut Context<'_>,
-        write: Poll<io::Result<usize>>,
-    ) -> Poll<io::Result<usize>> {
+        write: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
         if write.is_ready() {
             self.stalled = None;
             return write;
@@ -109,11 +109,55 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallGuard<T> {
         self.inner.is_write_vectored()
     }
 
+    /// Timed too: a flush may wait for the client to take bytes (see `send_queue`).
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let flush = Pin::new(&mut self.inner).poll_flush(cx);
+        self.timed(cx, flush)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::send_queue::{Backlog, BoundedSendQueue};
+    use crate::serve::socket_buffer;
+    use futures::FutureExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpSocket};
+
+    /// A client that takes nothing, behind a full send queue whose flush holds the body.
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_waiting_on_a_client_that_takes_nothing_fails_at_the_limit() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let (client, accepted) = tokio::join!(
+            socket.connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        let (_client, server) = (client.unwrap(), accepted.unwrap().0);
+        let limit = 32 << 10;
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(socket_buffer::request_for(limit))
+            .unwrap();
+        let backlog = Backlog::default();
+        let queue = BoundedSendQueue::new(server, limit, backlog.clone());
+        let mut guarded = StallGuard::new(queue, StallLimit::new(Duration::from_secs(5)));
+        let chunk = [7u8; 1000];
+        while let Some(written) = guarded.write(&chunk).now_or_never() {
+            written.unwrap();
+        }
+        assert!(backlog.is_waiting(), "the socket did not fill");
+        let started = Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(60), guarded.flush())
+            .await
+            .expect("the flush waited past the limit")
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(started.elapsed() >= Duration::from_secs(5));
     }
 }

@@ -263,18 +263,26 @@ where
             Framing::Length(_) => &mut [&data],
             _ => &mut [&size[..len], &data, b"\r\n"],
         };
-        // A paced body is polled while the socket is full: a proxy stream then moves what
-        // its upstream sends out of h2's queues into its own window (`Http2Body::absorb`).
-        write_all_vectored(io, parts, |cx| {
+        // A paced body is polled while the socket is full (its write or its flush waits):
+        // a proxy stream then moves what its upstream sends out of h2's queues into its
+        // own window (`Http2Body::absorb`), and frees what it holds spare.
+        let mut waiting = |cx: &mut Context<'_>| {
             if paced && ahead.is_none() {
                 if let Poll::Ready(next) = poll_data(&mut body, cx) {
                     ahead = Some(next);
                 }
             }
+        };
+        write_all_vectored(io, parts, &mut waiting).await?;
+        drop(data);
+        poll_fn(|cx| {
+            let flushed = Pin::new(&mut *io).poll_flush(cx);
+            if flushed.is_pending() {
+                waiting(cx);
+            }
+            flushed
         })
         .await?;
-        drop(data);
-        io.flush().await?;
     }
     match framing {
         Framing::Length(n) if sent < n => Err(io::Error::other(

@@ -25,7 +25,7 @@ use super::blocks::Blocks;
 use super::dialect::{Dialect, Frame, FrameError, Shape};
 use crate::serve::stream_stats::Outcome;
 
-/// What one read may bring for a slow client: its chunk is one read's output.
+/// What one read may bring for a slow client at least: its chunk is one read's output.
 const SLOW_READ: usize = 4 << 10;
 
 /// Output gathered from several upstream reads into one chunk while the client keeps up:
@@ -60,8 +60,9 @@ pub trait TextFilter: Send + 'static {
 pub enum Pace {
     /// It takes each chunk as soon as it is out.
     KeepsUp,
-    /// It has not kept up for long: its chunks are one small read each.
-    Slow,
+    /// It has not kept up for long: its chunks are one read each, sized to what its
+    /// socket takes now (`kernel_room`, 0 if not known) and at least `SLOW_READ`.
+    Slow { kernel_room: usize },
 }
 
 /// What the relay did since it was last asked, for the stream's figures.
@@ -134,8 +135,11 @@ impl Relay {
         }
         let batch = FAST_BATCH.min(self.buffer / 4);
         match client {
-            Pace::Slow if self.out.is_empty() => SLOW_READ,
-            Pace::Slow => 0,
+            // A quarter spare: the output may outgrow the read (text held back before).
+            Pace::Slow { kernel_room } if self.out.is_empty() => {
+                (kernel_room - kernel_room / 4).min(batch).max(SLOW_READ)
+            }
+            Pace::Slow { .. } => 0,
             Pace::KeepsUp => {
                 let room = batch.saturating_sub(self.out.len());
                 // A nearly full batch goes out rather than take a sliver more.
@@ -618,11 +622,12 @@ mod tests {
     #[test]
     fn output_waits_for_the_client_before_more_is_read() {
         let mut r = relay(Protocol::Openai, false);
-        assert_eq!(r.upstream_room(Pace::Slow), SLOW_READ);
+        let slow = |kernel_room| Pace::Slow { kernel_room };
+        assert_eq!(r.upstream_room(slow(0)), SLOW_READ, "room not known");
         let batch = FAST_BATCH.min((64 << 10) / 4);
         r.feed(openai_token("hi").as_bytes());
         assert_eq!(
-            r.upstream_room(Pace::Slow),
+            r.upstream_room(slow(64 << 10)),
             0,
             "its output is not taken yet"
         );
@@ -641,7 +646,17 @@ mod tests {
             full >= batch * 3 / 4 && full <= batch,
             "a nearly full batch goes out: {full} of {batch}"
         );
-        assert_eq!(r.upstream_room(Pace::Slow), SLOW_READ);
+        assert_eq!(
+            r.upstream_room(slow(1000)),
+            SLOW_READ,
+            "at least one small read"
+        );
+        assert_eq!(r.upstream_room(slow(8 << 10)), 6 << 10, "a quarter spare");
+        assert_eq!(
+            r.upstream_room(slow(1 << 20)),
+            batch,
+            "no more than a batch"
+        );
         r.keepalive();
         assert_eq!(r.take_output().as_deref(), Some(&b": keep-alive\n\n"[..]));
     }

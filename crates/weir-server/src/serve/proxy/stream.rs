@@ -215,6 +215,21 @@ impl Stream for ProxyStream {
             Some(b) if b.is_slow() => 0,
             _ => this.kept_up.saturating_add(1),
         };
+        // A client that has not kept up gets one read at a time, no larger than its socket
+        // takes now (a larger chunk's tail would wait in the heap). A slow reader gets the
+        // smallest: it is one of many held at once, and their larger chunks grew the heap
+        // (9,900 held streams: 92 MiB with 4 KiB reads, 230 MiB with up to 16 KiB).
+        let pace = if this.kept_up >= KEPT_UP {
+            Pace::KeepsUp
+        } else {
+            let kernel_room = match &this.backlog {
+                Some(backlog) if !backlog.held_long() => backlog.kernel_room(),
+                _ => None,
+            };
+            Pace::Slow {
+                kernel_room: kernel_room.unwrap_or(0),
+            }
+        };
         loop {
             if let Some(grace_over) = &mut this.grace_over {
                 if grace_over.as_mut().poll(cx).is_ready() {
@@ -222,13 +237,6 @@ impl Stream for ProxyStream {
                     this.relay.fail(Outcome::ServerShutdown, SHUTTING_DOWN);
                 }
             }
-            // A client that has not kept up gets one small read at a time: the kernel takes
-            // less than SIOCOUTQ's room shows, and a larger chunk's tail waits in the heap.
-            let pace = if this.kept_up >= KEPT_UP {
-                Pace::KeepsUp
-            } else {
-                Pace::Slow
-            };
             let room = this.relay.upstream_room(pace);
             if room == 0 {
                 if let Some(chunk) = this.next_chunk() {
