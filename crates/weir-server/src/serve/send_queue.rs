@@ -109,12 +109,7 @@ impl Backlog {
 
     /// Bytes in the socket's send queue now, or `None` once the connection is closed.
     pub fn send_queue(&self) -> Option<u64> {
-        let socket = self.socket();
-        let fd = (*socket)?;
-        // SAFETY: the descriptor stays open while the lock is held: the connection clears
-        // it under the same lock before it closes the socket.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        queued_on(fd).ok().map(|n| n as u64)
+        self.ask_socket(queued_on).map(|n| n as u64)
     }
 
     /// Bytes the kernel takes into the send queue now, by its own count, bookkeeping
@@ -122,11 +117,17 @@ impl Backlog {
     /// connection is closed. A write of at most this much is taken whole: the kernel
     /// checks its count only before it starts a segment.
     pub fn kernel_room(&self) -> Option<usize> {
+        self.ask_socket(kernel_room_on)
+    }
+
+    /// `ask` of the socket while the connection holds it; `None` once it is closed.
+    fn ask_socket(&self, ask: impl FnOnce(BorrowedFd<'_>) -> io::Result<usize>) -> Option<usize> {
         let socket = self.socket();
         let fd = (*socket)?;
-        // SAFETY: as in `send_queue`, the descriptor stays open while the lock is held.
+        // SAFETY: the descriptor stays open while the lock is held: the connection clears
+        // it under the same lock before it closes the socket.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        kernel_room_on(fd).ok()
+        ask(fd).ok()
     }
 
     /// Bytes in the send queue when the connection last looked: no system call.
