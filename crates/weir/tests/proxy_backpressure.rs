@@ -323,3 +323,48 @@ async fn a_slow_clients_chunks_wait_in_the_kernel_not_in_weirs_heap() {
         "{most_in_weir} B of response waited in weir's heap for a slow client"
     );
 }
+
+/// A response whose last chunk has reached the kernel is over, even for a client that reads
+/// none of it: the last chunk is not held for the socket (no read follows it to pace), so
+/// the stream ends and lets go of its upstream and buffers while the kernel delivers the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_response_ends_its_stream_before_a_slow_client_reads_it() {
+    let mock = MockLlm::bind("127.0.0.1:0".parse().unwrap(), MockLlmConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // 53 KB: the client's window takes about 9 KB, and the last chunk takes the send queue
+    // past the two thirds of its 64 KiB at which the kernel stops reporting it writable
+    // (a chunk before the last held there would keep the rest in the upstream, rightly).
+    let upstream = mock.url("/v1/chat/completions?tokens=265&rate=0&token_size=16");
+    let (serve, addr) = start_weir(&upstream, dir.path()).await;
+    let mut client = ask_for_a_stream(addr, Some(4096)).await;
+    let port = client.local_addr().unwrap().port();
+    let started = Instant::now();
+    while counter(addr, "weir_streams_total").await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the stream did not end while its client read nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let weir_send_q = socket_queues(serve.0.id())
+        .iter()
+        .find(|s| s.3 == port)
+        .map_or(0, |s| s.1);
+    assert!(
+        weir_send_q > 32 << 10,
+        "the client's send queue was not over half full: {weir_send_q} B"
+    );
+    let (mut response, mut buf) = (Vec::new(), [0u8; 8192]);
+    while !response.ends_with(b"\r\n0\r\n\r\n") {
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the connection closed before the response's end");
+        response.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        response.ends_with(b"data: [DONE]\n\n\r\n0\r\n\r\n"),
+        "the response did not end whole: ...{}",
+        String::from_utf8_lossy(&response[response.len().saturating_sub(80)..])
+    );
+}

@@ -185,7 +185,9 @@ impl ProxyStream {
             held.store(self.relay.held_bytes() as u64, Ordering::Relaxed);
         }
         let chunk = settled(out);
-        if let Some(backlog) = &self.backlog {
+        // The last chunk is not held for the socket: no read follows it to pace, and the
+        // response can end (and its stream let go) while the client still reads it.
+        if let (Some(backlog), None) = (&self.backlog, self.relay.ended()) {
             backlog.handed_a_chunk();
         }
         self.stats.chunk_out(chunk.len());
