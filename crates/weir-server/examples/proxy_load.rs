@@ -253,7 +253,7 @@ async fn latency(
         let url = url.clone();
         let starts_at = start + spread * i as u32 / streams as u32;
         tasks.push(tokio::spawn(async move {
-            let mut micros: Vec<u64> = Vec::new();
+            let (mut micros, mut stamps): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
             let run = async {
                 tokio::time::sleep_until(starts_at).await;
                 let mut sender = connect(&url).await?;
@@ -265,6 +265,7 @@ async fn latency(
                         frames.push(&data, |f| {
                             if let Some(sent) = stamp(f).filter(|&s| s >= counted_from) {
                                 micros.push(now.saturating_sub(sent) / 1000);
+                                stamps.push(sent);
                             }
                         });
                     }
@@ -272,14 +273,15 @@ async fn latency(
                 Ok::<(), Error>(())
             };
             let failed = matches!(tokio::time::timeout_at(deadline, run).await, Ok(Err(_)));
-            (micros, failed)
+            (micros, stamps, failed)
         }));
     }
-    let mut all = Vec::new();
+    let (mut all, mut sent) = (Vec::new(), Vec::new());
     let mut errors = 0;
     for t in tasks {
-        let (micros, failed) = t.await?;
+        let (micros, stamps, failed) = t.await?;
         all.extend(micros);
+        sent.extend(stamps);
         errors += usize::from(failed);
     }
     if all.is_empty() {
@@ -291,10 +293,31 @@ async fn latency(
     Ok(json!({
         "mode": "latency", "url": url.to_string(), "streams": streams, "tokens": all.len(),
         "spread_ms": spread.as_millis() as u64,
-        "errors": errors, "p50_us": quantile(&all, 0.5), "p90_us": quantile(&all, 0.9),
+        "errors": errors, "sent_within_1ms": sent_within_1ms(&mut sent),
+        "p50_us": quantile(&all, 0.5), "p90_us": quantile(&all, 0.9),
         "p99_us": quantile(&all, 0.99), "p999_us": quantile(&all, 0.999), "max_us": all[all.len() - 1],
     })
     .to_string())
+}
+
+/// How many tokens the upstream sent within a millisecond of a token (the median over
+/// tokens): how bursty the load a proxy saw was. A proxy that opens its upstream requests
+/// one after another spreads "100 streams started together" out by itself.
+fn sent_within_1ms(stamps: &mut [u64]) -> u64 {
+    stamps.sort_unstable();
+    let mut counts = Vec::with_capacity(stamps.len());
+    let (mut lo, mut hi) = (0, 0);
+    for &at in stamps.iter() {
+        while stamps[lo] + 500_000 < at {
+            lo += 1;
+        }
+        while hi < stamps.len() && stamps[hi] <= at + 500_000 {
+            hi += 1;
+        }
+        counts.push((hi - lo) as u64);
+    }
+    counts.sort_unstable();
+    quantile(&counts, 0.5)
 }
 
 fn quantile(sorted: &[u64], q: f64) -> u64 {
