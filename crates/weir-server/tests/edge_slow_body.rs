@@ -1,6 +1,7 @@
 //! Slow request bodies hold no stream slot: a flood of clients that send their headers and
 //! then a trickle of body sits beside honest requests that all get through, and each slow
-//! one is answered 408 at `body_timeout`, leaving no slot, budget or descriptor behind.
+//! one is answered 408 at `body_timeout`, leaving no slot, budget or descriptor behind. The
+//! bodies being read together hold no more than `request_body_budget`.
 
 mod common;
 
@@ -91,4 +92,72 @@ async fn edge_slow_bodies_beside_honest_streams_all_honest_get_through() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Bodies being read share `request_body_budget`: past it a request is refused at once with
+/// 503 and `Retry-After`, and once the bodies that held it are gone, requests get through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_large_bodies_past_the_request_body_budget_are_refused_at_once() {
+    let mock = start().await;
+    let proxy = start_proxy(
+        "openai",
+        &mock.url("/v1/chat/completions?tokens=3"),
+        "body_timeout = \"1s\"\nmax_request_body = \"64KiB\"\nrequest_body_budget = \"256KiB\"",
+        "",
+    )
+    .await;
+    let head =
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\nauthorization: Bearer key-1\r\n\
+                content-type: application/json\r\ncontent-length: 65536\r\n\r\n{\"model\": ";
+    // Four bodies of the largest size, declared and begun: the whole budget.
+    let mut large = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = tokio::net::TcpStream::connect(proxy.local_addr())
+            .await
+            .unwrap();
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        large.push(tcp);
+    }
+    let refused_at = Instant::now();
+    let refused = loop {
+        let resp = proxy_request(&client(), &proxy.url("/v1/chat/completions"), false)
+            .send()
+            .await
+            .unwrap();
+        // The four may not all have been read up to their body yet.
+        if resp.status() != 200 || refused_at.elapsed() > Duration::from_millis(500) {
+            break resp;
+        }
+    };
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("overloaded"), "{text}");
+    assert!(
+        text.contains("request_body_budget (262144 bytes)"),
+        "{text}"
+    );
+    assert!(
+        refused_at.elapsed() < Duration::from_secs(1),
+        "refused before the large bodies timed out"
+    );
+    for mut tcp in large {
+        let mut answer = Vec::new();
+        tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut answer))
+            .await
+            .expect("answered and closed")
+            .expect("read");
+        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"));
+    }
+    let resp = proxy_request(&client(), &proxy.url("/v1/chat/completions"), false)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the budget came back with the bodies");
+    let (body, err) = read_all(resp).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(openai_tokens(&parse_sse(&body)).len(), 3);
 }

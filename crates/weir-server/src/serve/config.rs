@@ -47,6 +47,10 @@ pub struct ServeConfig {
     /// Largest request body accepted (413 past it).
     #[serde(default = "defaults::max_request_body", deserialize_with = "size")]
     pub max_request_body: u64,
+    /// Bytes all request bodies being read may hold at once, each until its stream has
+    /// started: past it a request is refused with 503 and `Retry-After`.
+    #[serde(default = "defaults::request_body_budget", deserialize_with = "size")]
+    pub request_body_budget: u64,
     /// Keys that open the console (`/_weir/`): `Authorization: Bearer KEY` or `x-api-key`;
     /// none = the console answers only loopback clients.
     #[serde(default)]
@@ -392,6 +396,9 @@ mod defaults {
     pub fn max_request_body() -> u64 {
         1 << 20
     }
+    pub fn request_body_budget() -> u64 {
+        64 << 20
+    }
     pub fn upstream_connections() -> usize {
         4
     }
@@ -505,6 +512,8 @@ pub enum InvalidConfig {
     KeyWithoutCert,
     #[error("send_buffer must be at least {} KiB", MIN_SEND_BUFFER >> 10)]
     SendBuffer,
+    #[error("request_body_budget ({budget} bytes) is under max_request_body ({max} bytes): a body of the largest size could never be read")]
+    RequestBodyBudget { budget: u64, max: u64 },
     /// `at` names the route: `route #1 (/v1/chat/completions)`.
     #[error("{at}: {problem}")]
     Route { at: String, problem: RouteProblem },
@@ -641,6 +650,12 @@ impl ServeConfig {
         self.check_tls()?;
         if self.send_buffer < MIN_SEND_BUFFER {
             return Err(InvalidConfig::SendBuffer);
+        }
+        if self.request_body_budget < self.max_request_body {
+            return Err(InvalidConfig::RequestBodyBudget {
+                budget: self.request_body_budget,
+                max: self.max_request_body,
+            });
         }
         let mut paths = HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
@@ -936,6 +951,20 @@ redact = ["email", "phone", "card", "iban", "ipv4", "secret"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("send_buffer must be at least 16 KiB"), "{err}");
+
+        let small_body_budget = EXAMPLE.replace(
+            "max_streams = 10000",
+            "max_streams = 10000\nmax_request_body = \"2MiB\"\nrequest_body_budget = \"1MiB\"",
+        );
+        let err = ServeConfig::parse(&small_body_budget)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "request_body_budget (1048576 bytes) is under max_request_body (2097152 bytes)"
+            ),
+            "{err}"
+        );
 
         let bad_kind = EXAMPLE.replace("llm_proxy", "ftp_proxy");
         assert!(ServeConfig::parse(&bad_kind)

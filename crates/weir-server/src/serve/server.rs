@@ -36,7 +36,7 @@ use super::export::{self, ExportRoute};
 use super::http1;
 use super::metrics;
 use super::proxy::{self, ProxyRoute};
-use super::request_body::BodyLimits;
+use super::request_body::{BodyBudget, BodyLimits};
 use super::send_queue::{Backlog, BoundedSendQueue};
 use super::shutdown::Shutdown;
 use super::socket_buffer;
@@ -119,6 +119,7 @@ impl Server {
             config.max_streams,
             MemoryBudget::new(config.memory_budget as usize),
         );
+        let body_budget = BodyBudget::new(config.request_body_budget);
         // Before the routes: metric handles made without a recorder would record nothing.
         metrics::install();
         let mut exports = Vec::new();
@@ -150,6 +151,7 @@ impl Server {
                         BodyLimits {
                             max_bytes: config.max_request_body as usize,
                             timeout: config.body_timeout,
+                            budget: body_budget.clone(),
                         },
                         filter,
                     )?);

@@ -41,7 +41,8 @@ const EXAMPLE: &str = r#"CONFIGURATION (weir.toml):
   send_buffer = "64KiB"          # kernel send buffer per client socket
   header_timeout = "10s"         # slowloris guard
   body_timeout = "10s"           # whole request body, read before a stream slot is taken (408)
-  max_request_body = "1MiB"
+  max_request_body = "1MiB"       # one request body (413 past it)
+  request_body_budget = "64MiB"  # all request bodies being read at once; past it: 503 + Retry-After
   shutdown_grace = "10s"         # after SIGTERM/SIGINT: streams finish and pipelines commit within it
   listen_backlog = 4096          # connects queued before accept (capped by net.core.somaxconn)
   admin_keys = ["admin-1"]       # the console: /_weir/, weir top; none = loopback clients only

@@ -136,10 +136,17 @@ impl ProxyRoute {
         let outcome = match e {
             BodyError::TooLarge { .. } => Outcome::RejectedTooLarge,
             BodyError::Timeout { .. } => Outcome::RejectedSlowBody,
+            BodyError::Busy { .. } => Outcome::RejectedBusy,
             _ => Outcome::RejectedInvalid,
         };
-        stats.refuse(outcome, e.status(), e.kind());
-        self.error(e.status(), e.kind(), &e.to_string())
+        stats.refuse(outcome, e.status(), e.reason());
+        let mut response = self.error(e.status(), e.kind(), &e.to_string());
+        if matches!(e, BodyError::Busy { .. }) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 
     fn authorised(&self, headers: &HeaderMap) -> bool {
@@ -185,10 +192,12 @@ pub async fn handle(State(route): State<Arc<ProxyRoute>>, request: Request) -> R
     }
     // The body first: a client still sending it holds no slot and no budget.
     let (parts, body) = request.into_parts();
-    let body = match request_body::read(&parts.headers, body, route.body_limits).await {
-        Ok(body) => body,
-        Err(e) => return route.refuse_body(stats, e),
-    };
+    // The body's share of the request body budget is held until the handler returns.
+    let (body, _body_share) =
+        match request_body::read(&parts.headers, body, &route.body_limits).await {
+            Ok(read) => read,
+            Err(e) => return route.refuse_body(stats, e),
+        };
     if let Err(e) = request_body::check_json_object(&body) {
         return route.refuse_body(stats, e);
     }
