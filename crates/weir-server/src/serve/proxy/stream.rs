@@ -217,21 +217,12 @@ impl Stream for ProxyStream {
             Some(b) if b.is_slow() => 0,
             _ => this.kept_up.saturating_add(1),
         };
-        // A client that has not kept up gets one read at a time, no larger than its socket
-        // takes now (a larger chunk's tail would wait in the heap). A slow reader gets the
-        // smallest: it is one of many held at once, and their larger chunks grew the heap
-        // (9,900 held streams: 92 MiB with 4 KiB reads, 230 MiB with up to 16 KiB).
-        let pace = if this.kept_up >= KEPT_UP {
-            Pace::KeepsUp
-        } else {
-            let kernel_room = match &this.backlog {
-                Some(backlog) if !backlog.held_long() => backlog.kernel_room(),
-                _ => None,
-            };
-            Pace::Slow {
-                kernel_room: kernel_room.unwrap_or(0),
-            }
-        };
+        let backlog = this.backlog.as_ref();
+        let pace = pace(
+            this.kept_up,
+            backlog.is_some_and(Backlog::held_long),
+            || backlog.and_then(Backlog::kernel_room),
+        );
         loop {
             if let Some(grace_over) = &mut this.grace_over {
                 if grace_over.as_mut().poll(cx).is_ready() {
@@ -297,6 +288,22 @@ impl Drop for ProxyStream {
     }
 }
 
+/// How the client takes chunks, after `kept_up` polls in a row that found it keeping up.
+/// A client that has not kept up gets one read at a time, no larger than its socket takes
+/// now (`kernel_room`, asked only then: a larger chunk's tail would wait in the heap). A
+/// slow reader, one that kept a hold on its socket waiting long, gets the smallest: it is
+/// one of many held at once, and their larger chunks grew the heap (9,900 held streams:
+/// 92 MiB with 4 KiB reads, 230 MiB with up to 16 KiB).
+fn pace(kept_up: u32, held_long: bool, kernel_room: impl FnOnce() -> Option<usize>) -> Pace {
+    if kept_up >= KEPT_UP {
+        return Pace::KeepsUp;
+    }
+    let kernel_room = if held_long { None } else { kernel_room() };
+    Pace::Slow {
+        kernel_room: kernel_room.unwrap_or(0),
+    }
+}
+
 /// A chunk waits in hyper's write queue for as long as its client is slow. Each one gets
 /// an allocation of its own, sized in steps of `CHUNK_GRANULE`: the hole a chunk leaves
 /// then fits the next, where chunks of every size would fragment the heap, which grew
@@ -310,6 +317,32 @@ fn settled(out: Vec<u8>) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_client_briefly_behind_reads_what_its_socket_takes() {
+        let asked = &std::cell::Cell::new(0);
+        let room = |bytes| {
+            move || {
+                asked.set(asked.get() + 1);
+                Some(bytes)
+            }
+        };
+        assert_eq!(pace(KEPT_UP, false, room(9000)), Pace::KeepsUp);
+        assert_eq!(pace(KEPT_UP, true, room(9000)), Pace::KeepsUp);
+        assert_eq!(asked.get(), 0, "a client keeping up costs no system call");
+        assert_eq!(
+            pace(KEPT_UP - 1, false, room(9000)),
+            Pace::Slow { kernel_room: 9000 }
+        );
+        assert_eq!(asked.get(), 1);
+        assert_eq!(
+            pace(0, true, room(9000)),
+            Pace::Slow { kernel_room: 0 },
+            "a slow reader gets the smallest read"
+        );
+        assert_eq!(asked.get(), 1, "nor does a slow reader");
+        assert_eq!(pace(0, false, || None), Pace::Slow { kernel_room: 0 });
+    }
 
     #[test]
     fn a_settled_chunk_keeps_its_bytes() {
