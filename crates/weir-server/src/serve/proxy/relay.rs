@@ -550,6 +550,39 @@ mod tests {
     }
 
     #[test]
+    fn an_event_of_a_type_the_protocol_lacks_ends_the_stream_the_same_way_with_or_without_redaction(
+    ) {
+        let unknown = "event: thinking_delta\ndata: {\"text\":\"bob@example.com\"}\n\n";
+        for protocol in [Protocol::Anthropic, Protocol::Openai] {
+            let errors: Vec<String> = [false, true]
+                .map(|redact| {
+                    let mut r = relay(protocol, redact);
+                    let input = stream(protocol, &["mail al"], "") + unknown;
+                    r.feed(input.as_bytes());
+                    assert_eq!(r.ended(), Some(Outcome::UpstreamMalformed));
+                    let out = String::from_utf8(r.take_output().expect("output")).expect("utf-8");
+                    let (before, error) = out
+                        .rsplit_once("\n\n")
+                        .and_then(|(rest, _)| rest.rsplit_once("\n\n"))
+                        .expect("events");
+                    assert!(
+                        before.contains("mail") && before.contains("al"),
+                        "the text before it: {out}"
+                    );
+                    assert!(!out.contains("bob@"), "its data is not forwarded: {out}");
+                    error.to_string()
+                })
+                .into();
+            assert!(
+                errors[0].contains("upstream sent an event of type `thinking_delta`"),
+                "{}",
+                errors[0]
+            );
+            assert_eq!(errors[0], errors[1], "{protocol:?}");
+        }
+    }
+
+    #[test]
     fn text_held_back_is_released_redacted_before_weirs_own_error() {
         let input = stream(Protocol::Anthropic, &["contact bob@example.co"], "");
         let mut r = relay(Protocol::Anthropic, true);

@@ -1,6 +1,7 @@
 //! Anthropic's messages stream: named events, text in `content_block_delta` events of type
 //! `text_delta`, `content_block_stop` ending a block, `message_stop` ending the stream and
-//! `event: error` for a failure.
+//! `event: error` for a failure. An event of another type ends the stream in error: weir
+//! cannot tell whether it carries text that redaction must see.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -32,14 +33,19 @@ impl Dialect for Anthropic {
     fn parse<'a>(&self, event: &'a SseEvent) -> Result<Frame<'a>, FrameError> {
         let name = event.event.as_deref();
         if !matches!(name, Some("content_block_delta" | "content_block_stop")) {
+            let frame = match name {
+                Some("message_stop") => Frame::Terminal,
+                Some("error") => Frame::Error,
+                Some("message_start" | "content_block_start" | "message_delta" | "ping") => {
+                    Frame::Other
+                }
+                // No `event:` line is the type `message` in SSE.
+                _ => return Err(FrameError::unknown_event(name.unwrap_or("message"))),
+            };
             if !event.data.is_empty() {
                 require_json(&event.data)?;
             }
-            return Ok(match name {
-                Some("message_stop") => Frame::Terminal,
-                Some("error") => Frame::Error,
-                _ => Frame::Other,
-            });
+            return Ok(frame);
         }
         let Ok(block_event) = serde_json::from_str::<BlockEvent<'a>>(&event.data) else {
             return require_json(&event.data).map(|()| Frame::Other);
@@ -133,6 +139,22 @@ mod tests {
             "other"
         );
         assert_eq!(frame("ping", ""), "other");
+        for (name, data) in [
+            (
+                "content_block_start",
+                r#"{"type":"content_block_start","index":0}"#,
+            ),
+            ("message_delta", r#"{"type":"message_delta","usage":{}}"#),
+        ] {
+            assert_eq!(frame(name, data), "other");
+        }
+        assert_eq!(
+            frame("thinking_delta", "{}"),
+            "err: upstream sent an event of type `thinking_delta`, which its protocol does not have"
+        );
+        assert!(Anthropic
+            .parse(&event(None, "{}"))
+            .is_err_and(|e| e.to_string().contains("`message`")));
         assert!(frame("ping", "{oops").starts_with("err: "));
         assert!(frame("content_block_delta", "{oops").starts_with("err: "));
     }

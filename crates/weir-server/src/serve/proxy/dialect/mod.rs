@@ -56,6 +56,12 @@ pub enum FrameError {
     },
     #[error("upstream used text block {block}; at most {max} are supported")]
     TooManyBlocks { block: u64, max: u64 },
+    /// Refused rather than forwarded: weir cannot tell whether it carries text to redact.
+    #[error("upstream sent an event of type `{name}`, which its protocol does not have")]
+    UnknownEvent {
+        /// The event's type, its first 64 characters.
+        name: String,
+    },
     #[error("cannot re-encode an upstream event: {0}")]
     Encode(#[from] weir_stages::codec::sse::SseEncodeError),
 }
@@ -78,6 +84,14 @@ pub trait Dialect: Send + Sync + 'static {
 
     /// The request header carrying the upstream key, and its value.
     fn key_header(&self, key: &str) -> (&'static str, String);
+}
+
+impl FrameError {
+    fn unknown_event(name: &str) -> Self {
+        FrameError::UnknownEvent {
+            name: name.chars().take(64).collect(),
+        }
+    }
 }
 
 impl Protocol {

@@ -1,6 +1,7 @@
 //! OpenAI's chat completions stream: `data:` lines of `chat.completion.chunk` JSON, text in
 //! `choices[0].delta.content`, `finish_reason` ending a choice, `[DONE]` ending the stream,
-//! and `{"error": …}` for a failure.
+//! and `{"error": …}` for a failure. A named event ends the stream in error: weir cannot
+//! tell whether it carries text that redaction must see.
 
 use std::ops::Range;
 
@@ -67,6 +68,10 @@ struct Delta<'a> {
 
 impl Dialect for Openai {
     fn parse<'a>(&self, event: &'a SseEvent) -> Result<Frame<'a>, FrameError> {
+        // Chat completion chunks come unnamed, which is the type `message` in SSE.
+        if let Some(name) = event.event.as_deref().filter(|&n| n != "message") {
+            return Err(FrameError::unknown_event(name));
+        }
         if event.data == "[DONE]" {
             return Ok(Frame::Terminal);
         }
