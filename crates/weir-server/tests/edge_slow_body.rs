@@ -9,8 +9,30 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const SLOW: usize = 200;
+
+/// `n` connections that sent `head` and stop there, in the middle of their bodies.
+async fn begun_bodies(addr: std::net::SocketAddr, head: &str, n: usize) -> Vec<TcpStream> {
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        conns.push(tcp);
+    }
+    conns
+}
+
+/// What the server answered before closing the connection.
+async fn answer(mut tcp: TcpStream) -> String {
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
 
 fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
@@ -29,14 +51,7 @@ async fn edge_slow_bodies_beside_honest_streams_all_honest_get_through() {
     let head =
         "POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\nauthorization: Bearer key-1\r\n\
                 content-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"model\": ";
-    let mut slow = Vec::new();
-    for _ in 0..SLOW {
-        let mut tcp = tokio::net::TcpStream::connect(proxy.local_addr())
-            .await
-            .unwrap();
-        tcp.write_all(head.as_bytes()).await.unwrap();
-        slow.push(tcp);
-    }
+    let slow = begun_bodies(proxy.local_addr(), head, SLOW).await;
     let flood_started = Instant::now();
 
     // Twice the slots, four at a time: each must be admitted while the flood waits.
@@ -60,13 +75,8 @@ async fn edge_slow_bodies_beside_honest_streams_all_honest_get_through() {
 
     // Each slow connection is two descriptors here: the client's and the server's.
     let fds_with_flood = open_descriptors();
-    for mut tcp in slow {
-        let mut answer = Vec::new();
-        tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut answer))
-            .await
-            .expect("answered and closed")
-            .expect("read");
-        let answer = String::from_utf8_lossy(&answer);
+    for tcp in slow {
+        let answer = answer(tcp).await;
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
         assert!(answer.contains("body_timeout"), "{answer}");
     }
@@ -110,14 +120,7 @@ async fn edge_large_bodies_past_the_request_body_budget_are_refused_at_once() {
         "POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\nauthorization: Bearer key-1\r\n\
                 content-type: application/json\r\ncontent-length: 65536\r\n\r\n{\"model\": ";
     // Four bodies of the largest size, declared and begun: the whole budget.
-    let mut large = Vec::new();
-    for _ in 0..4 {
-        let mut tcp = tokio::net::TcpStream::connect(proxy.local_addr())
-            .await
-            .unwrap();
-        tcp.write_all(head.as_bytes()).await.unwrap();
-        large.push(tcp);
-    }
+    let large = begun_bodies(proxy.local_addr(), head, 4).await;
     let refused_at = Instant::now();
     let refused = loop {
         let resp = proxy_request(&client(), &proxy.url("/v1/chat/completions"), false)
@@ -144,13 +147,9 @@ async fn edge_large_bodies_past_the_request_body_budget_are_refused_at_once() {
         refused_at.elapsed() < Duration::from_secs(1),
         "refused before the large bodies timed out"
     );
-    for mut tcp in large {
-        let mut answer = Vec::new();
-        tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut answer))
-            .await
-            .expect("answered and closed")
-            .expect("read");
-        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"));
+    for tcp in large {
+        let answer = answer(tcp).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     }
     let resp = proxy_request(&client(), &proxy.url("/v1/chat/completions"), false)
         .send()

@@ -135,14 +135,18 @@ async fn stalled_client(addr: SocketAddr, recv_buffer: Option<u32>) -> TcpStream
     tcp
 }
 
-/// The mock sending 16-byte tokens as fast as it can, and weir in front of it.
-async fn weir_before_an_endless_upstream() -> (RunningMockLlm, tempfile::TempDir, Serve, SocketAddr)
-{
+/// The mock sending `tokens` 16-byte tokens (0: without end) as fast as it can, and weir in
+/// front of it.
+async fn weir_before_the_mock(
+    tokens: u32,
+) -> (RunningMockLlm, tempfile::TempDir, Serve, SocketAddr) {
     let mock = MockLlm::bind("127.0.0.1:0".parse().unwrap(), MockLlmConfig::default())
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let upstream = mock.url("/v1/chat/completions?tokens=0&rate=0&token_size=16");
+    let upstream = mock.url(&format!(
+        "/v1/chat/completions?tokens={tokens}&rate=0&token_size=16"
+    ));
     let (serve, addr) = start_weir(&upstream, dir.path()).await;
     (mock, dir, serve, addr)
 }
@@ -167,7 +171,7 @@ async fn until_upstream_pauses(mock: &RunningMockLlm) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_stop_reading_pause_the_upstream_and_rss_stays_flat() {
-    let (mock, _dir, serve, addr) = weir_before_an_endless_upstream().await;
+    let (mock, _dir, serve, addr) = weir_before_the_mock(0).await;
     let pid = serve.0.id();
     // RSS with one stream open: what the first request sets up once is not per stream.
     let mut clients = vec![stalled_client(addr, Some(4096)).await];
@@ -231,7 +235,7 @@ async fn clients_that_stop_reading_pause_the_upstream_and_rss_stays_flat() {
 /// cuts its writes to the room left, so none does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_send_queues_stay_within_the_send_buffer() {
-    let (_mock, _dir, serve, addr) = weir_before_an_endless_upstream().await;
+    let (_mock, _dir, serve, addr) = weir_before_the_mock(0).await;
     let mut readers = Vec::new();
     for _ in 0..CLIENTS {
         let mut tcp = stalled_client(addr, None).await;
@@ -292,7 +296,7 @@ async fn counter(addr: SocketAddr, name: &str) -> u64 {
 /// held for the kernel's room).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_clients_chunks_wait_in_the_kernel_not_in_weirs_heap() {
-    let (_mock, _dir, serve, addr) = weir_before_an_endless_upstream().await;
+    let (_mock, _dir, serve, addr) = weir_before_the_mock(0).await;
     let mut client = ask_for_a_stream(addr, Some(4096)).await;
     let port = client.local_addr().unwrap().port();
     let (mut read, mut most_in_weir, mut filled) = (0, 0, 0);
@@ -329,15 +333,10 @@ async fn a_slow_clients_chunks_wait_in_the_kernel_not_in_weirs_heap() {
 /// the stream ends and lets go of its upstream and buffers while the kernel delivers the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_response_ends_its_stream_before_a_slow_client_reads_it() {
-    let mock = MockLlm::bind("127.0.0.1:0".parse().unwrap(), MockLlmConfig::default())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    // 53 KB: the client's window takes about 9 KB, and the last chunk takes the send queue
-    // past the two thirds of its 64 KiB at which the kernel stops reporting it writable
-    // (a chunk before the last held there would keep the rest in the upstream, rightly).
-    let upstream = mock.url("/v1/chat/completions?tokens=265&rate=0&token_size=16");
-    let (serve, addr) = start_weir(&upstream, dir.path()).await;
+    // 265 tokens, 53 KB: the client's window takes about 9 KB, and the last chunk takes the
+    // send queue past the two thirds of its 64 KiB at which the kernel stops reporting it
+    // writable (a chunk before the last held there would keep the rest upstream, rightly).
+    let (_mock, _dir, serve, addr) = weir_before_the_mock(265).await;
     let mut client = ask_for_a_stream(addr, Some(4096)).await;
     let port = client.local_addr().unwrap().port();
     let started = Instant::now();
