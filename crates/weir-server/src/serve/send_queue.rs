@@ -218,26 +218,17 @@ impl BoundedSendQueue {
 
     /// Ready with the room in the queue once there is some (for a write of `want` bytes).
     fn poll_room(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.tcp.poll_write_ready(cx))?;
-            let room = self.limit.saturating_sub(self.queued()?);
-            if room > 0 {
-                return Poll::Ready(Ok(room));
-            }
-            // Full: drop tokio's stale readiness, then ask the kernel, which (when full
-            // too) notes that a writer waits and reports the space that frees.
-            let _ = self.tcp.try_io(Interest::WRITABLE, || {
-                Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
-            });
-            if kernel_writable(&self.tcp)? {
-                // Only with a SO_SNDBUF above the limit; the kernel's word goes then.
-                return Poll::Ready(Ok(want));
-            }
+        let room = self.limit.saturating_sub(self.queued()?);
+        if room > 0 {
+            return Poll::Ready(Ok(room));
         }
+        ready!(self.poll_kernel_writable(cx))?;
+        let room = self.limit.saturating_sub(self.queued()?);
+        // Full by our count while the kernel takes more only with a SO_SNDBUF above the
+        // limit; the kernel's word goes then.
+        Poll::Ready(Ok(if room > 0 { room } else { want }))
     }
-}
 
-impl BoundedSendQueue {
     /// Ready once the kernel reports the socket writable (by its own count, a third of
     /// SO_SNDBUF free or more): a body held for a slow connection then makes its next
     /// chunk, sized to what the kernel takes, so that none of it waits in the heap.
@@ -443,6 +434,33 @@ mod tests {
         let mut all = Vec::new();
         client.read_to_end(&mut all).await.unwrap();
         assert!(all == expected, "the bytes arrived out of order");
+    }
+
+    /// A full count with a kernel that still takes bytes: the write goes on. Before, the
+    /// look dropped tokio's readiness first, and a kernel with room sends no edge to
+    /// restore it, so the write waited for good (the console's state stalled so).
+    #[tokio::test]
+    async fn a_write_past_a_full_count_is_not_left_waiting_when_the_kernel_takes_it() {
+        let (_client, server) = connected_with_receive_buffer(4096).await;
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(socket_buffer::request_for(16 * LIMIT))
+            .unwrap();
+        let mut socket = BoundedSendQueue::new(server, LIMIT, Backlog::default());
+        let chunk = [7u8; 1000];
+        let mut sent = 0;
+        while sent < 2 * LIMIT as usize {
+            let Some(written) = socket.write(&chunk).now_or_never() else {
+                panic!(
+                    "a write waited while the kernel had room ({sent} B sent, {} queued)",
+                    queued(&socket.tcp).unwrap()
+                );
+            };
+            sent += written.unwrap();
+        }
+        assert!(
+            queued(&socket.tcp).unwrap() >= LIMIT as usize,
+            "never full by count"
+        );
     }
 
     #[tokio::test]
