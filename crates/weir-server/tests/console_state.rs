@@ -13,28 +13,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use weir_server::serve::{RunningServer, ServeConfig, Server};
 
-/// The console's state. A state response that stalls past 3 s is asked for once more on a
-/// fresh connection: these tests are about what the state says, and such a stall (seen about
-/// once in 12 runs of this file at 8 tests at once) is chased on its own.
 async fn state(server: &RunningServer, key: Option<&str>) -> (u16, Value) {
-    let ask = || async {
-        let mut request = client()
-            .get(server.url("/_weir/state"))
-            .timeout(Duration::from_secs(3));
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
-        }
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        Ok::<_, reqwest::Error>((status, response.json().await?))
-    };
-    match ask().await {
-        Ok(state) => state,
-        Err(e) => {
-            eprintln!("GET /_weir/state stalled ({e}): asking again");
-            ask().await.expect("GET /_weir/state")
-        }
+    let mut request = client().get(server.url("/_weir/state"));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
     }
+    let response = request.send().await.expect("GET /_weir/state");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON"))
 }
 
 /// Polls the state until `pick` finds what it looks for; panics with the last state at the deadline.
