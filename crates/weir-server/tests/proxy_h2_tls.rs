@@ -2,7 +2,8 @@
 //! loopback, with a CA and a server certificate made at test time. Over HTTP/2 a stream
 //! the client does not read holds a bounded number of bytes in weir while another stream
 //! on the same connection completes; past `max_streams` a stream gets 503, past the
-//! connection's 100 streams REFUSED_STREAM; a stop ends the streams as over HTTP/1.1;
+//! connection's 100 streams REFUSED_STREAM; a stop ends the streams as over HTTP/1.1; a
+//! stream its client gives no window is cut off at `client_stall_timeout`;
 //! WebSockets upgrade over TLS with HTTP/1.1; the official OpenAI and Anthropic SDKs
 //! stream over https.
 
@@ -969,4 +970,39 @@ async fn proxy_h2_websockets_work_over_tls_with_http1_and_publishes_over_http2()
         }
     };
     assert_eq!(text, "{\"n\":1}");
+}
+
+/// A client that gives a stream no window is cut off at `client_stall_timeout`, as one
+/// that reads nothing over HTTP/1.1 is: over HTTP/2 its socket never fills (nothing is
+/// sent), so the connection's task watches its streams' bodies and closes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_h2_a_stream_given_no_window_is_cut_off_at_the_stall_timeout() {
+    let pki = pki();
+    let mock = start().await;
+    let upstream = mock.url("/v1/chat/completions?tokens=0&rate=50");
+    let server = start_tls(
+        &pki,
+        "",
+        &route(CHAT, &upstream, "client_stall_timeout = \"1s\""),
+    )
+    .await;
+    let (mut send, driver, _) = h2_connect(&pki, &server, 0, 1 << 20).await;
+    let response = h2_post(&mut send, &server.url(CHAT)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(server.admission().open_streams(), 1);
+    let started = Instant::now();
+    tokio::time::timeout(DEADLINE, driver)
+        .await
+        .expect("the connection was closed")
+        .expect("the client's connection task");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed before the stall timeout: {waited:?}"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while server.admission().open_streams() > 0 {
+        assert!(Instant::now() < deadline, "the stream kept its slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -21,6 +21,7 @@ pub mod stream_stats;
 pub mod tail;
 mod tls;
 pub mod topic;
+mod window_stall;
 pub(crate) mod ws;
 
 pub use config::{

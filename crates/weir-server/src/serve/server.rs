@@ -5,6 +5,8 @@
 //! HTTP/2 hyper pulls a response body only as the client's stream window and a small send
 //! buffer allow, so the window is each stream's budget on the client side.
 
+use futures::TryFutureExt;
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -44,6 +46,7 @@ use super::stall::{StallGuard, StallLimit};
 use super::tail;
 use super::tls;
 use super::topic;
+use super::window_stall::WindowWaits;
 
 /// hyper's smallest allowed connection buffer (it panics below); also caps the request head.
 const WRITE_BUFFER: usize = 8 * 1024;
@@ -384,12 +387,32 @@ impl PerConnection {
     ) -> impl Service<
         Request<Incoming>,
         Response = axum::response::Response,
-        Error = std::convert::Infallible,
+        Error = Infallible,
         Future = RouterCall,
     > + Send {
         service_fn(move |mut req: Request<Incoming>| {
             self.prepare(&mut req);
             self.router.clone().oneshot(req)
+        })
+    }
+
+    /// Serves an HTTP/2 connection's requests, each response body watched by `waits`.
+    fn h2_service(
+        self,
+        waits: WindowWaits,
+    ) -> impl Service<
+        Request<Incoming>,
+        Response = axum::response::Response,
+        Error = Infallible,
+        Future = impl Future<Output = Result<axum::response::Response, Infallible>> + Send,
+    > + Send {
+        service_fn(move |mut req: Request<Incoming>| {
+            self.prepare(&mut req);
+            let waits = waits.clone();
+            self.router
+                .clone()
+                .oneshot(req)
+                .map_ok(move |response| response.map(|body| waits.watch(body)))
         })
     }
 
@@ -446,7 +469,9 @@ async fn serve_tls(
     per_connection.backlog = None;
     let asked = Arc::new(AtomicBool::new(false));
     per_connection.asked = Some(Arc::clone(&asked));
-    let conn = http2.serve_connection(TokioIo::new(tls), per_connection.service());
+    let (waits, limit) = (WindowWaits::new(), per_connection.limit.clone());
+    let service = per_connection.h2_service(waits.clone());
+    let conn = http2.serve_connection(TokioIo::new(tls), service);
     // hyper's header_read_timeout is HTTP/1's: a client that opens no stream within
     // header_timeout is sent GOAWAY here.
     let silent = async move {
@@ -460,6 +485,11 @@ async fn serve_tls(
         _ = conn.as_mut() => return,
         _ = silent => {}
         _ = draining.cancelled() => {}
+        _ = waits.first_stall(&limit) => {
+            let limit = limit.get().as_millis();
+            tracing::info!(%peer, "an HTTP/2 stream got no window for {limit} ms: connection closed");
+            return;
+        }
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;

@@ -29,7 +29,7 @@ impl StallLimit {
         self.0.store(limit.as_millis() as u64, Ordering::Relaxed);
     }
 
-    fn get(&self) -> Duration {
+    pub fn get(&self) -> Duration {
         Duration::from_millis(self.0.load(Ordering::Relaxed))
     }
 }
