@@ -64,7 +64,7 @@ const EXAMPLE: &str = r#"CONFIGURATION (weir.toml):
   connect_timeout = "5s"
   first_byte_timeout = "60s"     # upstream response headers (504 past it)
   idle_timeout = "60s"           # gap between upstream frames
-  client_stall_timeout = "60s"   # a client taking no bytes is cut off
+  client_stall_timeout = "60s"   # a client taking no bytes is cut off (HTTP/2: no window)
   keepalive = "15s"              # ': keep-alive' comments while upstream is silent
 
   [[route]]
