@@ -469,7 +469,7 @@ async fn serve_tls(
     per_connection.backlog = None;
     let asked = Arc::new(AtomicBool::new(false));
     per_connection.asked = Some(Arc::clone(&asked));
-    let (waits, limit) = (WindowWaits::new(), per_connection.limit.clone());
+    let (waits, limit) = (WindowWaits::new(peer), per_connection.limit.clone());
     let service = per_connection.h2_service(waits.clone());
     let conn = http2.serve_connection(TokioIo::new(tls), service);
     // hyper's header_read_timeout is HTTP/1's: a client that opens no stream within
@@ -485,14 +485,13 @@ async fn serve_tls(
         _ = conn.as_mut() => return,
         _ = silent => {}
         _ = draining.cancelled() => {}
-        _ = waits.first_stall(&limit) => {
-            let limit = limit.get().as_millis();
-            tracing::info!(%peer, "an HTTP/2 stream got no window for {limit} ms: connection closed");
-            return;
-        }
+        never = waits.cut_stalled(&limit) => match never {},
     }
     conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+    tokio::select! {
+        _ = conn => {}
+        never = waits.cut_stalled(&limit) => match never {},
+    }
 }
 
 /// Serves `conn` to its end; once `draining` is cancelled, lets it finish the request it

@@ -1,16 +1,20 @@
-//! Cuts off an HTTP/2 client that gives one of its streams no window for too long.
+//! Cuts off an HTTP/2 stream whose client gives it no window for too long.
 //!
 //! hyper polls a stream's response body again only once the client has given the stream
 //! window for the last chunk, so the body of a stream its client stopped reading is never
 //! polled and cannot notice; nor does the connection's socket fill, since nothing is sent.
-//! Each response body of the connection records when it handed a chunk that hyper has not
-//! come back after, and the connection's task closes the connection once one has waited
-//! past the stall limit: hyper gives weir no way to reset the one stream. Without this, a
-//! client whose SETTINGS open streams with no window holds their slots for ever.
+//! Each response body of the connection records since when hyper has not come back to it,
+//! and the connection's task drops the body of one that has waited past the stall limit:
+//! its upstream, buffer and slot go at once, the connection's other streams go on, and
+//! hyper resets the stream if its client ever gives it window. Without this, a client
+//! whose SETTINGS open streams with no window holds their slots for ever.
 
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -31,83 +35,106 @@ const PRUNE_AT: usize = 256;
 pub struct WindowWaits(Arc<Waits>);
 
 struct Waits {
-    streams: Mutex<Vec<Weak<Waiting>>>,
+    streams: Mutex<Vec<Weak<Watch>>>,
     opened: Notify,
     epoch: Instant,
+    peer: SocketAddr,
 }
 
-/// Since when hyper has not come back to the stream's body after it handed a chunk, or
-/// after it was made (milliseconds since the connection's epoch, plus one); 0 while not.
-#[derive(Default)]
-struct Waiting(AtomicU64);
+/// One stream's response body, taken away when the stream is cut off.
+struct Watch {
+    /// Since when hyper has not come back to the body after it handed a chunk, or after
+    /// it was made (milliseconds since the connection's epoch, plus one); 0 while not.
+    waiting: AtomicU64,
+    body: Mutex<Option<Body>>,
+}
+
+impl Watch {
+    fn body(&self) -> MutexGuard<'_, Option<Body>> {
+        self.body.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 impl WindowWaits {
-    pub fn new() -> Self {
+    pub fn new(peer: SocketAddr) -> Self {
         WindowWaits(Arc::new(Waits {
             streams: Mutex::new(Vec::new()),
             opened: Notify::new(),
             epoch: Instant::now(),
+            peer,
         }))
     }
 
     /// `body`, recording how long it waits for the client's window. It waits from the
     /// start: hyper polls a body first only once its stream has window.
     pub fn watch(&self, body: Body) -> Body {
-        let waiting = Arc::new(Waiting(AtomicU64::new(self.since())));
+        let watch = Arc::new(Watch {
+            waiting: AtomicU64::new(since(self.0.epoch)),
+            body: Mutex::new(Some(body)),
+        });
         let mut streams = self.streams();
         // Finished streams are let go here too: between scans, a busy connection could
         // make thousands.
         if streams.len() >= PRUNE_AT {
             streams.retain(|w| w.strong_count() > 0);
         }
-        streams.push(Arc::downgrade(&waiting));
+        streams.push(Arc::downgrade(&watch));
         drop(streams);
         self.0.opened.notify_one();
         Body::new(Watched {
-            inner: body,
-            waiting,
+            watch,
             epoch: self.0.epoch,
         })
     }
 
-    fn since(&self) -> u64 {
-        since(self.0.epoch)
-    }
-
-    /// Completes once a stream has waited for its client's window past `limit` (checked
-    /// at least every half limit: it is noticed within one and a half).
-    pub async fn first_stall(&self, limit: &StallLimit) {
+    /// Runs for the connection's life, cutting off each stream that has waited for its
+    /// client's window past `limit` (checked at least every half limit: a stream is cut
+    /// within one and a half).
+    pub async fn cut_stalled(&self, limit: &StallLimit) -> Infallible {
         loop {
-            let (open, oldest) = self.scan();
+            let limit = limit.get().max(Duration::from_millis(1));
+            let (open, oldest) = self.cut(limit);
             if open == 0 {
                 self.0.opened.notified().await;
                 continue;
             }
-            let limit = limit.get().max(Duration::from_millis(1));
-            let check = match oldest {
-                Some(since) if since.elapsed() >= limit => return,
-                Some(since) => (since + limit).min(Instant::now() + limit / 2),
-                None => Instant::now() + limit / 2,
-            };
+            let half = Instant::now() + limit / 2;
+            let check = oldest.map_or(half, |since| (since + limit).min(half));
             tokio::time::sleep_until(check).await;
         }
     }
 
-    /// Streams still open, and when the one waiting longest began to wait.
-    fn scan(&self) -> (usize, Option<Instant>) {
+    /// Drops the bodies that have waited past `limit`; the streams still open, and since
+    /// when the one of them waiting longest has waited.
+    fn cut(&self, limit: Duration) -> (usize, Option<Instant>) {
+        let mut cut = Vec::new();
+        let mut oldest = None::<Instant>;
         let mut streams = self.streams();
         streams.retain(|w| w.strong_count() > 0);
-        let oldest = streams
-            .iter()
-            .filter_map(Weak::upgrade)
-            .map(|w| w.0.load(Ordering::Relaxed))
-            .filter(|&at| at > 0)
-            .min()
-            .map(|at| self.0.epoch + Duration::from_millis(at - 1));
-        (streams.len(), oldest)
+        for watch in streams.iter().filter_map(Weak::upgrade) {
+            let at = watch.waiting.load(Ordering::Relaxed);
+            if at == 0 {
+                continue;
+            }
+            let since = self.0.epoch + Duration::from_millis(at - 1);
+            if since.elapsed() < limit {
+                oldest = Some(oldest.map_or(since, |o| o.min(since)));
+            } else if let Some(body) = watch.body().take() {
+                cut.push(body);
+            }
+        }
+        let open = streams.len();
+        drop(streams);
+        if !cut.is_empty() {
+            let (peer, ms) = (self.0.peer, limit.as_millis());
+            tracing::info!(%peer, streams = cut.len(), "HTTP/2 streams got no window for {ms} ms: cut off");
+        }
+        // Dropped here, with no lock held: a body lets go of its upstream and its slot.
+        drop(cut);
+        (open, oldest)
     }
 
-    fn streams(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Waiting>>> {
+    fn streams(&self) -> MutexGuard<'_, Vec<Weak<Watch>>> {
         self.0
             .streams
             .lock()
@@ -115,15 +142,14 @@ impl WindowWaits {
     }
 }
 
-/// Now, as a `Waiting` value: milliseconds since `epoch`, plus one.
+/// Now, as a `Watch::waiting` value.
 fn since(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64 + 1
 }
 
 /// A response body that records when it hands out data and when hyper comes back for more.
 struct Watched {
-    inner: Body,
-    waiting: Arc<Waiting>,
+    watch: Arc<Watch>,
     epoch: Instant,
 }
 
@@ -132,66 +158,138 @@ impl hyper::body::Body for Watched {
     type Error = axum::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        self.waiting.0.store(0, Ordering::Relaxed);
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        self.watch.waiting.store(0, Ordering::Relaxed);
+        let mut body = self.watch.body();
+        let Some(inner) = body.as_mut() else {
+            let why = "the client gave this stream no window for too long";
+            return Poll::Ready(Some(Err(axum::Error::new(io::Error::new(
+                io::ErrorKind::TimedOut,
+                why,
+            )))));
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
         if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
             if data.is_some_and(|d| !d.is_empty()) {
-                self.waiting.0.store(since(self.epoch), Ordering::Relaxed);
+                self.watch
+                    .waiting
+                    .store(since(self.epoch), Ordering::Relaxed);
             }
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.watch
+            .body()
+            .as_ref()
+            .is_some_and(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.watch
+            .body()
+            .as_ref()
+            .map_or_else(SizeHint::default, |b| b.size_hint())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::FutureExt;
+    use futures::{FutureExt, StreamExt};
     use http_body_util::BodyExt;
+    use tokio::sync::oneshot::{self, error::TryRecvError};
+
+    fn waits() -> WindowWaits {
+        WindowWaits::new("127.0.0.1:1".parse().unwrap())
+    }
+
+    /// A body of `chunks` whose dropping `dropped` sees.
+    fn body(chunks: &'static [&'static str]) -> (Body, oneshot::Receiver<()>) {
+        let (tx, dropped) = oneshot::channel::<()>();
+        let stream =
+            futures::stream::iter(chunks.iter().map(|s| Ok::<_, io::Error>(Bytes::from(*s))));
+        let body = Body::from_stream(stream.map(move |chunk| {
+            let _held = &tx;
+            chunk
+        }));
+        (body, dropped)
+    }
 
     #[tokio::test(start_paused = true)]
-    async fn a_body_that_hyper_does_not_come_back_to_is_a_stall_past_the_limit() {
-        let waits = WindowWaits::new();
+    async fn a_body_that_hyper_does_not_come_back_to_is_dropped_past_the_limit() {
+        let waits = waits();
         let limit = StallLimit::new(Duration::from_secs(10));
-        let mut body = waits.watch(Body::from_stream(futures::stream::iter(
-            ["a", "b"].map(|s| Ok::<_, std::io::Error>(Bytes::from(s))),
-        )));
-        assert!(waits.first_stall(&limit).now_or_never().is_none());
-        // hyper takes one chunk and comes back 9 s later: no stall.
+        let cutter = tokio::spawn({
+            let waits = waits.clone();
+            let limit = limit.clone();
+            async move { waits.cut_stalled(&limit).await }
+        });
+        let (mut body, mut dropped) = body(&["a", "b", "c"]);
+        body = waits.watch(body);
+        // hyper takes one chunk and comes back 9 s later: not cut.
         body.frame().await.unwrap().unwrap();
         tokio::time::advance(Duration::from_secs(9)).await;
         body.frame().await.unwrap().unwrap();
-        let stall = tokio::time::timeout(Duration::from_secs(9), waits.first_stall(&limit)).await;
-        assert!(stall.is_err(), "9 s of waiting is under the limit");
+        tokio::time::advance(Duration::from_secs(9)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(
+            dropped.try_recv(),
+            Err(TryRecvError::Empty),
+            "9 s of waiting is under the limit"
+        );
         // The second chunk has now waited 9 s; 1 s more is the limit.
         let started = Instant::now();
-        waits.first_stall(&limit).await;
+        tokio::time::timeout(Duration::from_secs(60), &mut dropped)
+            .await
+            .expect("the stalled body was not dropped")
+            .unwrap_err();
         assert!(
             started.elapsed() <= Duration::from_secs(6),
             "{:?}",
             started.elapsed()
         );
-        drop(body);
-        let unpolled = waits.watch(Body::empty());
+        let err = body.frame().await.expect("a frame").unwrap_err();
+        assert!(err.to_string().contains("no window"), "{err}");
+        cutter.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_hyper_never_polled_is_dropped_past_the_limit_and_others_are_not() {
+        let waits = waits();
+        let limit = StallLimit::new(Duration::from_secs(10));
+        let (never, mut never_dropped) = body(&["a"]);
+        let _never = waits.watch(never);
+        let (busy, mut busy_dropped) = body(&["a", "b", "c", "d", "e"]);
+        let mut busy = waits.watch(busy);
+        let cutter = tokio::spawn({
+            let (waits, limit) = (waits.clone(), limit.clone());
+            async move { waits.cut_stalled(&limit).await }
+        });
         let started = Instant::now();
-        waits.first_stall(&limit).await;
-        assert!(
-            started.elapsed() >= limit.get(),
-            "a body hyper never polled stalled early: {:?}",
-            started.elapsed()
+        for _ in 0..4 {
+            tokio::time::advance(Duration::from_secs(3)).await;
+            busy.frame().await.unwrap().unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(60), &mut never_dropped)
+            .await
+            .expect("the body hyper never polled was not dropped")
+            .unwrap_err();
+        assert!(started.elapsed() >= limit.get(), "{:?}", started.elapsed());
+        assert_eq!(
+            busy_dropped.try_recv(),
+            Err(TryRecvError::Empty),
+            "a stream hyper keeps polling was cut"
         );
-        drop(unpolled);
+        cutter.abort();
+    }
+
+    #[test]
+    fn finished_streams_are_let_go_of() {
+        let waits = waits();
         for _ in 0..10 * PRUNE_AT {
             drop(waits.watch(Body::empty()));
         }
@@ -199,11 +297,10 @@ mod tests {
             waits.streams().len() <= PRUNE_AT,
             "finished streams were kept"
         );
-        assert!(
-            tokio::time::timeout(Duration::from_secs(60), waits.first_stall(&limit))
-                .await
-                .is_err(),
-            "a finished stream is not watched"
-        );
+        assert!(waits
+            .cut_stalled(&StallLimit::new(Duration::from_secs(1)))
+            .now_or_never()
+            .is_none());
+        assert!(waits.streams().is_empty());
     }
 }
