@@ -436,9 +436,9 @@ mod tests {
         assert!(all == expected, "the bytes arrived out of order");
     }
 
-    /// A full count with a kernel that still takes bytes: the write goes on. Before, the
-    /// look dropped tokio's readiness first, and a kernel with room sends no edge to
-    /// restore it, so the write waited for good (the console's state stalled so).
+    /// A full count with a kernel that still takes bytes: the write goes on. Asking the
+    /// kernel must not cost tokio's readiness, which a kernel with room sends no edge to
+    /// restore.
     #[tokio::test]
     async fn a_write_past_a_full_count_is_not_left_waiting_when_the_kernel_takes_it() {
         let (_client, server) = connected_with_receive_buffer(4096).await;
