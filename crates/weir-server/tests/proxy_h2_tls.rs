@@ -974,7 +974,8 @@ async fn proxy_h2_websockets_work_over_tls_with_http1_and_publishes_over_http2()
 
 /// A stream its client gives no window is cut off at `client_stall_timeout`, as a client
 /// that reads nothing is over HTTP/1.1: over HTTP/2 nothing is sent, so its socket never
-/// fills. Its slot is let go; the connection and its other streams go on.
+/// fills. Its slot is let go; the connection and its other streams go on; once the client
+/// gives the stream window, it is reset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_h2_a_stream_given_no_window_is_cut_off_at_the_stall_timeout() {
     let pki = pki();
@@ -986,7 +987,25 @@ async fn proxy_h2_a_stream_given_no_window_is_cut_off_at_the_stall_timeout() {
         &route(CHAT, &upstream, "client_stall_timeout = \"1s\""),
     )
     .await;
-    let (mut send, driver, _) = h2_connect(&pki, &server, 0, 1 << 20).await;
+    let tls = pki.connect(&server, &[b"h2", b"http/1.1"], b"h2").await;
+    let (mut send, mut conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .expect("h2 handshake");
+    // The connection's task, which gives every stream a window when told to.
+    let (open, opened) = tokio::sync::oneshot::channel::<u32>();
+    let mut opened = Some(opened);
+    let driver = tokio::spawn(std::future::poll_fn(move |cx| {
+        if let Some(told) = opened.as_mut() {
+            if let std::task::Poll::Ready(window) = std::pin::Pin::new(told).poll(cx) {
+                opened = None;
+                conn.set_initial_window_size(window.expect("told"))
+                    .expect("SETTINGS");
+            }
+        }
+        std::pin::Pin::new(&mut conn).poll(cx)
+    }));
     let response = h2_post(&mut send, &server.url(CHAT)).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(server.admission().open_streams(), 1);
@@ -1006,5 +1025,11 @@ async fn proxy_h2_a_stream_given_no_window_is_cut_off_at_the_stall_timeout() {
         .expect("the connection took no new stream");
     assert_eq!(next.status(), StatusCode::OK);
     assert!(!driver.is_finished(), "the connection was closed");
-    drop(response);
+    open.send(65_535).expect("the connection's task");
+    let mut body = response.into_body();
+    let read = tokio::time::timeout(DEADLINE, body.data())
+        .await
+        .expect("the cut stream was not reset once it had window");
+    let err = read.expect("an end").expect_err("data from a cut stream");
+    assert_eq!(err.reason(), Some(h2::Reason::INTERNAL_ERROR), "{err}");
 }
