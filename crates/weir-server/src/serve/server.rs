@@ -5,7 +5,6 @@
 //! HTTP/2 hyper pulls a response body only as the client's stream window and a small send
 //! buffer allow, so the window is each stream's budget on the client side.
 
-use futures::TryFutureExt;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -18,6 +17,7 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, Request};
 use axum::routing::{get, post};
 use axum::Router;
+use futures::TryFutureExt;
 use hyper::body::Incoming;
 use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
