@@ -3,11 +3,12 @@
 //! hyper polls a stream's response body again only once the client has given the stream
 //! window for the last chunk, so the body of a stream its client stopped reading is never
 //! polled and cannot notice; nor does the connection's socket fill, since nothing is sent.
-//! Each response body of the connection records since when hyper has not come back to it,
-//! and the connection's task drops the body of one that has waited past the stall limit:
-//! its upstream, buffer and slot go at once, the connection's other streams go on, and
-//! hyper resets the stream if its client ever gives it window. Without this, a client
-//! whose SETTINGS open streams with no window holds their slots for ever.
+//! Each response body of the connection marks when hyper has not come back to it, the
+//! connection's task notes the time it first sees the mark, and drops the body of a
+//! stream that has waited past the stall limit: its upstream, buffer and slot go at once,
+//! the connection's other streams go on, and hyper resets the stream if its client ever
+//! gives it window. Without this, a client whose SETTINGS open streams with no window
+//! holds their slots for ever.
 
 use std::convert::Infallible;
 use std::io;
@@ -44,7 +45,9 @@ struct Waits {
 /// One stream's response body, taken away when the stream is cut off.
 struct Watch {
     /// Since when hyper has not come back to the body after it handed a chunk, or after
-    /// it was made (milliseconds since the connection's epoch, plus one); 0 while not.
+    /// it was made (milliseconds since the connection's epoch, plus one); `UNSEEN` until
+    /// the cutter first sees it so (a clock read per chunk cost more than the rest of the
+    /// watch); 0 while not waiting.
     waiting: AtomicU64,
     body: Mutex<Option<Body>>,
 }
@@ -68,8 +71,9 @@ impl WindowWaits {
     /// `body`, recording how long it waits for the client's window. It waits from the
     /// start: hyper polls a body first only once its stream has window.
     pub fn watch(&self, body: Body) -> Body {
+        let ended = hyper::body::Body::is_end_stream(&body);
         let watch = Arc::new(Watch {
-            waiting: AtomicU64::new(since(self.0.epoch)),
+            waiting: AtomicU64::new(UNSEEN),
             body: Mutex::new(Some(body)),
         });
         let mut streams = self.streams();
@@ -81,10 +85,7 @@ impl WindowWaits {
         streams.push(Arc::downgrade(&watch));
         drop(streams);
         self.0.opened.notify_one();
-        Body::new(Watched {
-            watch,
-            epoch: self.0.epoch,
-        })
+        Body::new(Watched { watch, ended })
     }
 
     /// Runs for the connection's life, cutting off each stream that has waited for its
@@ -112,7 +113,19 @@ impl WindowWaits {
         let mut streams = self.streams();
         streams.retain(|w| w.strong_count() > 0);
         for watch in streams.iter().filter_map(Weak::upgrade) {
-            let at = watch.waiting.load(Ordering::Relaxed);
+            let mut at = watch.waiting.load(Ordering::Relaxed);
+            if at == UNSEEN {
+                let now = since(self.0.epoch);
+                // Lost only to the body being polled again, which ends this wait.
+                if watch
+                    .waiting
+                    .compare_exchange(UNSEEN, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                at = now;
+            }
             if at == 0 {
                 continue;
             }
@@ -142,6 +155,9 @@ impl WindowWaits {
     }
 }
 
+/// A `Watch::waiting` value: waiting, since a time the cutter has yet to note.
+const UNSEEN: u64 = u64::MAX;
+
 /// Now, as a `Watch::waiting` value.
 fn since(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64 + 1
@@ -150,7 +166,9 @@ fn since(epoch: Instant) -> u64 {
 /// A response body that records when it hands out data and when hyper comes back for more.
 struct Watched {
     watch: Arc<Watch>,
-    epoch: Instant,
+    /// The inner body's `is_end_stream` after its last frame, which hyper asks after
+    /// every chunk: kept here so that the answer takes no lock.
+    ended: bool,
 }
 
 impl hyper::body::Body for Watched {
@@ -158,7 +176,7 @@ impl hyper::body::Body for Watched {
     type Error = axum::Error;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         self.watch.waiting.store(0, Ordering::Relaxed);
@@ -170,22 +188,20 @@ impl hyper::body::Body for Watched {
                 why,
             )))));
         };
-        let frame = ready!(Pin::new(inner).poll_frame(cx));
+        let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
+        let ended = inner.is_end_stream();
+        drop(body);
+        self.ended = ended;
         if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
             if data.is_some_and(|d| !d.is_empty()) {
-                self.watch
-                    .waiting
-                    .store(since(self.epoch), Ordering::Relaxed);
+                self.watch.waiting.store(UNSEEN, Ordering::Relaxed);
             }
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.watch
-            .body()
-            .as_ref()
-            .is_some_and(|b| b.is_end_stream())
+        self.ended
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -230,11 +246,12 @@ mod tests {
         });
         let (mut body, mut dropped) = body(&["a", "b", "c"]);
         body = waits.watch(body);
-        // hyper takes one chunk and comes back 9 s later: not cut.
+        // hyper takes one chunk and comes back 9 s later: not cut. Slept, not advanced: the
+        // cutter notes a wait when it looks, and a jump of the clock would skip its looks.
         body.frame().await.unwrap().unwrap();
-        tokio::time::advance(Duration::from_secs(9)).await;
+        tokio::time::sleep(Duration::from_secs(9)).await;
         body.frame().await.unwrap().unwrap();
-        tokio::time::advance(Duration::from_secs(9)).await;
+        tokio::time::sleep(Duration::from_secs(9)).await;
         tokio::task::yield_now().await;
         assert_eq!(
             dropped.try_recv(),
